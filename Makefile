@@ -1,0 +1,36 @@
+# One obvious command per habit. `make demo` and `make test` create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-pg15 lint format typecheck bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## a worker running examples/simple.py (embedded PostgreSQL unless DATABASE_URL is set)
+	$(BIN)/python examples/simple.py
+
+test: $(STAMP)  ## the test suite (embedded PostgreSQL unless PGWORKER_TEST_DATABASE_URL is set)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)  ## throughput against Node graphile-worker on the same database
+	$(BIN)/python -m benchmarks.throughput $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pgworker .pytest_cache .mypy_cache .ruff_cache

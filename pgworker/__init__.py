@@ -1,0 +1,38 @@
+"""pgworker: a PostgreSQL job queue for Python that speaks graphile-worker's protocol."""
+
+from .app import App
+from .context import JobContext
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    IncompatibleSchemaError,
+    JobNotCreatedError,
+    MigrationError,
+    PayloadError,
+    PgWorkerError,
+    UnknownTaskError,
+)
+from .job import Job
+from .migrate import MigrationOutcome
+from .spec import JobKeyMode, JobSpec
+from .task import Task
+from .worker import WorkerHandle
+
+__all__ = [
+    "App",
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "IncompatibleSchemaError",
+    "Job",
+    "JobContext",
+    "JobKeyMode",
+    "JobNotCreatedError",
+    "JobSpec",
+    "MigrationError",
+    "MigrationOutcome",
+    "PayloadError",
+    "PgWorkerError",
+    "Task",
+    "UnknownTaskError",
+    "WorkerHandle",
+]

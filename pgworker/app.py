@@ -1,0 +1,340 @@
+"""App: the settings, the task registry and the database pool of one pgworker application."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .errors import ConfigurationError, DatabaseUnavailableError
+from .job import Job
+from .migrate import MigrationOutcome, migrate
+from .payload import PayloadCodec
+from .spec import JobKeyMode, JobSpec
+from .store import Connection, Store
+from .task import Task
+
+if TYPE_CHECKING:
+    from .worker import WorkerHandle
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_SCHEMA = "graphile_worker"
+#: Task identifiers as graphile-worker's crontab accepts them, slashes included.
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_:/.\-]*$")
+_RAW_CODEC: PayloadCodec[Any] = PayloadCodec(Any)
+_CONNECT_TIMEOUT = 10.0
+
+
+class App:
+    """A pgworker application: tasks are registered on it, jobs deferred and run through it.
+
+    Nothing connects until ``open()`` (or ``with app:``); ``run()``, ``run_once()`` and
+    ``start()`` open the app themselves when needed.
+
+    - ``database_url``: a libpq connection string or URL; None means libpq's defaults
+      (the ``PG*`` environment variables). The CLI fills it in from ``--database-url``
+      or ``DATABASE_URL``.
+    - ``schema``: the worker schema, shared with any Node or Rust worker on the database.
+    - ``concurrency``: how many jobs run at once, each on its own thread.
+    - ``poll_interval``: seconds between polls when no notification arrives.
+    - ``pool``: a psycopg_pool ConnectionPool you own; the app uses it and never closes it.
+    - ``max_pool_size``: the size of the pool the app makes (default concurrency + 4).
+    - ``shutdown_grace_period``: seconds running jobs get to finish after a stop signal.
+    - ``interrupted_retry_delay``: seconds before a job cut off by a forced stop runs again.
+    """
+
+    def __init__(
+        self,
+        *,
+        database_url: str | None = None,
+        schema: str = DEFAULT_SCHEMA,
+        concurrency: int = 4,
+        poll_interval: float = 2.0,
+        pool: ConnectionPool[Connection] | None = None,
+        max_pool_size: int | None = None,
+        shutdown_grace_period: float = 30.0,
+        interrupted_retry_delay: float = 30.0,
+    ) -> None:
+        _check_schema(schema)
+        _check_positive("concurrency", concurrency)
+        _check_positive("poll_interval", poll_interval)
+        if shutdown_grace_period < 0 or interrupted_retry_delay < 0:
+            raise ConfigurationError(
+                "shutdown_grace_period and interrupted_retry_delay must be >= 0"
+            )
+        self.database_url = database_url
+        self.schema = schema
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.max_pool_size = max_pool_size or concurrency + 4
+        self.shutdown_grace_period = shutdown_grace_period
+        self.interrupted_retry_delay = interrupted_retry_delay
+        self.tasks: dict[str, Task[Any, Any, Any]] = {}
+        self._own_pool = pool is None
+        self._pool = pool
+        self.store = Store(pool, schema)
+
+    def configure(
+        self,
+        *,
+        database_url: str | None = None,
+        schema: str | None = None,
+        concurrency: int | None = None,
+        poll_interval: float | None = None,
+    ) -> App:
+        """Override settings before the app opens (what the CLI's options do)."""
+        if self.is_open:
+            raise ConfigurationError("configure() must be called before the app is opened")
+        if schema is not None and schema != self.schema:
+            _check_schema(schema)
+            self.schema = schema
+            self.store = Store(None, schema)
+        if concurrency is not None:
+            _check_positive("concurrency", concurrency)
+            self.concurrency = concurrency
+            self.max_pool_size = max(self.max_pool_size, concurrency + 4)
+        if poll_interval is not None:
+            _check_positive("poll_interval", poll_interval)
+            self.poll_interval = poll_interval
+        if database_url is not None:
+            self.database_url = database_url
+        return self
+
+    # -- registry ---------------------------------------------------------------------
+
+    def task(
+        self,
+        identifier: str,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        flags: Sequence[str] | None = None,
+    ) -> Callable[[Callable[Concatenate[T, P], R]], Task[T, P, R]]:
+        """Register the decorated function as the task ``identifier``.
+
+        The keyword arguments are defaults for every job of this task; ``defer`` can
+        override each of them.
+        """
+        if not _IDENTIFIER.match(identifier) or len(identifier) > 128:
+            raise ConfigurationError(
+                f"task identifier {identifier!r} must start with a letter or _, hold only "
+                "letters, digits and _ : / . -, and be at most 128 characters"
+            )
+        if identifier in self.tasks:
+            raise ConfigurationError(f"task {identifier!r} is already registered on this app")
+        defaults = JobSpec(queue=queue, priority=priority, max_attempts=max_attempts, flags=flags)
+
+        def register(fn: Callable[Concatenate[T, P], R]) -> Task[T, P, R]:
+            task = Task(self, identifier, fn, defaults=defaults)
+            self.tasks[identifier] = task
+            return task
+
+        return register
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the app has a pool to work with."""
+        return self.store.pool is not None
+
+    def open(self, database_url: str | None = None) -> App:
+        """Connect: check the database answers, then open the connection pool.
+
+        ``database_url`` overrides the one given to the constructor. Opening an open app
+        does nothing. Raises DatabaseUnavailableError with libpq's reason on failure.
+        """
+        if self.is_open:
+            return self
+        if database_url is not None:
+            self.database_url = database_url
+        conninfo = self.database_url or ""
+        try:
+            psycopg.connect(conninfo, connect_timeout=int(_CONNECT_TIMEOUT)).close()
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailableError(
+                f"cannot connect to the database ({_describe(conninfo)}): "
+                f"{str(exc).strip() or type(exc).__name__}"
+            ) from exc
+        pool: ConnectionPool[Connection] = ConnectionPool(
+            conninfo,
+            min_size=min(2, self.max_pool_size),
+            max_size=self.max_pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name=f"pgworker:{self.schema}",
+        )
+        try:
+            pool.open(wait=True, timeout=_CONNECT_TIMEOUT)
+        except PoolTimeout as exc:
+            pool.close()
+            raise DatabaseUnavailableError(f"cannot open a connection pool: {exc}") from exc
+        self._pool = self.store.pool = pool
+        return self
+
+    def close(self) -> None:
+        """Close the pool the app opened (a pool given to the constructor stays open)."""
+        if self._own_pool and self._pool is not None:
+            self._pool.close()
+            self._pool = self.store.pool = None
+
+    def __enter__(self) -> App:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def conninfo(self) -> str:
+        """The connection string the app's connections use."""
+        pool = self.store.pool
+        if pool is not None and isinstance(pool.conninfo, str):
+            return pool.conninfo
+        return self.database_url or ""
+
+    @property
+    def pool(self) -> ConnectionPool[Connection]:
+        """The connection pool; the app must be open."""
+        return self.store.require_pool()
+
+    # -- enqueueing -------------------------------------------------------------------
+
+    def defer(
+        self,
+        identifier: str,
+        payload: Any = None,
+        *,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        job_key: str | None = None,
+        job_key_mode: JobKeyMode | None = None,
+        flags: Sequence[str] | None = None,
+        conn: Connection | None = None,
+    ) -> Job:
+        """Enqueue a job by task identifier, without importing the task.
+
+        If the task is registered on this app, its payload type and defaults apply;
+        otherwise the payload goes as given (any JSON value; None means ``{}``).
+        """
+        task = self.tasks.get(identifier)
+        if task is not None:
+            return task.defer(
+                payload,
+                run_at=run_at,
+                priority=priority,
+                queue=queue,
+                max_attempts=max_attempts,
+                job_key=job_key,
+                job_key_mode=job_key_mode,
+                flags=flags,
+                conn=conn,
+            )
+        spec = JobSpec(
+            queue=queue,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            job_key=job_key,
+            job_key_mode=job_key_mode,
+            flags=flags,
+        ).validate()
+        encoded = _RAW_CODEC.encode({} if payload is None else payload)
+        return self.store.add_job(identifier, encoded, spec, conn=conn)
+
+    # -- running ----------------------------------------------------------------------
+
+    def migrate(self) -> MigrationOutcome:
+        """Install or upgrade the worker schema; safe to call from many processes at once."""
+        with self.pool.connection() as conn:
+            return migrate(conn, self.schema)
+
+    def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Run a worker until SIGINT/SIGTERM (or ``KeyboardInterrupt``); blocks.
+
+        The first signal stops fetching and lets running jobs finish within
+        ``shutdown_grace_period``; a second one gives running jobs back at once.
+        """
+        from .worker import Worker
+
+        with self._opened():
+            Worker(self).run(install_signal_handlers=install_signal_handlers)
+
+    def run_once(self) -> None:
+        """Run every job that is runnable now, including the ones that become runnable
+        meanwhile (the next job of a named queue), then return. Future jobs stay."""
+        from .worker import Worker
+
+        with self._opened():
+            Worker(self, once=True).run(install_signal_handlers=False)
+
+    def start(self) -> WorkerHandle:
+        """Start a worker in background threads and return its handle.
+
+        For running beside a web server or in tests; call ``handle.stop()`` to end it.
+        The app must be open (the handle does not close it).
+        """
+        from .worker import Worker, WorkerHandle
+
+        return WorkerHandle.start(Worker(self))
+
+    def _opened(self) -> _OpenScope:
+        return _OpenScope(self)
+
+
+class _OpenScope:
+    """Opens the app for the length of a ``with`` block if it was closed before it."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.opened_here = False
+
+    def __enter__(self) -> App:
+        if not self.app.is_open:
+            self.app.open()
+            self.opened_here = True
+        return self.app
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.opened_here:
+            self.app.close()
+
+
+def _check_schema(schema: str) -> None:
+    if not 0 < len(schema) <= 63:
+        raise ConfigurationError(f"schema must be 1 to 63 characters, got {schema!r}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be positive, got {value}")
+
+
+def _describe(conninfo: str) -> str:
+    """Name the database without leaking a password."""
+    if not conninfo:
+        return "libpq defaults from the PG* environment variables"
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "an unparsable connection string"
+    host = params.get("host") or "localhost"
+    return f"host={host} port={params.get('port') or 5432} dbname={params.get('dbname') or '?'}"

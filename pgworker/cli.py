@@ -1,0 +1,249 @@
+"""The ``pgworker`` command: thin click commands over App."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+import msgspec
+
+from .app import DEFAULT_SCHEMA, App
+from .embedded import embedded_postgres
+from .errors import PgWorkerError
+
+logger = logging.getLogger("pgworker.cli")
+
+#: libpq variables that, when set, mean "a database is configured".
+LIBPQ_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+_RELATIVE_TIME = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class CliError(click.ClickException):
+    """A failure reported in one sentence, with exit code 1."""
+
+    exit_code = 1
+
+
+@dataclass
+class Settings:
+    """The options every command shares, resolved once."""
+
+    database_url: str | None
+    schema: str | None
+
+
+def resolve_database_url(flag: str | None, environ: Mapping[str, str]) -> str | None:
+    """The database to use: ``--database-url``, then ``DATABASE_URL``, then libpq's
+    ``PG*`` variables (as an empty conninfo); None when nothing is configured."""
+    if flag:
+        return flag
+    if environ.get("DATABASE_URL"):
+        return environ["DATABASE_URL"]
+    if any(environ.get(name) for name in LIBPQ_VARIABLES):
+        return ""
+    return None
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """Yield the configured database, or an embedded one for the length of the command."""
+    url = resolve_database_url(settings.database_url, os.environ)
+    if url is not None:
+        yield url
+        return
+    with embedded_postgres() as embedded_url:
+        yield embedded_url
+
+
+def load_app(target: str) -> App:
+    """Import ``MODULE:ATTR`` and return the App it names; exit 2 with one sentence if not."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise click.UsageError(f"expected MODULE:ATTR (like myproject.tasks:app), got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise click.UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    try:
+        app = getattr(module, attr)
+    except AttributeError as exc:
+        raise click.UsageError(f"module {module_name!r} has no attribute {attr!r}") from exc
+    if not isinstance(app, App):
+        raise click.UsageError(
+            f"{target} is a {type(app).__name__}, not a pgworker App; point at `app = App(...)`"
+        )
+    return app
+
+
+def parse_run_at(value: str | None) -> datetime | None:
+    """An ISO 8601 time (UTC when it has no offset) or a delay like ``+10s``/``+5m``."""
+    if value is None:
+        return None
+    relative = _RELATIVE_TIME.match(value)
+    if relative:
+        amount, unit = relative.groups()
+        return datetime.now(UTC) + timedelta(seconds=float(amount) * _UNITS[unit])
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{value!r} is neither an ISO 8601 time nor a delay like +10s", param_hint="--run-at"
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn pgworker's errors into one-sentence messages and exit code 1."""
+    try:
+        yield
+    except PgWorkerError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def database_options(fn: Any) -> Any:
+    """Add --database-url and --schema to a command."""
+    fn = click.option(
+        "--schema",
+        default=None,
+        help=f"Worker schema (default: the app's, else {DEFAULT_SCHEMA}).",
+    )(fn)
+    fn = click.option(
+        "--database-url",
+        default=None,
+        help="PostgreSQL URL. Default: DATABASE_URL, then PG* variables, then an embedded server.",
+    )(fn)
+    return fn
+
+
+@click.group()
+@click.version_option(package_name="pgworker")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+def cli(log_level: str) -> None:
+    """pgworker: a PostgreSQL job queue that speaks graphile-worker's protocol."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+
+
+@cli.command()
+@click.argument("target", metavar="MODULE:ATTR")
+@click.option("--once", is_flag=True, help="Run the jobs runnable now, then exit.")
+@click.option("-j", "--concurrency", type=click.IntRange(min=1), help="Jobs run at once.")
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.01),
+    help="Seconds between polls when no notification arrives.",
+)
+@database_options
+def run(
+    target: str,
+    once: bool,
+    concurrency: int | None,
+    poll_interval: float | None,
+    database_url: str | None,
+    schema: str | None,
+) -> None:
+    """Run a worker for the app at MODULE:ATTR until SIGINT/SIGTERM."""
+    app = load_app(target)
+    with reported_errors(), database(Settings(database_url, schema)) as url:
+        app.configure(
+            database_url=url, schema=schema, concurrency=concurrency, poll_interval=poll_interval
+        )
+        if once:
+            app.run_once()
+        else:
+            app.run()
+
+
+@cli.command()
+@click.option("--app", "target", metavar="MODULE:ATTR", help="Use this app's schema.")
+@database_options
+def migrate(target: str | None, database_url: str | None, schema: str | None) -> None:
+    """Install or upgrade the worker schema, then exit."""
+    app = load_app(target) if target else App()
+    with reported_errors(), database(Settings(database_url, schema)) as url:
+        app.configure(database_url=url, schema=schema)
+        with app:
+            outcome = app.migrate()
+    click.echo(f"Schema {app.schema!r}: {outcome.value}")
+
+
+@cli.command()
+@click.argument("identifier")
+@click.argument("payload", required=False)
+@click.option("--app", "target", metavar="MODULE:ATTR", help="Check the payload with this app.")
+@click.option("--queue", help="Named queue: its jobs run one at a time.")
+@click.option("--run-at", help="ISO 8601 time, or a delay like +10s, +5m, +2h.")
+@click.option("--priority", type=int, help="Lower runs first (default 0).")
+@click.option("--max-attempts", type=click.IntRange(min=1), help="Default 25.")
+@click.option("--job-key", help="Replace the pending job with this key, if any.")
+@click.option("--job-key-mode", type=click.Choice(["replace", "preserve_run_at", "unsafe_dedupe"]))
+@click.option("--flag", "flags", multiple=True, help="A flag; repeat for more.")
+@database_options
+def defer(
+    identifier: str,
+    payload: str | None,
+    target: str | None,
+    queue: str | None,
+    run_at: str | None,
+    priority: int | None,
+    max_attempts: int | None,
+    job_key: str | None,
+    job_key_mode: Any,
+    flags: tuple[str, ...],
+    database_url: str | None,
+    schema: str | None,
+) -> None:
+    """Enqueue one job of task IDENTIFIER with PAYLOAD (JSON, default {})."""
+    try:
+        value = json.loads(payload) if payload else {}
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="PAYLOAD") from exc
+    when = parse_run_at(run_at)
+    app = load_app(target) if target else App()
+    with reported_errors(), database(Settings(database_url, schema)) as url:
+        app.configure(database_url=url, schema=schema)
+        with app:
+            job = app.defer(
+                identifier,
+                value,
+                run_at=when,
+                priority=priority,
+                queue=queue,
+                max_attempts=max_attempts,
+                job_key=job_key,
+                job_key_mode=job_key_mode,
+                flags=list(flags) or None,
+            )
+    click.echo(msgspec.json.encode(job).decode())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="pgworker")
+
+
+if __name__ == "__main__":
+    main()

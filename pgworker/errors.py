@@ -1,0 +1,42 @@
+"""The exception tree: everything pgworker raises on purpose derives from PgWorkerError."""
+
+from __future__ import annotations
+
+
+class PgWorkerError(Exception):
+    """Base class of every error pgworker raises on purpose."""
+
+
+class ConfigurationError(PgWorkerError):
+    """A setting is missing or invalid; the message says which one and how to fix it."""
+
+
+class DatabaseUnavailableError(PgWorkerError):
+    """The database could not be reached."""
+
+
+class MigrationError(PgWorkerError):
+    """The worker schema could not be installed or upgraded."""
+
+
+class IncompatibleSchemaError(MigrationError):
+    """The database holds a breaking schema revision newer than this pgworker understands."""
+
+
+class PayloadError(PgWorkerError, ValueError):
+    """A payload does not match its task's payload type.
+
+    ``path`` names the offending field (``$.message``) when it is known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class UnknownTaskError(PgWorkerError, LookupError):
+    """No task with this identifier is registered on the app."""
+
+
+class JobNotCreatedError(PgWorkerError):
+    """``add_job`` returned no row; the job was not created."""

@@ -1,0 +1,125 @@
+"""Listener: a dedicated LISTEN connection that wakes the worker when jobs are added."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import psycopg
+
+if TYPE_CHECKING:
+    from .app import App
+
+logger = logging.getLogger(__name__)
+
+JOBS_CHANNEL = "jobs:insert"
+MIGRATE_CHANNEL = "worker:migrate"
+#: How long one wait for notifications lasts before the stop flag is checked again.
+WAIT_SLICE = 0.5
+#: A quiet connection is checked with a round trip this often, to notice a dead one.
+HEALTH_CHECK_INTERVAL = 10.0
+RECONNECT_MIN, RECONNECT_MAX = 0.05, 30.0
+
+
+class Listener:
+    """Keeps ``LISTEN "jobs:insert"`` (and ``"worker:migrate"``) open, reconnecting after
+    any loss with jittered backoff, and calls ``on_notify`` for each added batch.
+
+    After every (re)connection it also calls ``on_notify``: jobs added while it was
+    disconnected would otherwise wait for the next poll.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        on_notify: Callable[[], None],
+        on_breaking: Callable[[int], None],
+    ) -> None:
+        self.app = app
+        self.on_notify = on_notify
+        self.on_breaking = on_breaking
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self.reconnections = 0
+
+    @property
+    def is_listening(self) -> bool:
+        """Whether the LISTEN connection is up right now."""
+        return self._connected.is_set()
+
+    def wait_listening(self, timeout: float) -> bool:
+        """Wait until the LISTEN connection is up."""
+        return self._connected.wait(timeout)
+
+    def stop(self) -> None:
+        """Ask the thread to close its connection and return (within ``WAIT_SLICE``)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """The thread's body: listen, and reconnect until stopped."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                self._listen()
+                attempt = 0
+            except (psycopg.Error, OSError) as exc:
+                self._connected.clear()
+                delay = min(RECONNECT_MAX, RECONNECT_MIN * 2**attempt) * random.uniform(0.5, 1.0)
+                attempt += 1
+                logger.warning(
+                    "LISTEN connection lost (%s); reconnecting in %.2f s",
+                    str(exc).strip() or type(exc).__name__,
+                    delay,
+                )
+                self._stop.wait(delay)
+            except Exception:  # keep listening whatever happens; polling covers the gap
+                self._connected.clear()
+                logger.exception("Unexpected error in the listener")
+                self._stop.wait(1.0)
+        self._connected.clear()
+
+    def _listen(self) -> None:
+        with psycopg.connect(self.app.conninfo, autocommit=True) as conn:
+            conn.execute(f'LISTEN "{JOBS_CHANNEL}"')
+            conn.execute(f'LISTEN "{MIGRATE_CHANNEL}"')
+            if self._connected.is_set() or self.reconnections:
+                logger.info("LISTEN connection re-established")
+            self.reconnections += 1
+            self._connected.set()
+            self.on_notify()
+            last_check = time.monotonic()
+            while not self._stop.is_set():
+                for notify in conn.notifies(timeout=WAIT_SLICE):
+                    self._handle(notify.channel, notify.payload)
+                    last_check = time.monotonic()
+                if time.monotonic() - last_check > HEALTH_CHECK_INTERVAL:
+                    conn.execute("select 1")
+                    last_check = time.monotonic()
+
+    def _handle(self, channel: str, payload: str) -> None:
+        if channel == JOBS_CHANNEL:
+            if _job_count(payload) > 0:
+                self.on_notify()
+        elif channel == MIGRATE_CHANNEL:
+            try:
+                message = json.loads(payload)
+                if message.get("breaking"):
+                    self.on_breaking(int(message.get("migrationNumber", 0)))
+            except (ValueError, AttributeError, TypeError):
+                logger.debug("Ignoring unreadable %s payload %r", MIGRATE_CHANNEL, payload)
+
+
+def _job_count(payload: str) -> int:
+    """The ``count`` of a jobs:insert payload; 1 when it is missing or unreadable (old
+    schemas sent empty payloads)."""
+    try:
+        count = json.loads(payload)["count"]
+        return int(count)
+    except (ValueError, KeyError, TypeError):
+        return 1

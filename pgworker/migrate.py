@@ -1,0 +1,124 @@
+"""Installs the graphile-worker schema, or accepts and upgrades one that Node or Rust made."""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+
+from .errors import IncompatibleSchemaError, MigrationError
+from .queries import Queries, bind_schema, read_sql_file
+from .store import Connection
+
+logger = logging.getLogger(__name__)
+
+#: The graphile-worker schema revision pgworker installs (Node graphile-worker 0.17).
+SCHEMA_REVISION = 19
+#: Revisions that graphile-worker marks as breaking: a worker that knows only an older
+#: revision must refuse a database that has one of these.
+BREAKING_REVISIONS = frozenset({1, 3, 11, 13, 14, 16, 19})
+#: The newest revision known to be safe beside pgworker: the Rust port's 20 only adds
+#: its heartbeat table and functions.
+NEWEST_KNOWN_REVISION = 20
+#: The oldest ledger pgworker takes over; older databases go through graphile-worker first.
+OLDEST_ACCEPTED_REVISION = 18
+MIN_SERVER_VERSION = 120000
+#: Present in add_jobs once the fix for graphile/worker#580 is installed (ours or Rust's).
+RACE_FIX_MARKER = "pg_advisory_xact_lock"
+
+
+class MigrationOutcome(enum.Enum):
+    """What ``migrate`` did."""
+
+    INSTALLED = "installed"
+    UPGRADED = "upgraded"
+    CURRENT = "current"
+
+
+def migrate(conn: Connection, schema: str) -> MigrationOutcome:
+    """Install or upgrade the worker schema in one transaction on ``conn``.
+
+    Safe to run from many processes at once: pgworker processes queue on an advisory
+    lock, and a Node worker racing us hits the migrations ledger's primary key.
+    """
+    queries = Queries(schema)
+    version = _fetch_value(conn, queries["server_version"])
+    if not isinstance(version, int) or version < MIN_SERVER_VERSION:
+        raise MigrationError(f"pgworker needs PostgreSQL 12 or newer; this server is {version}")
+    with conn.transaction():
+        conn.execute(queries["take_migration_lock"], {"schema": schema})
+        row = conn.execute(queries["ledger_exists"], {"schema": schema}).fetchone()
+        assert row is not None
+        has_ledger, has_breaking_column = row
+        if not has_ledger:
+            _install(conn, queries, schema)
+            return MigrationOutcome.INSTALLED
+        if not has_breaking_column:
+            raise MigrationError(
+                f"schema {schema!r} has a migrations table from graphile-worker older than 0.11; "
+                "upgrade it with graphile-worker 0.17 first (npx graphile-worker --schema-only)"
+            )
+        return _upgrade(conn, queries, schema)
+
+
+def _install(conn: Connection, queries: Queries, schema: str) -> None:
+    conn.execute(bind_schema(read_sql_file("schema.sql"), schema))
+    conn.execute(bind_schema(read_sql_file("functions.sql"), schema))
+    revisions = list(range(1, SCHEMA_REVISION + 1))
+    conn.execute(
+        queries["record_migrations"],
+        {"ids": revisions, "breaking": [r in BREAKING_REVISIONS for r in revisions]},
+    )
+    logger.info("Installed the worker schema %r at revision %d", schema, SCHEMA_REVISION)
+
+
+def _upgrade(conn: Connection, queries: Queries, schema: str) -> MigrationOutcome:
+    row = conn.execute(queries["ledger_state"]).fetchone()
+    assert row is not None
+    latest, latest_breaking = row
+    if latest_breaking > SCHEMA_REVISION:
+        raise IncompatibleSchemaError(
+            f"the database's worker schema {schema!r} is at revision {latest}, with breaking "
+            f"revision {latest_breaking}, but this pgworker understands revisions up to "
+            f"{SCHEMA_REVISION}; running it would be unsafe. Upgrade pgworker, or use a "
+            "database that no newer worker has migrated."
+        )
+    if latest < OLDEST_ACCEPTED_REVISION:
+        raise MigrationError(
+            f"the worker schema {schema!r} is at revision {latest}, older than graphile-worker "
+            f"0.16 (revision {OLDEST_ACCEPTED_REVISION}); upgrade it with graphile-worker 0.17 "
+            "first (npx graphile-worker@0.17 --schema-only), then start pgworker"
+        )
+    if latest > NEWEST_KNOWN_REVISION:
+        logger.warning(
+            "The worker schema %r is at revision %d, newer than pgworker knows (%d); "
+            "none of the newer revisions is breaking, so pgworker carries on",
+            schema,
+            latest,
+            NEWEST_KNOWN_REVISION,
+        )
+    outcome = MigrationOutcome.CURRENT
+    if latest == OLDEST_ACCEPTED_REVISION:
+        # Revision 19 changes no SQL: it marks the switch to one lock owner per pool, so
+        # that graphile-worker 0.16 workers (one owner per job slot) refuse to start.
+        conn.execute(queries["record_migrations"], {"ids": [19], "breaking": [True]})
+        conn.execute(
+            queries["notify_migration"],
+            {"payload": json.dumps({"migrationNumber": 19, "breaking": True})},
+        )
+        outcome = MigrationOutcome.UPGRADED
+    definition = _fetch_value(conn, queries["add_jobs_definition"], {"schema": schema})
+    if not isinstance(definition, str) or RACE_FIX_MARKER not in definition:
+        conn.execute(bind_schema(read_sql_file("functions.sql"), schema))
+        logger.info("Upgraded add_job/add_jobs in %r with the fix for the keyed-add race", schema)
+        outcome = MigrationOutcome.UPGRADED
+    return outcome
+
+
+def _fetch_value(
+    conn: Connection,
+    query: bytes,
+    params: dict[str, object] | None = None,
+) -> object:
+    row = conn.execute(query, params).fetchone()
+    return None if row is None else row[0]

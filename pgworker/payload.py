@@ -1,0 +1,64 @@
+"""Payload codecs: a task's payload type checks what is deferred and decodes what runs."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from .errors import PayloadError
+
+T = TypeVar("T")
+
+
+def _type_name(payload_type: Any) -> str:
+    return getattr(payload_type, "__name__", None) or repr(payload_type)
+
+
+class PayloadCodec(Generic[T]):
+    """Encodes and decodes the payloads of one task, built once per task.
+
+    ``payload_type`` is any type msgspec understands: a ``msgspec.Struct``, a dataclass,
+    a ``TypedDict``, ``dict[str, int]``, ``Any``...
+    """
+
+    def __init__(self, payload_type: Any) -> None:
+        self.payload_type = payload_type
+        self._encoder = msgspec.json.Encoder()
+        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(payload_type)
+        self._checks = payload_type is not Any
+
+    def encode(self, payload: object) -> str:
+        """Check ``payload`` against the payload type and return it as JSON text.
+
+        Raises PayloadError, naming the field, when it does not match.
+        """
+        try:
+            data = self._encoder.encode(payload)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise PayloadError(f"payload cannot be encoded as JSON: {exc}") from exc
+        if self._checks:
+            # Decoding what we are about to store is the one check that covers dicts,
+            # structs built with wrong field types and nested values alike.
+            self.decode(data)
+        return data.decode()
+
+    def decode(self, data: str | bytes) -> T:
+        """Decode a stored payload; raises PayloadError naming the field on a mismatch."""
+        try:
+            return self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise PayloadError(
+                f"payload does not match {_type_name(self.payload_type)}: {exc}",
+                path=_error_path(str(exc)),
+            ) from exc
+        except msgspec.DecodeError as exc:
+            raise PayloadError(f"payload is not valid JSON: {exc}") from exc
+
+
+def _error_path(message: str) -> str | None:
+    marker = " - at `"
+    start = message.rfind(marker)
+    if start < 0:
+        return None
+    return message[start + len(marker) :].rstrip("`")

@@ -1,0 +1,59 @@
+"""The SQL files shipped with pgworker, loaded once and bound to a schema name."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+from psycopg import sql
+
+SCHEMA_TOKEN = ":SCHEMA"
+_NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@cache
+def read_sql_file(filename: str) -> str:
+    """Return the text of one file in ``pgworker/sql``."""
+    return resources.files("pgworker").joinpath("sql", filename).read_text(encoding="utf-8")
+
+
+def parse_named_queries(text: str) -> dict[str, str]:
+    """Split a file of ``-- name: NAME`` blocks into a mapping of name to statement."""
+    parts = _NAME_LINE.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        queries[name] = body.strip()
+    return queries
+
+
+def bind_schema(text: str, schema: str) -> sql.Composed:
+    """Replace every :SCHEMA token in ``text`` with the quoted identifier ``schema``."""
+    pieces = text.split(SCHEMA_TOKEN)
+    parts: list[sql.Composable] = [sql.SQL(pieces[0])]
+    for piece in pieces[1:]:
+        parts += [sql.Identifier(schema), sql.SQL(piece)]
+    return sql.Composed(parts)
+
+
+class Queries:
+    """The named statements of ``queries.sql``, bound to one schema, built once each."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self._texts = parse_named_queries(read_sql_file("queries.sql"))
+        self._bound: dict[str, bytes] = {}
+
+    def __getitem__(self, name: str) -> bytes:
+        # Rendered to bytes once: the hot path then sends the same bytes every time,
+        # which also lets psycopg prepare the statement after a few executions.
+        bound = self._bound.get(name)
+        if bound is None:
+            bound = self._bound[name] = bind_schema(self._texts[name], self.schema).as_bytes(None)
+        return bound
+
+    def names(self) -> list[str]:
+        """The names of all statements."""
+        return list(self._texts)

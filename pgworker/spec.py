@@ -1,0 +1,74 @@
+"""JobSpec: the options a job is deferred with, checked before anything is sent."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from .errors import ConfigurationError
+
+JobKeyMode = Literal["replace", "preserve_run_at", "unsafe_dedupe"]
+JOB_KEY_MODES: tuple[JobKeyMode, ...] = ("replace", "preserve_run_at", "unsafe_dedupe")
+
+SMALLINT_MIN, SMALLINT_MAX = -32768, 32767
+MAX_QUEUE_NAME_LENGTH = 128
+MAX_JOB_KEY_LENGTH = 512
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """How a job is scheduled: every field left as None takes the database default.
+
+    - ``queue``: a named queue; its jobs run one at a time, in order.
+    - ``run_at``: the earliest time to run (timezone-aware); default now.
+    - ``priority``: lower runs first; default 0.
+    - ``max_attempts``: default 25.
+    - ``job_key`` and ``job_key_mode``: at most one pending job per key; see the README.
+    - ``flags``: labels a worker can refuse with ``forbidden_flags``.
+    """
+
+    queue: str | None = None
+    run_at: datetime | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+    job_key: str | None = None
+    job_key_mode: JobKeyMode | None = None
+    flags: Sequence[str] | None = None
+
+    def validate(self) -> JobSpec:
+        """Return self, or raise ConfigurationError naming the first bad option."""
+        if self.queue is not None and not 0 < len(self.queue) <= MAX_QUEUE_NAME_LENGTH:
+            raise ConfigurationError(
+                f"queue must be 1 to {MAX_QUEUE_NAME_LENGTH} characters, got {len(self.queue)}"
+            )
+        if self.run_at is not None and self.run_at.tzinfo is None:
+            raise ConfigurationError(
+                "run_at must be timezone-aware, e.g. datetime.now(timezone.utc) + timedelta(...)"
+            )
+        if self.priority is not None and not SMALLINT_MIN <= self.priority <= SMALLINT_MAX:
+            raise ConfigurationError(
+                f"priority must be between {SMALLINT_MIN} and {SMALLINT_MAX}, got {self.priority}"
+            )
+        if self.max_attempts is not None and not 1 <= self.max_attempts <= SMALLINT_MAX:
+            raise ConfigurationError(
+                f"max_attempts must be between 1 and {SMALLINT_MAX}, got {self.max_attempts}"
+            )
+        if self.job_key is not None and not 0 < len(self.job_key) <= MAX_JOB_KEY_LENGTH:
+            raise ConfigurationError(
+                f"job_key must be 1 to {MAX_JOB_KEY_LENGTH} characters, got {len(self.job_key)}"
+            )
+        if self.job_key_mode is not None:
+            if self.job_key_mode not in JOB_KEY_MODES:
+                raise ConfigurationError(
+                    f"job_key_mode must be one of {', '.join(JOB_KEY_MODES)}, "
+                    f"got {self.job_key_mode!r}"
+                )
+            if self.job_key is None:
+                raise ConfigurationError("job_key_mode needs a job_key")
+        if self.flags is not None and (
+            isinstance(self.flags, str) or not all(isinstance(f, str) for f in self.flags)
+        ):
+            raise ConfigurationError("flags must be a list of strings")
+        return self

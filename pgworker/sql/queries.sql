@@ -1,0 +1,217 @@
+-- Every statement pgworker runs, by name. Each block starts with "-- name: NAME" and a
+-- line saying what it does. :SCHEMA stands for the quoted schema name; values are
+-- always passed as %(named)s parameters.
+
+-- name: server_version
+-- The server's version as an integer (150004 for 15.4).
+select current_setting('server_version_num')::int
+
+-- name: ledger_exists
+-- Whether the schema has a migrations table, and whether that has the breaking column.
+select
+  exists (
+    select 1 from pg_catalog.pg_tables
+    where schemaname = %(schema)s and tablename = 'migrations'
+  ),
+  exists (
+    select 1 from information_schema.columns
+    where table_schema = %(schema)s and table_name = 'migrations' and column_name = 'breaking'
+  )
+
+-- name: take_migration_lock
+-- Serialise pgworker processes migrating the same schema until the transaction ends.
+select pg_advisory_xact_lock(hashtext('pgworker migrate ' || %(schema)s))
+
+-- name: ledger_state
+-- The latest applied migration, and the latest breaking one.
+select
+  coalesce(max(id), 0),
+  coalesce(max(id) filter (where breaking), 0)
+from :SCHEMA.migrations
+
+-- name: record_migrations
+-- Write rows into the migrations ledger.
+insert into :SCHEMA.migrations (id, breaking)
+select * from unnest(%(ids)s::int[], %(breaking)s::boolean[])
+
+-- name: add_jobs_definition
+-- The source of the installed add_jobs function, to see whether it has the #580 fix.
+select pg_catalog.pg_get_functiondef(p.oid)
+from pg_catalog.pg_proc as p
+join pg_catalog.pg_namespace as n on n.oid = p.pronamespace
+where n.nspname = %(schema)s and p.proname = 'add_jobs'
+
+-- name: notify_migration
+-- Tell Node workers listening on worker:migrate that a migration was applied.
+select pg_notify('worker:migrate', %(payload)s)
+
+-- name: register_tasks
+-- Make sure each task identifier has a row, and return the ids of all of them.
+with inserted as (
+  insert into :SCHEMA._private_tasks (identifier)
+  select unnest(%(identifiers)s::text[])
+  on conflict do nothing
+  returning id, identifier
+)
+select id, identifier from inserted
+union all
+select id, identifier from :SCHEMA._private_tasks
+where identifier = any(%(identifiers)s::text[])
+
+-- name: add_job
+-- Add one job through the add_job function, which also sends the jobs:insert notification.
+select
+  jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
+  jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
+  jobs.flags,
+  (select job_queues.queue_name from :SCHEMA._private_job_queues as job_queues
+   where job_queues.id = jobs.job_queue_id)
+from :SCHEMA.add_job(
+  identifier => %(identifier)s,
+  payload => %(payload)s::json,
+  queue_name => %(queue_name)s,
+  run_at => %(run_at)s,
+  max_attempts => %(max_attempts)s,
+  job_key => %(job_key)s,
+  priority => %(priority)s,
+  flags => %(flags)s::text[],
+  job_key_mode => %(job_key_mode)s
+) as jobs
+
+-- name: add_jobs
+-- Add a batch of jobs in one statement through the add_jobs function.
+select
+  jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
+  jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
+  jobs.flags,
+  (select job_queues.queue_name from :SCHEMA._private_job_queues as job_queues
+   where job_queues.id = jobs.job_queue_id),
+  (select tasks.identifier from :SCHEMA._private_tasks as tasks where tasks.id = jobs.task_id)
+from :SCHEMA.add_jobs(
+  array(select json_populate_recordset(null:::SCHEMA.job_spec, %(specs)s::json)),
+  %(preserve_run_at)s
+) as jobs
+
+-- name: claim_jobs
+-- Lock up to %(limit)s runnable jobs of the given tasks for this worker, oldest first
+-- within each priority, taking at most one job per named queue (graphile/worker#621)
+-- and locking that queue, so that a named queue runs one job at a time.
+with candidates as (
+  select jobs.id, jobs.job_queue_id, jobs.priority, jobs.run_at
+  from :SCHEMA._private_jobs as jobs
+  where jobs.is_available = true
+  and jobs.run_at <= now()
+  and jobs.task_id = any(%(task_ids)s::int[])
+  and (
+    jobs.job_queue_id is null
+    or jobs.job_queue_id in (
+      select job_queues.id from :SCHEMA._private_job_queues as job_queues
+      where job_queues.is_available = true
+      for update skip locked
+    )
+  )
+  and (jobs.flags ?| %(forbidden_flags)s::text[]) is not true
+  order by jobs.priority, jobs.run_at, jobs.id
+  limit %(limit)s
+  for update skip locked
+),
+chosen as (
+  select id, job_queue_id from candidates where job_queue_id is null
+  union all
+  (
+    select distinct on (job_queue_id) id, job_queue_id from candidates
+    where job_queue_id is not null
+    order by job_queue_id, priority, run_at, id
+  )
+),
+locked_queues as (
+  update :SCHEMA._private_job_queues as job_queues
+  set locked_by = %(worker_id)s, locked_at = now()
+  from chosen
+  where job_queues.id = chosen.job_queue_id
+  returning job_queues.id, job_queues.queue_name
+)
+update :SCHEMA._private_jobs as jobs
+set attempts = jobs.attempts + 1, locked_by = %(worker_id)s, locked_at = now()
+from chosen
+left join locked_queues on locked_queues.id = chosen.job_queue_id
+where jobs.id = chosen.id
+returning
+  jobs.id, jobs.task_id, locked_queues.queue_name, jobs.payload::text, jobs.priority,
+  jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error, jobs.created_at,
+  jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision, jobs.flags
+
+-- name: complete_jobs
+-- Delete finished jobs still locked by this worker and unlock their queues.
+with done as (
+  delete from :SCHEMA._private_jobs as jobs
+  where jobs.id = any(%(job_ids)s::bigint[])
+  and jobs.locked_by = %(worker_id)s
+  returning jobs.job_queue_id
+)
+update :SCHEMA._private_job_queues as job_queues
+set locked_by = null, locked_at = null
+from done
+where job_queues.id = done.job_queue_id
+and job_queues.locked_by = %(worker_id)s
+
+-- name: fail_jobs
+-- Record failures: store the error, unlock, and push run_at back by
+-- exp(least(attempts, 10)) seconds; a permanent failure also uses up every attempt.
+with failed as (
+  update :SCHEMA._private_jobs as jobs
+  set
+    last_error = failure.message,
+    run_at = greatest(now(), jobs.run_at) + exp(least(jobs.attempts, 10)) * interval '1 second',
+    attempts = case when failure.permanent then jobs.max_attempts else jobs.attempts end,
+    locked_by = null,
+    locked_at = null
+  from unnest(
+    %(job_ids)s::bigint[], %(messages)s::text[], %(permanent)s::boolean[]
+  ) as failure(id, message, permanent)
+  where jobs.id = failure.id
+  and jobs.locked_by = %(worker_id)s
+  returning jobs.job_queue_id
+)
+update :SCHEMA._private_job_queues as job_queues
+set locked_by = null, locked_at = null
+from failed
+where job_queues.id = failed.job_queue_id
+and job_queues.locked_by = %(worker_id)s
+
+-- name: return_jobs
+-- Give back jobs this worker could not finish (shutdown): the attempt is refunded,
+-- the job waits %(delay)s seconds, and last_error says why.
+with returned as (
+  update :SCHEMA._private_jobs as jobs
+  set
+    attempts = greatest(0, jobs.attempts - 1),
+    locked_by = null,
+    locked_at = null,
+    run_at = greatest(jobs.run_at, now() + %(delay)s * interval '1 second'),
+    last_error = %(message)s,
+    updated_at = now()
+  where jobs.id = any(%(job_ids)s::bigint[])
+  and jobs.locked_by = %(worker_id)s
+  returning jobs.job_queue_id
+)
+update :SCHEMA._private_job_queues as job_queues
+set locked_by = null, locked_at = null
+from returned
+where job_queues.id = returned.job_queue_id
+and job_queues.locked_by = %(worker_id)s
+
+-- name: unlock_worker
+-- Release every job and queue still locked by this worker (after a shutdown).
+select :SCHEMA.force_unlock_workers(array[%(worker_id)s::text])
+
+-- name: reset_stale_locks
+-- Unlock jobs and queues locked more than 4 hours ago: their worker is presumed dead.
+with jobs_reset as (
+  update :SCHEMA._private_jobs as jobs
+  set locked_at = null, locked_by = null, run_at = greatest(jobs.run_at, now())
+  where jobs.locked_at < now() - interval '4 hours'
+)
+update :SCHEMA._private_job_queues as job_queues
+set locked_at = null, locked_by = null
+where job_queues.locked_at < now() - interval '4 hours'

@@ -1,0 +1,208 @@
+"""Store: every statement that enqueues, claims, completes and fails jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from .errors import JobNotCreatedError, PgWorkerError
+from .job import Job, job_from_row
+from .queries import Queries
+from .spec import JobSpec
+
+#: Connections from psycopg_pool, with tuple rows.
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+SHUTDOWN_RETURN_MESSAGE = "Job recovered after worker interruption"
+
+
+class ClaimedJob(msgspec.Struct, frozen=True):
+    """A job locked by this worker, with its payload still as JSON text."""
+
+    job: Job
+    payload: str
+
+
+class NewJob(msgspec.Struct, frozen=True):
+    """One job of a batch: its task, its payload as JSON text, and its options."""
+
+    identifier: str
+    payload: str
+    spec: JobSpec
+
+
+class Store:
+    """Runs pgworker's statements against one schema.
+
+    Methods that change jobs on behalf of a caller take an optional ``conn`` so that they
+    join the caller's transaction; without one they borrow a pool connection.
+    """
+
+    def __init__(self, pool: ConnectionPool[Connection] | None, schema: str) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.queries = Queries(schema)
+
+    def require_pool(self) -> ConnectionPool[Connection]:
+        """The pool, or a clear error when the app was never opened."""
+        if self.pool is None:
+            raise PgWorkerError(
+                "the app is not open: call app.open() or use `with app:` first "
+                "(or pass conn= to defer inside your own transaction)"
+            )
+        return self.pool
+
+    @contextmanager
+    def connection(self, conn: Connection | None = None) -> Iterator[Connection]:
+        """Yield ``conn`` if given (the caller's transaction), else a pool connection.
+
+        The driver errors a caller can act on become pgworker errors here.
+        """
+        try:
+            if conn is not None:
+                yield conn
+            else:
+                with self.require_pool().connection() as own:
+                    yield own
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable) as exc:
+            raise PgWorkerError(
+                f"the worker schema {self.schema!r} is not installed in this database: "
+                f"run `pgworker migrate` (or app.migrate()) first ({exc.diag.message_primary})"
+            ) from exc
+        except psycopg.Error as exc:
+            if exc.sqlstate == "GWNOR":
+                raise JobNotCreatedError(str(exc).strip()) from exc
+            raise
+
+    def schema_revision(self) -> tuple[int, int]:
+        """The latest migration in the ledger, and the latest breaking one."""
+        with self.connection() as conn:
+            row = conn.execute(self.queries["ledger_state"]).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    def register_tasks(self, identifiers: Sequence[str]) -> dict[int, str]:
+        """Make sure each task identifier has a row; return the id of each."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                self.queries["register_tasks"], {"identifiers": list(identifiers)}
+            ).fetchall()
+        return dict(rows)
+
+    def add_job(
+        self, identifier: str, payload: str, spec: JobSpec, conn: Connection | None = None
+    ) -> Job:
+        """Add one job through ``add_job`` and return it."""
+        params = {
+            "identifier": identifier,
+            "payload": payload,
+            "queue_name": spec.queue,
+            "run_at": spec.run_at,
+            "max_attempts": spec.max_attempts,
+            "job_key": spec.job_key,
+            "priority": spec.priority,
+            "flags": list(spec.flags) if spec.flags is not None else None,
+            "job_key_mode": spec.job_key_mode or "replace",
+        }
+        with self.connection(conn) as c:
+            row = c.execute(self.queries["add_job"], params).fetchone()
+        assert row is not None, "add_job returns a row or raises"
+        return job_from_row(row, task_identifier=identifier, queue_name=row[13])
+
+    def add_jobs(
+        self, jobs: Sequence[NewJob], *, preserve_run_at: bool, conn: Connection | None = None
+    ) -> list[Job]:
+        """Add a batch of jobs in one statement through ``add_jobs``."""
+        specs = msgspec.json.encode([_spec_record(new) for new in jobs]).decode()
+        params = {"specs": specs, "preserve_run_at": preserve_run_at}
+        with self.connection(conn) as c:
+            rows = c.execute(self.queries["add_jobs"], params).fetchall()
+        return [job_from_row(row, task_identifier=row[14], queue_name=row[13]) for row in rows]
+
+    def claim_jobs(
+        self,
+        *,
+        worker_id: str,
+        task_names: dict[int, str],
+        limit: int,
+        forbidden_flags: Sequence[str] | None = None,
+    ) -> list[ClaimedJob]:
+        """Lock up to ``limit`` runnable jobs for ``worker_id``."""
+        params = {
+            "worker_id": worker_id,
+            "task_ids": list(task_names),
+            "limit": limit,
+            "forbidden_flags": list(forbidden_flags) if forbidden_flags else None,
+        }
+        with self.connection() as conn:
+            rows = conn.execute(self.queries["claim_jobs"], params).fetchall()
+        claimed = []
+        for row in rows:
+            id_, task_id, queue_name, payload, *rest = row
+            job = job_from_row(
+                (id_, *rest), task_identifier=task_names[task_id], queue_name=queue_name
+            )
+            claimed.append(ClaimedJob(job, payload))
+        return claimed
+
+    def complete_jobs(self, job_ids: Sequence[int], *, worker_id: str) -> None:
+        """Delete finished jobs still locked by ``worker_id`` and unlock their queues."""
+        self._execute(
+            self.queries["complete_jobs"], {"job_ids": list(job_ids), "worker_id": worker_id}
+        )
+
+    def fail_jobs(self, failures: Iterable[tuple[int, str, bool]], *, worker_id: str) -> None:
+        """Record failures given as ``(job id, message, permanent)``."""
+        job_ids, messages, permanent = (list(column) for column in zip(*failures, strict=True))
+        self._execute(
+            self.queries["fail_jobs"],
+            {
+                "job_ids": job_ids,
+                "messages": messages,
+                "permanent": permanent,
+                "worker_id": worker_id,
+            },
+        )
+
+    def return_jobs(self, job_ids: Sequence[int], *, worker_id: str, delay: float) -> None:
+        """Give back unfinished jobs without counting the attempt."""
+        self._execute(
+            self.queries["return_jobs"],
+            {
+                "job_ids": list(job_ids),
+                "worker_id": worker_id,
+                "delay": delay,
+                "message": SHUTDOWN_RETURN_MESSAGE,
+            },
+        )
+
+    def unlock_worker(self, worker_id: str) -> None:
+        """Release anything still locked by ``worker_id``."""
+        self._execute(self.queries["unlock_worker"], {"worker_id": worker_id})
+
+    def reset_stale_locks(self) -> None:
+        """Unlock jobs and queues locked more than four hours ago."""
+        self._execute(self.queries["reset_stale_locks"], None)
+
+    def _execute(self, query: bytes, params: dict[str, Any] | None) -> None:
+        with self.connection() as conn:
+            conn.execute(query, params)
+
+
+def _spec_record(new: NewJob) -> dict[str, Any]:
+    spec = new.spec
+    return {
+        "identifier": new.identifier,
+        "payload": msgspec.Raw(new.payload.encode()),
+        "queue_name": spec.queue,
+        "run_at": spec.run_at,
+        "max_attempts": spec.max_attempts,
+        "job_key": spec.job_key,
+        "priority": spec.priority,
+        "flags": list(spec.flags) if spec.flags is not None else None,
+    }

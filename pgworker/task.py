@@ -1,0 +1,126 @@
+"""Task: a function registered on an App, with its payload type and ``defer``."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
+
+from .context import JobContext
+from .errors import ConfigurationError
+from .job import Job
+from .payload import PayloadCodec
+from .spec import JobKeyMode, JobSpec
+
+if TYPE_CHECKING:
+    from .app import App
+    from .store import Connection
+
+T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Task(Generic[T, P, R]):
+    """A task: call it like the function it wraps, or ``defer`` it to run on a worker.
+
+    The annotation of the function's first parameter is the payload type; a second
+    parameter, if there is one, receives the JobContext.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        identifier: str,
+        fn: Callable[Concatenate[T, P], R],
+        *,
+        defaults: JobSpec,
+    ) -> None:
+        self.app = app
+        self.identifier = identifier
+        self.fn = fn
+        self.defaults = defaults.validate()
+        payload_type, self.takes_context = _inspect_signature(identifier, fn)
+        self.codec: PayloadCodec[T] = PayloadCodec(payload_type)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", identifier)
+        self.__wrapped__ = fn
+
+    @property
+    def payload_type(self) -> Any:
+        """The type payloads are checked against and decoded into."""
+        return self.codec.payload_type
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        raise NotImplementedError  # replaced below; this signature is for type checkers
+
+    def defer(
+        self,
+        payload: T | Mapping[str, Any],
+        *,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        job_key: str | None = None,
+        job_key_mode: JobKeyMode | None = None,
+        flags: Sequence[str] | None = None,
+        conn: Connection | None = None,
+    ) -> Job:
+        """Enqueue one job of this task and return it.
+
+        ``payload`` is checked against the payload type first: a mismatch raises
+        PayloadError and writes nothing. With ``conn``, the job is added in that
+        connection's current transaction and vanishes if the caller rolls back.
+        """
+        spec = JobSpec(
+            queue=queue if queue is not None else self.defaults.queue,
+            run_at=run_at,
+            priority=priority if priority is not None else self.defaults.priority,
+            max_attempts=max_attempts if max_attempts is not None else self.defaults.max_attempts,
+            job_key=job_key,
+            job_key_mode=job_key_mode,
+            flags=flags if flags is not None else self.defaults.flags,
+        ).validate()
+        return self.app.store.add_job(self.identifier, self.codec.encode(payload), spec, conn=conn)
+
+    def run(self, payload: str, ctx: JobContext) -> R:
+        """Decode a stored payload and call the function (what a worker does)."""
+        value = self.codec.decode(payload)
+        call: Callable[..., R] = self.fn
+        if self.takes_context:
+            return call(value, ctx)
+        return call(value)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.identifier!r} payload={self.codec.payload_type!r}>"
+
+
+def _call(self: Task[Any, Any, Any], *args: Any, **kwargs: Any) -> Any:
+    return self.fn(*args, **kwargs)
+
+
+Task.__call__ = _call  # type: ignore[method-assign]
+
+
+def _inspect_signature(identifier: str, fn: Callable[..., Any]) -> tuple[Any, bool]:
+    """Return the payload type and whether ``fn`` takes a context argument."""
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if not params or len(params) > 2:
+        raise ConfigurationError(
+            f"task {identifier!r}: the function must take (payload) or (payload, ctx), "
+            f"not {len(params)} positional parameters"
+        )
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"task {identifier!r}: cannot resolve the annotations of {fn!r}: {exc}"
+        ) from exc
+    return hints.get(params[0].name, Any), len(params) == 2

@@ -1,0 +1,505 @@
+"""Worker: claims jobs, runs them on a thread pool, records outcomes, shuts down cleanly."""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import random
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import psycopg
+
+from .context import JobContext
+from .errors import PayloadError, PgWorkerError
+from .listener import Listener
+from .migrate import SCHEMA_REVISION
+from .store import ClaimedJob
+
+if TYPE_CHECKING:
+    from .app import App
+
+logger = logging.getLogger(__name__)
+
+#: graphile-worker's backoff stops growing after this many attempts (about 6 hours).
+RETRY_BACKOFF_CAP_ATTEMPTS = 10
+#: Upper bound on one batch of completions or failures written in a single statement.
+MAX_OUTCOME_BATCH = 1000
+#: Node's schedule for the 4-hour stale-lock reset: first run within a minute of start,
+#: then every 8 to 10 minutes.
+FIRST_RESET_WITHIN = 60.0
+RESET_INTERVAL = (480.0, 600.0)
+#: Bounds of the jittered backoff after a database error in a worker thread.
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What running one job came to; the completer writes it to the database."""
+
+    job_id: int
+    error: str | None = None
+    permanent: bool = False
+
+
+def backoff_delay(attempt: int) -> float:
+    """Jittered exponential backoff for reconnect loops: 0.2 s doubling to 30 s."""
+    ceiling = min(BACKOFF_MAX, BACKOFF_MIN * 2.0**attempt)
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+def retry_delay(attempts: int) -> float:
+    """The delay graphile-worker puts before the next attempt after ``attempts`` tries."""
+    return math.exp(min(attempts, RETRY_BACKOFF_CAP_ATTEMPTS))
+
+
+class Worker:
+    """One worker process's machinery: a fetch loop, executor threads, a completer,
+    a LISTEN connection and a maintenance timer, all sharing one lock-owner id.
+
+    ``run()`` blocks in the calling thread, which does the fetching.
+    """
+
+    def __init__(self, app: App, *, once: bool = False) -> None:
+        self.app = app
+        self.once = once
+        self.worker_id = f"pgworker-{secrets.token_hex(9)}"
+        self.concurrency = app.concurrency
+        self._task_names: dict[int, str] = {}
+        self._work: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
+        self._outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        self._state = threading.Condition()
+        self._free_slots = self.concurrency
+        self._unsettled = 0  # claimed and not yet written back
+        self._running: dict[int, ClaimedJob] = {}
+        self._abandoned: set[int] = set()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._forced = threading.Event()
+        self._stopped = threading.Event()
+        self._executors: list[threading.Thread] = []
+        self._helpers: list[threading.Thread] = []
+        self._ready = threading.Event()
+        self._listener: Listener | None = None
+        self.exit_reason: str | None = None
+
+    # -- public -----------------------------------------------------------------------
+
+    def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Prepare, run until stopped (or, with ``once``, until nothing is runnable), then
+        shut down leaving nothing locked by this worker."""
+        self._prepare()
+        restore = self._install_signal_handlers() if install_signal_handlers else None
+        try:
+            self._start_threads()
+            logger.info(
+                "Worker %s started: %d task(s), concurrency %d, schema %r",
+                self.worker_id,
+                len(self._task_names),
+                self.concurrency,
+                self.app.schema,
+            )
+            self._fetch_loop()
+        finally:
+            try:
+                self._shutdown()
+            finally:
+                if restore is not None:
+                    restore()
+                self._stopped.set()
+
+    def request_stop(self, *, force: bool = False) -> None:
+        """Stop fetching; with ``force``, also give running jobs back without waiting."""
+        self._stopping.set()
+        if force:
+            self._forced.set()
+        self._wake.set()
+        with self._state:
+            self._state.notify_all()
+
+    def wake(self) -> None:
+        """Look for jobs now instead of at the next poll (a notification arrived)."""
+        self._wake.set()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait until ``run()`` has finished its shutdown."""
+        return self._stopped.wait(timeout)
+
+    # -- start-up ---------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        if not self.app.tasks:
+            raise PgWorkerError("the app has no tasks: register some with @app.task(...)")
+        self.app.migrate()
+        self._task_names = self.app.store.register_tasks(sorted(self.app.tasks))
+
+    def _start_threads(self) -> None:
+        def spawn(name: str, target: Callable[[], None]) -> threading.Thread:
+            # Daemon threads: a task stuck forever must not keep the process alive
+            # after a forced stop has given its job back.
+            thread = threading.Thread(target=target, name=f"{self.worker_id}-{name}", daemon=True)
+            thread.start()
+            return thread
+
+        self._executors = [
+            spawn(f"executor-{i}", self._execute_loop) for i in range(self.concurrency)
+        ]
+        self._helpers = [spawn("completer", self._complete_loop)]
+        if not self.once:
+            self._listener = Listener(self.app, on_notify=self.wake, on_breaking=self._on_breaking)
+            self._helpers.append(spawn("listener", self._listener.run))
+            self._helpers.append(spawn("maintenance", self._maintenance_loop))
+        self._ready.set()
+
+    def _install_signal_handlers(self) -> Callable[[], None] | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        seen = 0
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            nonlocal seen
+            seen += 1
+            name = signal.Signals(signum).name
+            if seen == 1:
+                logger.info(
+                    "%s: stopping; running jobs get %.0f s to finish (again to stop now)",
+                    name,
+                    self.app.shutdown_grace_period,
+                )
+                self.request_stop()
+            else:
+                logger.warning("%s again: giving running jobs back and stopping now", name)
+                self.request_stop(force=True)
+
+        signums = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, handle) for s in signums}
+
+        def restore() -> None:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+        return restore
+
+    def _on_breaking(self, revision: int) -> None:
+        # worker:migrate is not per schema: a breaking migration of another schema in the
+        # same database notifies us too. Stop only if our own ledger moved past us.
+        latest, latest_breaking = self.app.store.schema_revision()
+        if latest_breaking <= SCHEMA_REVISION:
+            logger.info("Ignoring a breaking migration (%d) of another schema", revision)
+            return
+        self.exit_reason = f"schema revision {latest} is newer than this pgworker understands"
+        logger.warning("Stopping: %s (migrated by another worker)", self.exit_reason)
+        self.request_stop()
+
+    # -- fetching ---------------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            with self._state:
+                while self._free_slots == 0 and not self._stopping.is_set():
+                    self._state.wait()
+                limit = self._free_slots
+            if self._stopping.is_set():
+                return
+            self._wake.clear()
+            try:
+                claimed = self.app.store.claim_jobs(
+                    worker_id=self.worker_id, task_names=self._task_names, limit=limit
+                )
+            except psycopg.Error as exc:
+                delay = backoff_delay(attempt)
+                attempt += 1
+                logger.warning("Fetching jobs failed (%s); retrying in %.1f s", exc, delay)
+                self._stopping.wait(delay)
+                continue
+            attempt = 0
+            with self._state:
+                self._free_slots -= len(claimed)
+                self._unsettled += len(claimed)
+                for job in claimed:
+                    self._running[job.job.id] = job
+                idle = self._unsettled == 0
+            for job in claimed:
+                self._work.put(job)
+            if len(claimed) == limit:
+                continue  # there may be more: fetch again as soon as a slot is free
+            if self.once and not claimed and idle:
+                return
+            # Nothing more runnable: sleep until a notification, a finished job (its
+            # queue may hold the next one) or the poll interval, whichever comes first.
+            self._wake.wait(None if self.once else self.app.poll_interval)
+
+    # -- executing --------------------------------------------------------------------
+
+    def _execute_loop(self) -> None:
+        while True:
+            claimed = self._work.get()
+            if claimed is None:
+                return
+            try:
+                outcome = self._run_job(claimed)
+            except BaseException as exc:  # never let a job take the thread down
+                logger.exception("Unexpected error running job %d", claimed.job.id)
+                outcome = Outcome(claimed.job.id, error=_describe_error(exc))
+            with self._state:
+                self._running.pop(claimed.job.id, None)
+                abandoned = claimed.job.id in self._abandoned
+                self._free_slots += 1
+                self._state.notify_all()
+            if not abandoned:
+                self._outcomes.put(outcome)
+
+    def _run_job(self, claimed: ClaimedJob) -> Outcome:
+        job = claimed.job
+        task = self.app.tasks[job.task_identifier]
+        attempt = f"attempt {job.attempts} of {job.max_attempts}"
+        extra = {
+            "job_id": job.id,
+            "task_identifier": job.task_identifier,
+            "queue_name": job.queue_name,
+            "attempt": job.attempts,
+            "max_attempts": job.max_attempts,
+        }
+        started = time.perf_counter()
+        try:
+            task.run(claimed.payload, JobContext(job, self.app, self.worker_id))
+        except PayloadError as exc:
+            # The payload will never decode, however often we retry: fail it for good.
+            message = f"PayloadError: {exc}"
+            logger.error(
+                "Failed %s #%d permanently (%s): %s",
+                job.task_identifier,
+                job.id,
+                attempt,
+                message,
+                extra={**extra, "duration_ms": _ms_since(started)},
+            )
+            return Outcome(job.id, error=message, permanent=True)
+        except BaseException as exc:
+            message = _describe_error(exc)
+            duration = _ms_since(started)
+            if job.attempts >= job.max_attempts:
+                logger.error(
+                    "Failed %s #%d in %.1f ms (%s, no attempts left): %s",
+                    job.task_identifier,
+                    job.id,
+                    duration,
+                    attempt,
+                    message,
+                    extra={**extra, "duration_ms": duration},
+                )
+            else:
+                logger.warning(
+                    "Failed %s #%d in %.1f ms (%s, retry in %s): %s",
+                    job.task_identifier,
+                    job.id,
+                    duration,
+                    attempt,
+                    _format_seconds(retry_delay(job.attempts)),
+                    message,
+                    extra={**extra, "duration_ms": duration},
+                )
+            logger.debug("Traceback of job %d", job.id, exc_info=exc)
+            return Outcome(job.id, error=message)
+        duration = _ms_since(started)
+        logger.info(
+            "Completed %s #%d in %.1f ms (%s)",
+            job.task_identifier,
+            job.id,
+            duration,
+            attempt,
+            extra={**extra, "duration_ms": duration},
+        )
+        return Outcome(job.id)
+
+    # -- recording outcomes -----------------------------------------------------------
+
+    def _complete_loop(self) -> None:
+        finished = False
+        while not finished:
+            first = self._outcomes.get()
+            batch: list[Outcome] = []
+            if first is None:
+                finished = True
+            else:
+                batch.append(first)
+            # Whatever else is already waiting goes in the same statement: no delay
+            # when idle, large batches under load.
+            while len(batch) < MAX_OUTCOME_BATCH and not finished:
+                try:
+                    more = self._outcomes.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    finished = True
+                else:
+                    batch.append(more)
+            if batch:
+                self._write_outcomes(batch)
+
+    def _write_outcomes(self, batch: list[Outcome]) -> None:
+        successes = [o.job_id for o in batch if o.error is None]
+        failures = [(o.job_id, o.error, o.permanent) for o in batch if o.error is not None]
+        attempt = 0
+        while True:
+            try:
+                store = self.app.store
+                if successes:
+                    store.complete_jobs(successes, worker_id=self.worker_id)
+                    successes = []
+                if failures:
+                    store.fail_jobs(failures, worker_id=self.worker_id)
+                break
+            except psycopg.Error as exc:
+                if self._forced.is_set():
+                    logger.error(
+                        "Could not record the outcome of %d job(s) before stopping (%s); "
+                        "they stay locked by %s until recovered",
+                        len(batch),
+                        exc,
+                        self.worker_id,
+                    )
+                    break
+                delay = backoff_delay(attempt)
+                attempt += 1
+                logger.warning(
+                    "Recording %d job outcome(s) failed (%s); retrying in %.1f s",
+                    len(batch),
+                    exc,
+                    delay,
+                )
+                self._forced.wait(delay)
+        with self._state:
+            self._unsettled -= len(batch)
+            self._state.notify_all()
+        self._wake.set()
+
+    # -- maintenance ------------------------------------------------------------------
+
+    def _maintenance_loop(self) -> None:
+        delay = random.uniform(0, FIRST_RESET_WITHIN)
+        while not self._stopping.wait(delay):
+            try:
+                self.app.store.reset_stale_locks()
+            except psycopg.Error as exc:
+                logger.warning("Resetting stale locks failed: %s", exc)
+            delay = random.uniform(*RESET_INTERVAL)
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + self.app.shutdown_grace_period
+        with self._state:
+            while self._running and not self._forced.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._state.wait(min(remaining, 0.1))
+            leftover = list(self._running)
+            self._abandoned.update(leftover)
+        if leftover:
+            self._return_jobs(leftover)
+        for _ in range(self.concurrency):
+            self._work.put(None)
+        self._outcomes.put(None)
+        if self._listener is not None:
+            self._listener.stop()
+        # The completer comes first in _helpers: it writes every outcome queued before
+        # the sentinel, so nothing that finished is lost.
+        for thread in self._helpers:
+            thread.join()
+        logger.info("Worker %s stopped", self.worker_id)
+
+    def _return_jobs(self, job_ids: list[int]) -> None:
+        logger.warning(
+            "Giving back %d unfinished job(s) (%s); they run again in %.0f s",
+            len(job_ids),
+            ", ".join(f"#{i}" for i in job_ids),
+            self.app.interrupted_retry_delay,
+        )
+        for attempt in range(5):
+            try:
+                self.app.store.return_jobs(
+                    job_ids, worker_id=self.worker_id, delay=self.app.interrupted_retry_delay
+                )
+                return
+            except psycopg.Error as exc:
+                logger.warning("Giving jobs back failed (%s)", exc)
+                time.sleep(backoff_delay(attempt))
+        logger.error("Jobs %s stay locked by %s until recovered", job_ids, self.worker_id)
+
+
+class WorkerHandle:
+    """A worker running in background threads (from ``App.start()``)."""
+
+    def __init__(self, worker: Worker, thread: threading.Thread) -> None:
+        self.worker = worker
+        self._thread = thread
+        self.error: BaseException | None = None
+
+    @classmethod
+    def start(cls, worker: Worker) -> WorkerHandle:
+        """Start ``worker.run()`` in a thread and return once it is fetching."""
+        holder: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                worker.run(install_signal_handlers=False)
+            except BaseException as exc:
+                holder["error"] = exc
+                logger.exception("Worker %s crashed", worker.worker_id)
+
+        thread = threading.Thread(target=target, name=f"{worker.worker_id}-main", daemon=True)
+        handle = cls(worker, thread)
+        thread.start()
+        while not worker._ready.wait(0.05):
+            if not thread.is_alive():
+                thread.join()
+                raise holder["error"]
+        return handle
+
+    @property
+    def worker_id(self) -> str:
+        """The lock-owner id of this worker (``locked_by`` of its jobs)."""
+        return self.worker.worker_id
+
+    def stop(self, timeout: float | None = None, *, force: bool = False) -> None:
+        """Stop the worker and wait for it: running jobs finish, or after ``timeout``
+        seconds (or at once with ``force``) are given back."""
+        self.worker.request_stop(force=force)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.worker.request_stop(force=True)
+            self._thread.join()
+
+    def __enter__(self) -> WorkerHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _describe_error(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _format_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

