@@ -69,7 +69,11 @@ class Store:
             else:
                 with self.require_pool().connection() as own:
                     yield own
-        except (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable) as exc:
+        except (
+            psycopg.errors.InvalidSchemaName,
+            psycopg.errors.UndefinedFunction,
+            psycopg.errors.UndefinedTable,
+        ) as exc:
             raise PgWorkerError(
                 f"the worker schema {self.schema!r} is not installed in this database: "
                 f"run `pgworker migrate` (or app.migrate()) first ({exc.diag.message_primary})"
@@ -111,18 +115,30 @@ class Store:
         }
         with self.connection(conn) as c:
             row = c.execute(self.queries["add_job"], params).fetchone()
-        assert row is not None, "add_job returns a row or raises"
-        return job_from_row(row, task_identifier=identifier, queue_name=row[13])
+            assert row is not None, "add_job returns a row or raises"
+            queue_name = spec.queue
+            if spec.job_key_mode == "unsafe_dedupe" and row[-1] is not None:
+                # The job returned may be an older one, in another queue.
+                found = c.execute(self.queries["queue_name"], {"queue_id": row[-1]}).fetchone()
+                queue_name = found[0] if found else None
+        return job_from_row(row, task_identifier=identifier, queue_name=queue_name)
 
     def add_jobs(
         self, jobs: Sequence[NewJob], *, preserve_run_at: bool, conn: Connection | None = None
     ) -> list[Job]:
         """Add a batch of jobs in one statement through ``add_jobs``."""
+        if not jobs:
+            return []
         specs = msgspec.json.encode([_spec_record(new) for new in jobs]).decode()
         params = {"specs": specs, "preserve_run_at": preserve_run_at}
         with self.connection(conn) as c:
             rows = c.execute(self.queries["add_jobs"], params).fetchall()
-        return [job_from_row(row, task_identifier=row[14], queue_name=row[13]) for row in rows]
+        if len(rows) != len(jobs):
+            raise JobNotCreatedError(f"add_jobs created {len(rows)} of {len(jobs)} jobs")
+        return [
+            job_from_row(row, task_identifier=new.identifier, queue_name=new.spec.queue)
+            for row, new in zip(rows, jobs, strict=True)
+        ]
 
     def claim_jobs(
         self,

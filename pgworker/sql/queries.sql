@@ -60,12 +60,12 @@ where identifier = any(%(identifiers)s::text[])
 
 -- name: add_job
 -- Add one job through the add_job function, which also sends the jobs:insert notification.
+-- (Task and queue names are not read back here: rows that add_job inserts are invisible
+-- to the rest of this statement.)
 select
   jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
   jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
-  jobs.flags,
-  (select job_queues.queue_name from :SCHEMA._private_job_queues as job_queues
-   where job_queues.id = jobs.job_queue_id)
+  jobs.flags, jobs.task_id, jobs.job_queue_id
 from :SCHEMA.add_job(
   identifier => %(identifier)s,
   payload => %(payload)s::json,
@@ -79,18 +79,20 @@ from :SCHEMA.add_job(
 ) as jobs
 
 -- name: add_jobs
--- Add a batch of jobs in one statement through the add_jobs function.
+-- Add a batch of jobs in one statement through the add_jobs function; rows come back
+-- in the order of the specs.
 select
   jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
   jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
-  jobs.flags,
-  (select job_queues.queue_name from :SCHEMA._private_job_queues as job_queues
-   where job_queues.id = jobs.job_queue_id),
-  (select tasks.identifier from :SCHEMA._private_tasks as tasks where tasks.id = jobs.task_id)
+  jobs.flags, jobs.task_id, jobs.job_queue_id
 from :SCHEMA.add_jobs(
   array(select json_populate_recordset(null:::SCHEMA.job_spec, %(specs)s::json)),
   %(preserve_run_at)s
 ) as jobs
+
+-- name: queue_name
+-- The name of one queue, by id.
+select queue_name from :SCHEMA._private_job_queues where id = %(queue_id)s
 
 -- name: claim_jobs
 -- Lock up to %(limit)s runnable jobs of the given tasks for this worker, oldest first

@@ -1,0 +1,228 @@
+"""Deferring jobs: payload types, options, transactions, and the errors users meet."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypedDict
+
+import msgspec
+import psycopg
+import pytest
+
+from pgworker import App, ConfigurationError, JobContext, PayloadError, PgWorkerError
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+class SayHello(msgspec.Struct):
+    message: str
+
+
+@dataclasses.dataclass
+class Resize:
+    width: int
+    height: int = 100
+
+
+class Email(TypedDict):
+    to: str
+    subject: str
+
+
+@pytest.fixture
+def opened(app: App) -> Iterator[App]:
+    with app:
+        app.migrate()
+        yield app
+
+
+def count_jobs(db: Conn, schema: str) -> int:
+    row = db.execute(f'select count(*) from "{schema}".jobs').fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def payloads(db: Conn, schema: str) -> list[Any]:
+    return [r[0] for r in db.execute(f'select payload from "{schema}"._private_jobs order by id')]
+
+
+def test_defer_accepts_a_struct_or_a_dict_of_its_shape(opened: App, db: Conn, schema: str) -> None:
+    @opened.task("say_hello")
+    def say_hello(payload: SayHello, ctx: JobContext) -> None: ...
+
+    job = say_hello.defer(SayHello(message="hi"))
+    say_hello.defer({"message": "later"})
+    assert job.task_identifier == "say_hello"
+    assert job.attempts == 0
+    assert job.max_attempts == 25
+    assert job.priority == 0
+    assert job.queue_name is None
+    assert job.key is None
+    assert job.revision == 0
+    assert payloads(db, schema) == [{"message": "hi"}, {"message": "later"}]
+
+
+@pytest.mark.parametrize(
+    ("payload_type", "good", "bad", "field"),
+    [
+        (SayHello, {"message": "x"}, {"message": 3}, "$.message"),
+        (Resize, {"width": 5}, {"width": "wide"}, "$.width"),
+        (Email, {"to": "a@b.c", "subject": "hi"}, {"to": "a@b.c"}, None),
+        (dict[str, int], {"a": 1}, {"a": "one"}, "$[...]"),
+    ],
+)
+def test_a_mismatching_payload_names_the_field_and_writes_nothing(
+    opened: App, db: Conn, schema: str, payload_type: Any, good: Any, bad: Any, field: str | None
+) -> None:
+    def fn(payload: Any) -> None: ...
+
+    fn.__annotations__["payload"] = payload_type
+    task = opened.task("typed")(fn)
+    task.defer(good)
+    with pytest.raises(PayloadError) as caught:
+        task.defer(bad)
+    assert caught.value.path == field
+    assert count_jobs(db, schema) == 1
+
+
+def test_a_struct_built_with_wrong_field_types_is_caught(
+    opened: App, db: Conn, schema: str
+) -> None:
+    @opened.task("say_hello")
+    def say_hello(payload: SayHello) -> None: ...
+
+    with pytest.raises(PayloadError, match=r"\$\.message"):
+        say_hello.defer(SayHello(message=42))  # type: ignore[arg-type]
+    with pytest.raises(PayloadError, match="cannot be encoded"):
+        say_hello.defer({"message": object()})
+    assert count_jobs(db, schema) == 0
+
+
+def test_defer_options_are_stored(opened: App, db: Conn, schema: str) -> None:
+    @opened.task("say_hello", queue="default-q", max_attempts=7)
+    def say_hello(payload: SayHello) -> None: ...
+
+    run_at = datetime(2203, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    job = say_hello.defer(
+        {"message": "later"},
+        run_at=run_at,
+        priority=-10,
+        queue="emails",
+        max_attempts=5,
+        job_key="hello-1",
+        flags=["slow", "big"],
+    )
+    assert (job.run_at, job.priority, job.queue_name, job.max_attempts, job.key, job.flags) == (
+        run_at,
+        -10,
+        "emails",
+        5,
+        "hello-1",
+        ["big", "slow"],
+    )
+    defaults = say_hello.defer({"message": "defaults"})
+    assert (defaults.queue_name, defaults.max_attempts) == ("default-q", 7)
+    row = db.execute(
+        f'select flags from "{schema}"._private_jobs where id = %s', (job.id,)
+    ).fetchone()
+    assert row == ({"slow": True, "big": True},)
+
+
+def test_same_key_replaces_the_pending_job(opened: App, db: Conn, schema: str) -> None:
+    for a in range(1, 5):
+        job = opened.defer("job3", {"a": a}, job_key="UNIQUE")
+    assert job.revision == 3
+    assert payloads(db, schema) == [{"a": 4}]
+
+
+def test_app_defer_by_identifier_needs_no_task(opened: App, db: Conn, schema: str) -> None:
+    job = opened.defer("elsewhere", {"raw": [1, 2]}, queue="q")
+    empty = opened.defer("elsewhere")
+    assert job.task_identifier == "elsewhere"
+    assert job.queue_name == "q"
+    assert payloads(db, schema) == [{"raw": [1, 2]}, {}]
+    assert empty.id > job.id
+
+
+def test_app_defer_checks_registered_tasks_payloads(opened: App) -> None:
+    @opened.task("say_hello")
+    def say_hello(payload: SayHello) -> None: ...
+
+    with pytest.raises(PayloadError):
+        opened.defer("say_hello", {"message": 1})
+
+
+def test_defer_in_the_callers_transaction(
+    app: App, db: Conn, schema: str, database_url: str
+) -> None:
+    with app:
+        app.migrate()
+
+    @app.task("say_hello")
+    def say_hello(payload: SayHello) -> None: ...
+
+    # The app is closed: a caller's connection is all defer needs.
+    with psycopg.connect(database_url) as conn:
+        with conn.transaction(force_rollback=True):
+            say_hello.defer({"message": "rolled back"}, conn=conn)
+            assert count_jobs(db, schema) == 0  # not visible outside yet
+        assert count_jobs(db, schema) == 0
+        with conn.transaction():
+            job = say_hello.defer({"message": "kept"}, conn=conn)
+    assert payloads(db, schema) == [{"message": "kept"}]
+    assert job.id > 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"run_at": datetime(2030, 1, 1)}, "timezone-aware"),
+        ({"priority": 40000}, "priority must be between"),
+        ({"max_attempts": 0}, "max_attempts must be between"),
+        ({"queue": "q" * 129}, "queue must be 1 to 128"),
+        ({"job_key": ""}, "job_key must be 1 to 512"),
+        ({"job_key": "k", "job_key_mode": "sometimes"}, "job_key_mode must be one of"),
+        ({"job_key_mode": "replace"}, "needs a job_key"),
+        ({"flags": "slow"}, "flags must be a list"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_sent(
+    opened: App, db: Conn, schema: str, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        opened.defer("job", {}, **options)
+    assert count_jobs(db, schema) == 0
+
+
+def test_defer_before_open_or_migrate_says_what_to_do(app: App) -> None:
+    with pytest.raises(PgWorkerError, match="app is not open"):
+        app.defer("job", {})
+    with app, pytest.raises(PgWorkerError, match="pgworker migrate"):
+        app.defer("job", {})
+
+
+def test_calling_a_task_directly_runs_the_function(app: App) -> None:
+    @app.task("add")
+    def add(payload: dict[str, int], ctx: JobContext | None = None) -> int:
+        return payload["a"] + payload["b"]
+
+    assert add({"a": 1, "b": 2}) == 3
+    assert add.identifier == "add"
+    assert add.payload_type == dict[str, int]
+
+
+def test_task_registration_errors(app: App) -> None:
+    with pytest.raises(ConfigurationError, match="identifier"):
+        app.task("1bad")
+    app.task("ok")(lambda payload: None)
+    with pytest.raises(ConfigurationError, match="already registered"):
+        app.task("ok")
+    with pytest.raises(ConfigurationError, match="positional parameters"):
+        app.task("too_many")(lambda a, b, c: None)
+
+
+def test_run_at_round_trips_to_the_microsecond(opened: App) -> None:
+    moment = datetime.now(UTC) + timedelta(days=365 * 180, microseconds=123)
+    assert opened.defer("later", run_at=moment).run_at == moment

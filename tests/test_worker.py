@@ -1,0 +1,229 @@
+"""Running jobs: order, retries with graphile-worker's backoff, permanent failure, lifecycle."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import psycopg
+import pytest
+
+from pgworker import App, JobContext
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+class SayHello(msgspec.Struct):
+    message: str
+
+
+@pytest.fixture
+def opened(app: App) -> Iterator[App]:
+    with app:
+        app.migrate()
+        yield app
+
+
+def job_rows(db: Conn, schema: str) -> list[tuple[Any, ...]]:
+    return db.execute(
+        f"select id, task_identifier, attempts, max_attempts, last_error, locked_by "
+        f'from "{schema}".jobs order by id'
+    ).fetchall()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def test_run_once_runs_what_is_due_and_leaves_the_future(
+    opened: App, db: Conn, schema: str
+) -> None:
+    ran: list[tuple[str, int, int]] = []
+
+    @opened.task("say_hello")
+    def say_hello(payload: SayHello, ctx: JobContext) -> None:
+        ran.append((payload.message, ctx.job.id, ctx.job.attempts))
+
+    now = say_hello.defer({"message": "now"})
+    later = say_hello.defer({"message": "later"}, run_at=datetime.now(UTC) + timedelta(hours=1))
+    opened.defer("not_ours", {})
+    opened.run_once()
+    assert ran == [("now", now.id, 1)]
+    remaining = job_rows(db, schema)
+    assert [(r[0], r[1], r[2], r[5]) for r in remaining] == [
+        (later.id, "say_hello", 0, None),
+        (later.id + 1, "not_ours", 0, None),
+    ]
+
+
+def test_jobs_run_by_priority_then_run_at_then_id(opened: App) -> None:
+    order: list[str] = []
+    opened.concurrency = 1
+
+    @opened.task("record")
+    def record(payload: dict[str, str]) -> None:
+        order.append(payload["name"])
+
+    past = datetime.now(UTC) - timedelta(minutes=5)
+    record.defer({"name": "b-late"}, run_at=past + timedelta(seconds=2))
+    record.defer({"name": "c-low"}, priority=5, run_at=past)
+    record.defer({"name": "a-early"}, run_at=past)
+    record.defer({"name": "first"}, priority=-10)
+    record.defer({"name": "b-late-2"}, run_at=past + timedelta(seconds=2))
+    opened.run_once()
+    assert order == ["first", "a-early", "b-late", "b-late-2", "c-low"]
+
+
+def test_a_failure_follows_graphile_workers_backoff(opened: App, db: Conn, schema: str) -> None:
+    @opened.task("flaky")
+    def flaky(payload: dict[str, Any]) -> None:
+        raise RuntimeError("boom")
+
+    job = flaky.defer({})
+    opened.run_once()
+    attempts, last_error, locked_by, delay = db.execute(
+        f"select attempts, last_error, locked_by, extract(epoch from run_at - now()) "
+        f'from "{schema}"._private_jobs where id = %s',
+        (job.id,),
+    ).fetchone() or (None, None, None, None)
+    assert (attempts, last_error, locked_by) == (1, "RuntimeError: boom", None)
+    # run_at = greatest(now(), run_at) + exp(least(attempts, 10)) s, in database time.
+    assert math.exp(1) - 1.0 < float(delay) <= math.exp(1)
+
+    for attempt in (2, 3, 11):
+        db.execute(
+            f"update \"{schema}\"._private_jobs set run_at = now() - interval '1 hour', "
+            f"attempts = %s where id = %s",
+            (attempt - 1, job.id),
+        )
+        opened.run_once()
+        row = db.execute(
+            f'select extract(epoch from run_at - now()) from "{schema}"._private_jobs '
+            f"where id = %s",
+            (job.id,),
+        ).fetchone()
+        assert row is not None
+        expected = math.exp(min(attempt, 10))
+        assert expected - 1.0 < float(row[0]) <= expected, attempt
+
+
+def test_after_max_attempts_the_job_stays_and_is_not_fetched(
+    opened: App, db: Conn, schema: str
+) -> None:
+    calls = []
+
+    @opened.task("doomed")
+    def doomed(payload: dict[str, Any]) -> None:
+        calls.append(1)
+        raise ValueError("nope")
+
+    job = doomed.defer({}, max_attempts=2)
+    for _ in range(3):
+        db.execute(f'update "{schema}"._private_jobs set run_at = now() where id = %s', (job.id,))
+        opened.run_once()
+    assert len(calls) == 2
+    assert job_rows(db, schema) == [(job.id, "doomed", 2, 2, "ValueError: nope", None)]
+
+
+def test_a_payload_that_no_longer_decodes_fails_permanently(
+    opened: App, db: Conn, schema: str
+) -> None:
+    ran = []
+
+    @opened.task("say_hello")
+    def say_hello(payload: SayHello) -> None:
+        ran.append(payload)
+
+    db.execute(f"""select "{schema}".add_job('say_hello', '{{"msg": "renamed"}}')""")
+    say_hello.defer({"message": "fine"})
+    opened.run_once()
+    assert ran == [SayHello("fine")]
+    [(_, _, attempts, max_attempts, last_error, _)] = job_rows(db, schema)
+    assert attempts == max_attempts == 25
+    assert "PayloadError" in last_error
+    assert "field `message`" in last_error
+
+
+def test_named_queues_run_one_job_at_a_time_in_order(opened: App) -> None:
+    opened.concurrency = 4
+    active: dict[str, int] = {}
+    overlaps: list[str] = []
+    order: list[int] = []
+    lock = threading.Lock()
+
+    @opened.task("serial")
+    def serial(payload: dict[str, int], ctx: JobContext) -> None:
+        queue = ctx.job.queue_name or "-"
+        with lock:
+            active[queue] = active.get(queue, 0) + 1
+            if active[queue] > 1:
+                overlaps.append(queue)
+            if queue == "serial":
+                order.append(payload["n"])
+        time.sleep(0.02)
+        with lock:
+            active[queue] -= 1
+
+    for n in range(8):
+        serial.defer({"n": n}, queue="serial")
+        serial.defer({"n": n}, queue="other")
+    opened.run_once()
+    assert overlaps == []
+    assert order == list(range(8))
+
+
+def test_start_and_stop_inside_one_process(opened: App, db: Conn, schema: str) -> None:
+    done = threading.Event()
+    seen: list[str] = []
+
+    @opened.task("say_hello")
+    def say_hello(payload: SayHello, ctx: JobContext) -> None:
+        seen.append(payload.message)
+        if len(seen) == 3:
+            done.set()
+
+    handle = opened.start()
+    try:
+        for message in ("a", "b", "c"):
+            say_hello.defer({"message": message})
+        assert done.wait(5)
+    finally:
+        handle.stop(timeout=5)
+    assert sorted(seen) == ["a", "b", "c"]
+    assert job_rows(db, schema) == []
+    assert handle.worker.wait_stopped(0)
+
+
+def test_a_running_worker_wakes_on_notification(make_app: Callable[..., App]) -> None:
+    app = make_app(poll_interval=60)  # only a notification can explain a quick pickup
+    started = threading.Event()
+
+    @app.task("ping")
+    def ping(payload: dict[str, Any]) -> None:
+        started.set()
+
+    with app:
+        handle = app.start()
+        try:
+            assert handle.worker._listener is not None
+            assert handle.worker._listener.wait_listening(5)
+            t0 = time.monotonic()
+            ping.defer({})
+            assert started.wait(2)
+            assert time.monotonic() - t0 < 0.5
+        finally:
+            handle.stop(timeout=5)
+
+
+def test_an_app_without_tasks_refuses_to_run(opened: App) -> None:
+    with pytest.raises(Exception, match="no tasks"):
+        opened.run_once()
