@@ -8,9 +8,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,13 +17,11 @@ import click
 import msgspec
 
 from .app import DEFAULT_SCHEMA, App
-from .embedded import embedded_postgres
+from .embedded import development_database
 from .errors import PgWorkerError
 
 logger = logging.getLogger("pgworker.cli")
 
-#: libpq variables that, when set, mean "a database is configured".
-LIBPQ_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 _RELATIVE_TIME = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -33,37 +30,6 @@ class CliError(click.ClickException):
     """A failure reported in one sentence, with exit code 1."""
 
     exit_code = 1
-
-
-@dataclass
-class Settings:
-    """The options every command shares, resolved once."""
-
-    database_url: str | None
-    schema: str | None
-
-
-def resolve_database_url(flag: str | None, environ: Mapping[str, str]) -> str | None:
-    """The database to use: ``--database-url``, then ``DATABASE_URL``, then libpq's
-    ``PG*`` variables (as an empty conninfo); None when nothing is configured."""
-    if flag:
-        return flag
-    if environ.get("DATABASE_URL"):
-        return environ["DATABASE_URL"]
-    if any(environ.get(name) for name in LIBPQ_VARIABLES):
-        return ""
-    return None
-
-
-@contextmanager
-def database(settings: Settings) -> Iterator[str]:
-    """Yield the configured database, or an embedded one for the length of the command."""
-    url = resolve_database_url(settings.database_url, os.environ)
-    if url is not None:
-        yield url
-        return
-    with embedded_postgres() as embedded_url:
-        yield embedded_url
 
 
 def load_app(target: str) -> App:
@@ -167,7 +133,7 @@ def run(
 ) -> None:
     """Run a worker for the app at MODULE:ATTR until SIGINT/SIGTERM."""
     app = load_app(target)
-    with reported_errors(), database(Settings(database_url, schema)) as url:
+    with reported_errors(), development_database(database_url) as url:
         app.configure(
             database_url=url, schema=schema, concurrency=concurrency, poll_interval=poll_interval
         )
@@ -183,7 +149,7 @@ def run(
 def migrate(target: str | None, database_url: str | None, schema: str | None) -> None:
     """Install or upgrade the worker schema, then exit."""
     app = load_app(target) if target else App()
-    with reported_errors(), database(Settings(database_url, schema)) as url:
+    with reported_errors(), development_database(database_url) as url:
         app.configure(database_url=url, schema=schema)
         with app:
             outcome = app.migrate()
@@ -223,7 +189,7 @@ def defer(
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="PAYLOAD") from exc
     when = parse_run_at(run_at)
     app = load_app(target) if target else App()
-    with reported_errors(), database(Settings(database_url, schema)) as url:
+    with reported_errors(), development_database(database_url) as url:
         app.configure(database_url=url, schema=schema)
         with app:
             job = app.defer(

