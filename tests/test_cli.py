@@ -74,14 +74,16 @@ def test_defer_reports_bad_input(runner: CliRunner, database_url: str, schema: s
     common = ("--database-url", database_url, "--schema", schema)
     invoke(runner, "migrate", *common)
     result = invoke(runner, "defer", "say_hello", "{not json", *common)
-    assert result.exit_code == 2 and "not valid JSON" in result.output
+    assert result.exit_code == 2
+    assert "not valid JSON" in result.output
     result = invoke(
         runner, "defer", "say_hello", '{"message": 1}', "--app", "examples.run_once:app", *common
     )
     assert result.exit_code == 1
     assert "Expected `str`, got `int` - at `$.message`" in result.output
     result = invoke(runner, "defer", "x", "--run-at", "tomorrow", *common)
-    assert result.exit_code == 2 and "ISO 8601" in result.output
+    assert result.exit_code == 2
+    assert "ISO 8601" in result.output
 
 
 def test_an_unreachable_database_is_one_sentence(runner: CliRunner) -> None:
@@ -105,6 +107,8 @@ def test_a_missing_embedded_extra_is_one_sentence(
 def test_run_at_parsing() -> None:
     assert parse_run_at(None) is None
     moment = parse_run_at("2030-01-02T03:04:05")
-    assert moment is not None and moment.isoformat() == "2030-01-02T03:04:05+00:00"
+    assert moment is not None
+    assert moment.isoformat() == "2030-01-02T03:04:05+00:00"
     relative = parse_run_at("+90s")
-    assert relative is not None and relative.tzinfo is not None
+    assert relative is not None
+    assert relative.tzinfo is not None
