@@ -213,10 +213,11 @@ class Worker:
                 claimed = self.app.store.claim_jobs(
                     worker_id=self.worker_id, task_names=self._task_names, limit=limit
                 )
-            except psycopg.Error as exc:
+            except Exception as exc:  # the loop must outlive any one failure
                 delay = backoff_delay(attempt)
                 attempt += 1
-                logger.warning("Fetching jobs failed (%s); retrying in %.1f s", exc, delay)
+                log = logger.warning if isinstance(exc, psycopg.Error) else logger.exception
+                log("Fetching jobs failed (%s); retrying in %.1f s", exc, delay)
                 self._stopping.wait(delay)
                 continue
             attempt = 0
@@ -243,6 +244,10 @@ class Worker:
             claimed = self._work.get()
             if claimed is None:
                 return
+            with self._state:
+                given_back = claimed.job.id in self._abandoned
+            if given_back:  # a forced stop returned it before it started: don't run it
+                continue
             try:
                 outcome = self._run_job(claimed)
             except BaseException as exc:  # never let a job take the thread down
@@ -464,7 +469,7 @@ class WorkerHandle:
         while not worker._ready.wait(0.05):
             if not thread.is_alive():
                 thread.join()
-                raise holder["error"]
+                raise holder.get("error") or PgWorkerError("the worker stopped while starting")
         return handle
 
     @property
