@@ -69,6 +69,8 @@ class Listener:
                 self._listen()
                 attempt = 0
             except (psycopg.Error, OSError) as exc:
+                if self._connected.is_set():
+                    attempt = 0  # it was up: this is a new loss, not the same one again
                 self._connected.clear()
                 delay = min(RECONNECT_MAX, RECONNECT_MIN * 2**attempt) * random.uniform(0.5, 1.0)
                 attempt += 1

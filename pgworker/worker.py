@@ -49,8 +49,12 @@ class Outcome(msgspec.Struct, frozen=True):
 
 
 def backoff_delay(attempt: int) -> float:
-    """Jittered exponential backoff for reconnect loops: 0.2 s doubling to 30 s."""
-    ceiling = min(BACKOFF_MAX, BACKOFF_MIN * 2.0**attempt)
+    """Jittered exponential backoff for reconnect loops: at once, then 0.2 s doubling to
+    30 s. The first retry is immediate because the usual cause is one pool connection
+    that died while idle; the pool has already discarded it."""
+    if attempt == 0:
+        return 0.0
+    ceiling = min(BACKOFF_MAX, BACKOFF_MIN * 2.0 ** (attempt - 1))
     return ceiling * random.uniform(0.5, 1.0)
 
 
