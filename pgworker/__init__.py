@@ -14,7 +14,7 @@ from .errors import (
 )
 from .job import Job
 from .migrate import MigrationOutcome
-from .spec import JobKeyMode, JobSpec
+from .spec import JobKeyMode, JobSpec, RawJob
 from .task import Task
 from .worker import WorkerHandle
 
@@ -32,6 +32,7 @@ __all__ = [
     "MigrationOutcome",
     "PayloadError",
     "PgWorkerError",
+    "RawJob",
     "Task",
     "UnknownTaskError",
     "WorkerHandle",

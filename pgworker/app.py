@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -16,8 +16,8 @@ from .errors import ConfigurationError, DatabaseUnavailableError
 from .job import Job
 from .migrate import MigrationOutcome, migrate
 from .payload import PayloadCodec
-from .spec import JobKeyMode, JobSpec
-from .store import Connection, Store
+from .spec import JobKeyMode, JobSpec, RawJob
+from .store import Connection, NewJob, Store
 from .task import Task
 
 if TYPE_CHECKING:
@@ -259,6 +259,28 @@ class App:
         ).validate()
         encoded = _RAW_CODEC.encode({} if payload is None else payload)
         return self.store.add_job(identifier, encoded, spec, conn=conn)
+
+    def defer_raw(self, jobs: Iterable[RawJob], *, conn: Connection | None = None) -> list[Job]:
+        """Enqueue a mixed batch (several tasks, each job its own options) in one
+        statement. Payloads of tasks registered on this app are checked first; nothing is
+        written unless every job is valid. Returns the jobs in order."""
+        batch: list[NewJob] = []
+        modes: set[str] = set()
+        for raw in jobs:
+            task = self.tasks.get(raw.identifier)
+            codec = task.codec if task is not None else _RAW_CODEC
+            spec = (task.defaults if task is not None else JobSpec()).merge(raw.spec)
+            if spec.job_key_mode == "unsafe_dedupe":
+                raise ConfigurationError("job_key_mode 'unsafe_dedupe' works only with defer()")
+            if spec.job_key is not None:
+                modes.add(spec.job_key_mode or "replace")
+            payload = {} if raw.payload is None else raw.payload
+            batch.append(NewJob(raw.identifier, codec.encode(payload), spec))
+        if len(modes) > 1:
+            raise ConfigurationError(
+                "a batch applies one job_key_mode to all its keyed jobs; split it by mode"
+            )
+        return self.store.add_jobs(batch, preserve_run_at=modes == {"preserve_run_at"}, conn=conn)
 
     # -- running ----------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ OLDEST_ACCEPTED_REVISION = 18
 MIN_SERVER_VERSION = 120000
 #: Present in add_jobs once the fix for graphile/worker#580 is installed (ours or Rust's).
 RACE_FIX_MARKER = "pg_advisory_xact_lock"
+#: Present in add_jobs when the current version of functions.sql is installed.
+FUNCTIONS_MARKER = "pgworker:functions:1"
 
 
 class MigrationOutcome(enum.Enum):
@@ -108,9 +110,17 @@ def _upgrade(conn: Connection, queries: Queries, schema: str) -> MigrationOutcom
         )
         outcome = MigrationOutcome.UPGRADED
     definition = _fetch_value(conn, queries["add_jobs_definition"], {"schema": schema})
-    if not isinstance(definition, str) or RACE_FIX_MARKER not in definition:
+    source = definition if isinstance(definition, str) else ""
+    # Our functions replace graphile-worker's (same signatures and semantics, plus the
+    # #580 fix) on every revision we know; past those, only when the fix is missing.
+    outdated = FUNCTIONS_MARKER not in source and (
+        latest <= NEWEST_KNOWN_REVISION or RACE_FIX_MARKER not in source
+    )
+    if outdated:
         conn.execute(bind_schema(read_sql_file("functions.sql"), schema))
-        logger.info("Upgraded add_job/add_jobs in %r with the fix for the keyed-add race", schema)
+        logger.info(
+            "Installed pgworker's SQL functions (with the keyed-add race fix) in %r", schema
+        )
         outcome = MigrationOutcome.UPGRADED
     return outcome
 

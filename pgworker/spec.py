@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -36,6 +37,17 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     job_key: str | None = None
     job_key_mode: JobKeyMode | None = None
     flags: Sequence[str] | None = None
+
+    def merge(self, overrides: JobSpec) -> JobSpec:
+        """These options as defaults, under ``overrides`` (whose None fields keep ours);
+        validated."""
+        fields = {
+            name: getattr(overrides, name)
+            if getattr(overrides, name) is not None
+            else getattr(self, name)
+            for name in self.__struct_fields__
+        }
+        return JobSpec(**fields).validate()
 
     def validate(self) -> JobSpec:
         """Return self, or raise ConfigurationError naming the first bad option."""
@@ -72,3 +84,34 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
         ):
             raise ConfigurationError("flags must be a list of strings")
         return self
+
+
+@dataclass(frozen=True, slots=True)
+class RawJob:
+    """One job of a mixed batch for ``App.defer_raw``: a task identifier, a payload (any
+    JSON value, checked against the task's type when the task is registered on the app)
+    and the same options as ``defer``."""
+
+    identifier: str
+    payload: Any = None
+    _: KW_ONLY
+    queue: str | None = None
+    run_at: datetime | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+    job_key: str | None = None
+    job_key_mode: JobKeyMode | None = None
+    flags: Sequence[str] | None = None
+
+    @property
+    def spec(self) -> JobSpec:
+        """The options as a JobSpec."""
+        return JobSpec(
+            queue=self.queue,
+            run_at=self.run_at,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            job_key=self.job_key,
+            job_key_mode=self.job_key_mode,
+            flags=self.flags,
+        )

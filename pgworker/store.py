@@ -47,6 +47,9 @@ class Store:
         self.pool = pool
         self.schema = schema
         self.queries = Queries(schema)
+        # Caches of names by id: ids come from identity sequences and are never reused.
+        self._task_names: dict[int, str] = {}
+        self._queue_names: dict[int, str] = {}
 
     def require_pool(self) -> ConnectionPool[Connection]:
         """The pool, or a clear error when the app was never opened."""
@@ -133,12 +136,43 @@ class Store:
         params = {"specs": specs, "preserve_run_at": preserve_run_at}
         with self.connection(conn) as c:
             rows = c.execute(self.queries["add_jobs"], params).fetchall()
-        if len(rows) != len(jobs):
-            raise JobNotCreatedError(f"add_jobs created {len(rows)} of {len(jobs)} jobs")
+            if len(rows) != len(jobs):
+                raise JobNotCreatedError(f"add_jobs created {len(rows)} of {len(jobs)} jobs")
+            self._learn_names(c, rows, jobs)
         return [
-            job_from_row(row, task_identifier=new.identifier, queue_name=new.spec.queue)
-            for row, new in zip(rows, jobs, strict=True)
+            job_from_row(
+                row,
+                task_identifier=self._task_names[row[13]],
+                queue_name=None if row[14] is None else self._queue_names[row[14]],
+            )
+            for row in rows
         ]
+
+    def _learn_names(
+        self, conn: Connection, rows: Sequence[tuple[Any, ...]], jobs: Sequence[NewJob]
+    ) -> None:
+        """Fill the id-to-name caches for the task and queue ids in ``rows``.
+
+        Ids are never reused, so cached names stay right. A batch of one task in one
+        queue needs no query; otherwise unknown ids cost one lookup.
+        """
+        identifiers = {new.identifier for new in jobs}
+        queues = {new.spec.queue for new in jobs}
+        if len(identifiers) == 1:
+            self._task_names[rows[0][13]] = identifiers.pop()
+        if len(queues) == 1 and rows[0][14] is not None:
+            self._queue_names[rows[0][14]] = str(queues.pop())
+        task_ids = list({row[13] for row in rows} - self._task_names.keys())
+        queue_ids = list(
+            {row[14] for row in rows if row[14] is not None} - self._queue_names.keys()
+        )
+        if not task_ids and not queue_ids:
+            return
+        found = conn.execute(
+            self.queries["names_by_id"], {"task_ids": task_ids, "queue_ids": queue_ids}
+        ).fetchall()
+        for kind, id_, name in found:
+            (self._task_names if kind == "task" else self._queue_names)[id_] = name
 
     def claim_jobs(
         self,

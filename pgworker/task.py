@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
@@ -13,6 +13,7 @@ from .errors import ConfigurationError
 from .job import Job
 from .payload import PayloadCodec
 from .spec import JobKeyMode, JobSpec
+from .store import NewJob
 
 if TYPE_CHECKING:
     from .app import App
@@ -75,16 +76,46 @@ class Task(Generic[T, P, R]):
         PayloadError and writes nothing. With ``conn``, the job is added in that
         connection's current transaction and vanishes if the caller rolls back.
         """
-        spec = JobSpec(
-            queue=queue if queue is not None else self.defaults.queue,
-            run_at=run_at,
-            priority=priority if priority is not None else self.defaults.priority,
-            max_attempts=max_attempts if max_attempts is not None else self.defaults.max_attempts,
-            job_key=job_key,
-            job_key_mode=job_key_mode,
-            flags=flags if flags is not None else self.defaults.flags,
-        ).validate()
+        spec = self.defaults.merge(
+            JobSpec(
+                queue=queue,
+                run_at=run_at,
+                priority=priority,
+                max_attempts=max_attempts,
+                job_key=job_key,
+                job_key_mode=job_key_mode,
+                flags=flags,
+            )
+        )
         return self.app.store.add_job(self.identifier, self.codec.encode(payload), spec, conn=conn)
+
+    def defer_many(
+        self,
+        payloads: Iterable[T | Mapping[str, Any]],
+        *,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        flags: Sequence[str] | None = None,
+        conn: Connection | None = None,
+    ) -> list[Job]:
+        """Enqueue one job per payload, all with the same options, in one statement.
+
+        Every payload is checked before anything is sent: one bad payload raises
+        PayloadError and writes nothing. Returns the jobs in the order of ``payloads``.
+        """
+        spec = self.defaults.merge(
+            JobSpec(
+                queue=queue,
+                run_at=run_at,
+                priority=priority,
+                max_attempts=max_attempts,
+                flags=flags,
+            )
+        )
+        jobs = [NewJob(self.identifier, self.codec.encode(p), spec) for p in payloads]
+        return self.app.store.add_jobs(jobs, preserve_run_at=False, conn=conn)
 
     def run(self, payload: str, ctx: JobContext) -> R:
         """Decode a stored payload and call the function (what a worker does)."""

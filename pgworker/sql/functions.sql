@@ -21,6 +21,7 @@ declare
   v_key text;
   v_keys text[];
 begin
+  -- pgworker:functions:1 (migrate.py re-installs this file when the marker differs)
   select array_agg(distinct spec.job_key order by spec.job_key) into v_keys
   from unnest(specs) as spec
   where spec.job_key is not null;
@@ -69,9 +70,11 @@ begin
     spec.job_key,
     coalesce(spec.priority, 0),
     (select jsonb_object_agg(flag, true) from unnest(spec.flags) as flag)
-  from unnest(specs) as spec
+  from unnest(specs) with ordinality as spec
   inner join :SCHEMA._private_tasks as tasks on tasks.identifier = spec.identifier
   left join :SCHEMA._private_job_queues as job_queues on job_queues.queue_name = spec.queue_name
+  -- Insert (and so number) the jobs in the order of the specs, whatever the join did.
+  order by spec.ordinality
   on conflict (key) do update set
     job_queue_id = excluded.job_queue_id,
     task_id = excluded.task_id,

@@ -79,8 +79,8 @@ from :SCHEMA.add_job(
 ) as jobs
 
 -- name: add_jobs
--- Add a batch of jobs in one statement through the add_jobs function; rows come back
--- in the order of the specs.
+-- Add a batch of jobs in one statement through the add_jobs function. Rows do not
+-- necessarily come back in the order of the specs (older add_jobs versions join first).
 select
   jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
   jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
@@ -93,6 +93,14 @@ from :SCHEMA.add_jobs(
 -- name: queue_name
 -- The name of one queue, by id.
 select queue_name from :SCHEMA._private_job_queues where id = %(queue_id)s
+
+-- name: names_by_id
+-- Task identifiers and queue names for the given ids.
+select 'task', id, identifier from :SCHEMA._private_tasks
+where id = any(%(task_ids)s::int[])
+union all
+select 'queue', id, queue_name from :SCHEMA._private_job_queues
+where id = any(%(queue_ids)s::int[])
 
 -- name: claim_jobs
 -- Lock up to %(limit)s runnable jobs of the given tasks for this worker, oldest first
