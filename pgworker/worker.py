@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 import psycopg
@@ -230,7 +230,7 @@ class Worker:
                 self._unsettled += len(claimed)
                 for job in claimed:
                     self._running[job.job.id] = job
-                idle = self._unsettled == 0
+                idle = self._unsettled == 0 and not self._wake.is_set()
             for job in claimed:
                 self._work.put(job)
             if len(claimed) == limit:
@@ -387,8 +387,10 @@ class Worker:
                 self._forced.wait(delay)
         with self._state:
             self._unsettled -= len(batch)
+            # Set under the lock, so a fetch loop that sees nothing unsettled also sees
+            # the wake-up (a queue this batch unlocked may hold a runnable job).
+            self._wake.set()
             self._state.notify_all()
-        self._wake.set()
 
     # -- maintenance ------------------------------------------------------------------
 
@@ -450,31 +452,31 @@ class Worker:
 class WorkerHandle:
     """A worker running in background threads (from ``App.start()``)."""
 
-    def __init__(self, worker: Worker, thread: threading.Thread) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self._thread = thread
         self.error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"{worker.worker_id}-main", daemon=True
+        )
 
     @classmethod
     def start(cls, worker: Worker) -> WorkerHandle:
-        """Start ``worker.run()`` in a thread and return once it is fetching."""
-        holder: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                worker.run(install_signal_handlers=False)
-            except BaseException as exc:
-                holder["error"] = exc
-                logger.exception("Worker %s crashed", worker.worker_id)
-
-        thread = threading.Thread(target=target, name=f"{worker.worker_id}-main", daemon=True)
-        handle = cls(worker, thread)
-        thread.start()
+        """Start ``worker.run()`` in a thread and return once it is fetching; an error
+        while starting (no database, a bad schema revision) is raised here."""
+        handle = cls(worker)
+        handle._thread.start()
         while not worker._ready.wait(0.05):
-            if not thread.is_alive():
-                thread.join()
-                raise holder.get("error") or PgWorkerError("the worker stopped while starting")
+            if not handle._thread.is_alive():
+                handle._thread.join()
+                raise handle.error or PgWorkerError("the worker stopped while starting")
         return handle
+
+    def _run(self) -> None:
+        try:
+            self.worker.run(install_signal_handlers=False)
+        except BaseException as exc:
+            self.error = exc
+            logger.exception("Worker %s crashed", self.worker.worker_id)
 
     @property
     def worker_id(self) -> str:
@@ -489,6 +491,8 @@ class WorkerHandle:
         if self._thread.is_alive():
             self.worker.request_stop(force=True)
             self._thread.join()
+        if self.error is not None:
+            raise PgWorkerError(f"the worker crashed: {self.error}") from self.error
 
     def __enter__(self) -> WorkerHandle:
         return self

@@ -227,3 +227,38 @@ def test_a_running_worker_wakes_on_notification(make_app: Callable[..., App]) ->
 def test_an_app_without_tasks_refuses_to_run(opened: App) -> None:
     with pytest.raises(Exception, match="no tasks"):
         opened.run_once()
+
+
+def test_run_once_waits_for_a_queue_unlocked_during_an_empty_claim(
+    opened: App, db: Conn, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: run_once returned early when the completion that unlocks a named queue
+    landed while a claim was in flight and came back empty."""
+    opened.concurrency = 4
+    ran: list[tuple[str | None, int]] = []
+
+    @opened.task("step")
+    def step(payload: dict[str, int], ctx: JobContext) -> None:
+        if ctx.job.queue_name == "serial" and payload["n"] == 0:
+            time.sleep(0.3)  # the queue stays locked meanwhile
+        ran.append((ctx.job.queue_name, payload["n"]))
+
+    step.defer_many([{"n": 0}, {"n": 1}], queue="serial")
+    step.defer_many([{"n": n} for n in range(4)])
+    real_claim = opened.store.claim_jobs
+    slowed: list[bool] = []
+
+    def slow_empty_claim(**kwargs: Any) -> Any:
+        claimed = real_claim(**kwargs)
+        if not claimed and not slowed:
+            slowed.append(True)
+            time.sleep(0.6)  # the queue's first job finishes and unlocks it meanwhile
+        return claimed
+
+    monkeypatch.setattr(opened.store, "claim_jobs", slow_empty_claim)
+    opened.run_once()
+    assert slowed, "the claim never came back empty while the queue was locked"
+    assert sorted(ran, key=str) == sorted(
+        [("serial", 0), ("serial", 1), (None, 0), (None, 1), (None, 2), (None, 3)], key=str
+    )
+    assert job_rows(db, schema) == []
