@@ -1,0 +1,1 @@
+"""Benchmarks: pgworker against Node graphile-worker on the same database."""
