@@ -52,6 +52,9 @@ class App:
     - ``max_pool_size``: the size of the pool the app makes (default concurrency + 4).
     - ``shutdown_grace_period``: seconds running jobs get to finish after a stop signal.
     - ``interrupted_retry_delay``: seconds before a job cut off by a forced stop runs again.
+    - ``prefetch``: how many jobs a worker may claim beyond those it is running, so that it
+      claims in batches. Good for many short jobs; keep 0 (the default) for long ones, or
+      prefetched jobs wait behind them while other workers idle.
     """
 
     def __init__(
@@ -65,10 +68,13 @@ class App:
         max_pool_size: int | None = None,
         shutdown_grace_period: float = 30.0,
         interrupted_retry_delay: float = 30.0,
+        prefetch: int = 0,
     ) -> None:
         _check_schema(schema)
         _check_positive("concurrency", concurrency)
         _check_positive("poll_interval", poll_interval)
+        if prefetch < 0:
+            raise ConfigurationError(f"prefetch must be >= 0, got {prefetch}")
         if shutdown_grace_period < 0 or interrupted_retry_delay < 0:
             raise ConfigurationError(
                 "shutdown_grace_period and interrupted_retry_delay must be >= 0"
@@ -80,6 +86,7 @@ class App:
         self.max_pool_size = max_pool_size or concurrency + 4
         self.shutdown_grace_period = shutdown_grace_period
         self.interrupted_retry_delay = interrupted_retry_delay
+        self.prefetch = prefetch
         self.tasks: dict[str, Task[Any, Any, Any]] = {}
         self._own_pool = pool is None
         self._pool = pool
@@ -92,6 +99,7 @@ class App:
         schema: str | None = None,
         concurrency: int | None = None,
         poll_interval: float | None = None,
+        prefetch: int | None = None,
     ) -> App:
         """Override settings before the app opens (what the CLI's options do)."""
         if self.is_open:
@@ -107,6 +115,10 @@ class App:
         if poll_interval is not None:
             _check_positive("poll_interval", poll_interval)
             self.poll_interval = poll_interval
+        if prefetch is not None:
+            if prefetch < 0:
+                raise ConfigurationError(f"prefetch must be >= 0, got {prefetch}")
+            self.prefetch = prefetch
         if database_url is not None:
             self.database_url = database_url
         return self

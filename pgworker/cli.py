@@ -122,12 +122,18 @@ def cli(log_level: str) -> None:
     type=click.FloatRange(min=0.01),
     help="Seconds between polls when no notification arrives.",
 )
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    help="Jobs claimed beyond those running, to claim in batches (short jobs only).",
+)
 @database_options
 def run(
     target: str,
     once: bool,
     concurrency: int | None,
     poll_interval: float | None,
+    prefetch: int | None,
     database_url: str | None,
     schema: str | None,
 ) -> None:
@@ -135,7 +141,11 @@ def run(
     app = load_app(target)
     with reported_errors(), development_database(database_url) as url:
         app.configure(
-            database_url=url, schema=schema, concurrency=concurrency, poll_interval=poll_interval
+            database_url=url,
+            schema=schema,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            prefetch=prefetch,
         )
         if once:
             app.run_once()

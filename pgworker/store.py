@@ -18,7 +18,8 @@ from .spec import JobSpec
 #: Connections from psycopg_pool, with tuple rows.
 Connection = psycopg.Connection[tuple[Any, ...]]
 
-SHUTDOWN_RETURN_MESSAGE = "Job recovered after worker interruption"
+#: last_error of a job given back because a forced stop cut it off (as the Rust port says).
+INTERRUPTED_MESSAGE = "Job recovered after worker interruption"
 
 
 class ClaimedJob(msgspec.Struct, frozen=True):
@@ -181,6 +182,7 @@ class Store:
         task_names: dict[int, str],
         limit: int,
         forbidden_flags: Sequence[str] | None = None,
+        conn: Connection | None = None,
     ) -> list[ClaimedJob]:
         """Lock up to ``limit`` runnable jobs for ``worker_id``."""
         params = {
@@ -189,8 +191,8 @@ class Store:
             "limit": limit,
             "forbidden_flags": list(forbidden_flags) if forbidden_flags else None,
         }
-        with self.connection() as conn:
-            rows = conn.execute(self.queries["claim_jobs"], params).fetchall()
+        with self.connection(conn) as c:
+            rows = c.execute(self.queries["claim_jobs"], params).fetchall()
         claimed = []
         for row in rows:
             id_, task_id, queue_name, payload, *rest = row
@@ -200,35 +202,45 @@ class Store:
             claimed.append(ClaimedJob(job, payload))
         return claimed
 
-    def complete_jobs(self, job_ids: Sequence[int], *, worker_id: str) -> None:
+    def complete_jobs(
+        self, job_ids: Sequence[int], *, worker_id: str, conn: Connection | None = None
+    ) -> None:
         """Delete finished jobs still locked by ``worker_id`` and unlock their queues."""
-        self._execute(
-            self.queries["complete_jobs"], {"job_ids": list(job_ids), "worker_id": worker_id}
-        )
+        params = {"job_ids": list(job_ids), "worker_id": worker_id}
+        with self.connection(conn) as c:
+            c.execute(self.queries["complete_jobs"], params)
 
-    def fail_jobs(self, failures: Iterable[tuple[int, str, bool]], *, worker_id: str) -> None:
+    def fail_jobs(
+        self,
+        failures: Iterable[tuple[int, str, bool]],
+        *,
+        worker_id: str,
+        conn: Connection | None = None,
+    ) -> None:
         """Record failures given as ``(job id, message, permanent)``."""
         job_ids, messages, permanent = (list(column) for column in zip(*failures, strict=True))
-        self._execute(
-            self.queries["fail_jobs"],
-            {
-                "job_ids": job_ids,
-                "messages": messages,
-                "permanent": permanent,
-                "worker_id": worker_id,
-            },
-        )
+        params = {
+            "job_ids": job_ids,
+            "messages": messages,
+            "permanent": permanent,
+            "worker_id": worker_id,
+        }
+        with self.connection(conn) as c:
+            c.execute(self.queries["fail_jobs"], params)
 
-    def return_jobs(self, job_ids: Sequence[int], *, worker_id: str, delay: float) -> None:
-        """Give back unfinished jobs without counting the attempt."""
+    def return_jobs(
+        self,
+        job_ids: Sequence[int],
+        *,
+        worker_id: str,
+        delay: float = 0.0,
+        message: str | None = None,
+    ) -> None:
+        """Give back jobs without counting the attempt; see ``return_jobs`` in
+        queries.sql for what ``delay`` and ``message`` change."""
         self._execute(
             self.queries["return_jobs"],
-            {
-                "job_ids": list(job_ids),
-                "worker_id": worker_id,
-                "delay": delay,
-                "message": SHUTDOWN_RETURN_MESSAGE,
-            },
+            {"job_ids": list(job_ids), "worker_id": worker_id, "delay": delay, "message": message},
         )
 
     def unlock_worker(self, worker_id: str) -> None:

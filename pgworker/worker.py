@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import psycopg
@@ -21,7 +21,7 @@ from .context import JobContext
 from .errors import PayloadError, PgWorkerError
 from .listener import Listener
 from .migrate import SCHEMA_REVISION
-from .store import ClaimedJob
+from .store import INTERRUPTED_MESSAGE, ClaimedJob
 
 if TYPE_CHECKING:
     from .app import App
@@ -75,14 +75,19 @@ class Worker:
         self.once = once
         self.worker_id = f"pgworker-{secrets.token_hex(9)}"
         self.concurrency = app.concurrency
+        self.prefetch = app.prefetch
         self._task_names: dict[int, str] = {}
         self._work: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
         self._outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         self._state = threading.Condition()
-        self._free_slots = self.concurrency
+        # Jobs in hand: claimed and not finished, running or waiting for an executor.
+        self._free_slots = self.concurrency + self.prefetch
         self._unsettled = 0  # claimed and not yet written back
-        self._running: dict[int, ClaimedJob] = {}
-        self._abandoned: set[int] = set()
+        self._in_hand: dict[int, ClaimedJob] = {}
+        self._started: set[int] = set()
+        self._abandoned: set[int] = set()  # given back: never run, never recorded
+        self._fetch_conn = OwnConnection(app)
+        self._complete_conn = OwnConnection(app)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._forced = threading.Event()
@@ -205,9 +210,12 @@ class Worker:
 
     def _fetch_loop(self) -> None:
         attempt = 0
+        # With a prefetch buffer, claim only once it has room for a whole batch: fewer,
+        # larger claims. Without one, claim as soon as an executor is free.
+        batch = max(1, self.prefetch)
         while not self._stopping.is_set():
             with self._state:
-                while self._free_slots == 0 and not self._stopping.is_set():
+                while self._free_slots < batch and not self._stopping.is_set():
                     self._state.wait()
                 limit = self._free_slots
             if self._stopping.is_set():
@@ -215,7 +223,10 @@ class Worker:
             self._wake.clear()
             try:
                 claimed = self.app.store.claim_jobs(
-                    worker_id=self.worker_id, task_names=self._task_names, limit=limit
+                    worker_id=self.worker_id,
+                    task_names=self._task_names,
+                    limit=limit,
+                    conn=self._fetch_conn.get(),
                 )
             except Exception as exc:  # the loop must outlive any one failure
                 delay = backoff_delay(attempt)
@@ -229,7 +240,7 @@ class Worker:
                 self._free_slots -= len(claimed)
                 self._unsettled += len(claimed)
                 for job in claimed:
-                    self._running[job.job.id] = job
+                    self._in_hand[job.job.id] = job
                 idle = self._unsettled == 0 and not self._wake.is_set()
             for job in claimed:
                 self._work.put(job)
@@ -250,7 +261,9 @@ class Worker:
                 return
             with self._state:
                 given_back = claimed.job.id in self._abandoned
-            if given_back:  # a forced stop returned it before it started: don't run it
+                if not given_back:
+                    self._started.add(claimed.job.id)
+            if given_back:  # a stop returned it before it started: don't run it
                 continue
             try:
                 outcome = self._run_job(claimed)
@@ -258,7 +271,8 @@ class Worker:
                 logger.exception("Unexpected error running job %d", claimed.job.id)
                 outcome = Outcome(claimed.job.id, error=_describe_error(exc))
             with self._state:
-                self._running.pop(claimed.job.id, None)
+                self._in_hand.pop(claimed.job.id, None)
+                self._started.discard(claimed.job.id)
                 abandoned = claimed.job.id in self._abandoned
                 self._free_slots += 1
                 self._state.notify_all()
@@ -359,12 +373,12 @@ class Worker:
         attempt = 0
         while True:
             try:
-                store = self.app.store
+                store, conn = self.app.store, self._complete_conn.get()
                 if successes:
-                    store.complete_jobs(successes, worker_id=self.worker_id)
+                    store.complete_jobs(successes, worker_id=self.worker_id, conn=conn)
                     successes = []
                 if failures:
-                    store.fail_jobs(failures, worker_id=self.worker_id)
+                    store.fail_jobs(failures, worker_id=self.worker_id, conn=conn)
                 break
             except psycopg.Error as exc:
                 if self._forced.is_set():
@@ -408,17 +422,22 @@ class Worker:
     def _shutdown(self) -> None:
         self._stopping.set()
         self._wake.set()
+        with self._state:
+            waiting = [i for i in self._in_hand if i not in self._started]
+            self._abandoned.update(waiting)
+        if waiting:  # prefetched, never started: back to the queue as they were
+            self._give_back(waiting, interrupted=False)
         deadline = time.monotonic() + self.app.shutdown_grace_period
         with self._state:
-            while self._running and not self._forced.is_set():
+            while self._started and not self._forced.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._state.wait(min(remaining, 0.1))
-            leftover = list(self._running)
-            self._abandoned.update(leftover)
-        if leftover:
-            self._return_jobs(leftover)
+            cut_off = list(self._started)
+            self._abandoned.update(cut_off)
+        if cut_off:
+            self._give_back(cut_off, interrupted=True)
         for _ in range(self.concurrency):
             self._work.put(None)
         self._outcomes.put(None)
@@ -428,25 +447,58 @@ class Worker:
         # the sentinel, so nothing that finished is lost.
         for thread in self._helpers:
             thread.join()
+        self._fetch_conn.close()
+        self._complete_conn.close()
         logger.info("Worker %s stopped", self.worker_id)
 
-    def _return_jobs(self, job_ids: list[int]) -> None:
-        logger.warning(
-            "Giving back %d unfinished job(s) (%s); they run again in %.0f s",
-            len(job_ids),
-            ", ".join(f"#{i}" for i in job_ids),
-            self.app.interrupted_retry_delay,
-        )
+    def _give_back(self, job_ids: list[int], *, interrupted: bool) -> None:
+        ids = ", ".join(f"#{i}" for i in job_ids)
+        if interrupted:
+            delay = self.app.interrupted_retry_delay
+            logger.warning(
+                "Giving back %d interrupted job(s) (%s); they run again in %.0f s",
+                len(job_ids),
+                ids,
+                delay,
+            )
+        else:
+            delay = 0.0
+            logger.info("Giving back %d prefetched job(s) that never started", len(job_ids))
+        message = INTERRUPTED_MESSAGE if interrupted else None
         for attempt in range(5):
             try:
                 self.app.store.return_jobs(
-                    job_ids, worker_id=self.worker_id, delay=self.app.interrupted_retry_delay
+                    job_ids, worker_id=self.worker_id, delay=delay, message=message
                 )
                 return
             except psycopg.Error as exc:
                 logger.warning("Giving jobs back failed (%s)", exc)
                 time.sleep(backoff_delay(attempt))
-        logger.error("Jobs %s stay locked by %s until recovered", job_ids, self.worker_id)
+        logger.error("Jobs %s stay locked by %s until recovered", ids, self.worker_id)
+
+
+class OwnConnection:
+    """A connection kept by one worker thread for its hot-path statements (cheaper than
+    a pool round trip each time), reopened on next use after it breaks."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+
+    def get(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """The connection, reconnecting first if the last one broke or was closed."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            self._conn = conn = psycopg.connect(self.app.conninfo, autocommit=True)
+        return conn
+
+    def close(self) -> None:
+        """Close the connection, if open."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class WorkerHandle:

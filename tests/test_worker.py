@@ -262,3 +262,60 @@ def test_run_once_waits_for_a_queue_unlocked_during_an_empty_claim(
         [("serial", 0), ("serial", 1), (None, 0), (None, 1), (None, 2), (None, 3)], key=str
     )
     assert job_rows(db, schema) == []
+
+
+def test_prefetched_jobs_that_never_started_go_back_untouched(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    app = make_app(concurrency=1, prefetch=3)
+    started = threading.Event()
+
+    @app.task("slow")
+    def slow(payload: dict[str, int]) -> None:
+        started.set()
+        time.sleep(0.5)
+
+    with app:
+        app.migrate()
+        jobs = slow.defer_many([{"n": n} for n in range(4)])
+        handle = app.start()
+        assert started.wait(5)
+        locked = db.execute(
+            f'select count(*) from "{schema}".jobs where locked_by = %s', (handle.worker_id,)
+        ).fetchone()
+        assert locked == (4,)  # one running, three prefetched
+        handle.stop(timeout=5)
+    rows = db.execute(
+        f'select id, attempts, locked_by, last_error, run_at from "{schema}".jobs order by id'
+    ).fetchall()
+    assert len(rows) == 3  # the running one finished
+    by_id = {job.id: job for job in jobs}
+    for id_, attempts, locked_by, last_error, run_at in rows:
+        assert (attempts, locked_by, last_error) == (0, None, None)
+        assert run_at == by_id[id_].run_at
+
+
+def test_prefetch_keeps_named_queues_serial_and_ordered(make_app: Callable[..., App]) -> None:
+    app = make_app(concurrency=4, prefetch=8)
+    active = 0
+    overlaps = 0
+    order: list[int] = []
+    lock = threading.Lock()
+
+    @app.task("serial")
+    def serial(payload: dict[str, int]) -> None:
+        nonlocal active, overlaps
+        with lock:
+            active += 1
+            overlaps += active > 1
+            order.append(payload["n"])
+        time.sleep(0.01)
+        with lock:
+            active -= 1
+
+    with app:
+        app.migrate()
+        serial.defer_many([{"n": n} for n in range(12)], queue="one-at-a-time")
+        app.run_once()
+    assert overlaps == 0
+    assert order == list(range(12))

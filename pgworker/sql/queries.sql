@@ -190,16 +190,20 @@ where job_queues.id = failed.job_queue_id
 and job_queues.locked_by = %(worker_id)s
 
 -- name: return_jobs
--- Give back jobs this worker could not finish (shutdown): the attempt is refunded,
--- the job waits %(delay)s seconds, and last_error says why.
+-- Give back jobs this worker will not finish: the attempt is refunded and the queue
+-- unlocked. Jobs cut off while running (a forced stop) also wait %(delay)s seconds and
+-- say why in last_error; prefetched jobs that never started keep run_at and last_error.
 with returned as (
   update :SCHEMA._private_jobs as jobs
   set
     attempts = greatest(0, jobs.attempts - 1),
     locked_by = null,
     locked_at = null,
-    run_at = greatest(jobs.run_at, now() + %(delay)s * interval '1 second'),
-    last_error = %(message)s,
+    run_at = case
+      when %(delay)s > 0 then greatest(jobs.run_at, now() + %(delay)s * interval '1 second')
+      else jobs.run_at
+    end,
+    last_error = coalesce(%(message)s, jobs.last_error),
     updated_at = now()
   where jobs.id = any(%(job_ids)s::bigint[])
   and jobs.locked_by = %(worker_id)s
