@@ -89,7 +89,7 @@ class Options:
     concurrency: int
     repeat: int
     sides: tuple[str, ...]
-    node_batching: bool
+    batching: bool
     quiet: bool
     latency_jobs: int
     latency_gap: float
@@ -118,10 +118,11 @@ def parse_args(argv: list[str] | None) -> Options:
         help="comma-separated sides to run: pgworker,node (default both)",
     )
     add(
-        "--node-batching",
+        "--batching",
         action="store_true",
-        help="Node gets localQueue size = concurrency and completeJobBatchDelay/"
-        "failJobBatchDelay 0 (as in graphile-worker's perf test); default: Node's defaults",
+        help="both sides claim in batches: Node gets localQueue size = concurrency and "
+        "completeJobBatchDelay/failJobBatchDelay 0 (as in graphile-worker's perf test), "
+        "pgworker --prefetch = concurrency; default: both sides' defaults",
     )
     add(
         "--quiet",
@@ -186,7 +187,7 @@ def parse_args(argv: list[str] | None) -> Options:
         concurrency=args.concurrency,
         repeat=args.repeat,
         sides=sides,
-        node_batching=args.node_batching,
+        batching=args.batching,
         quiet=args.quiet,
         latency_jobs=args.latency_jobs,
         latency_gap=args.latency_gap,
@@ -246,6 +247,7 @@ class Side:
                 *(["--once"] if once else []),
                 "--concurrency",
                 str(concurrency),
+                *(["--prefetch", str(concurrency)] if self.options.batching else []),
                 "--database-url",
                 url,
                 "--schema",
@@ -253,7 +255,7 @@ class Side:
             ]
             return argv, ROOT
         argv = ["node", "perf.js", "once" if once else "run", url, schema, str(concurrency)]
-        if self.options.node_batching:
+        if self.options.batching:
             argv.append("--batching")
         return argv, NODE_DIR
 
@@ -778,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summaries = {name: summarize(side_runs) for name, side_runs in runs.items()}
     ratio = ratios(summaries)
-    node_mode = "Node with localQueue/batching" if options.node_batching else "Node defaults"
+    node_mode = "batching (Node localQueue, pgworker prefetch)" if options.batching else "defaults"
     header = (
         f"pgworker vs graphile-worker {NODE_VERSION_PINNED}: {options.jobs} jobs, "
         f"{options.processes} process(es) x concurrency {options.concurrency}, "

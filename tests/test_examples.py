@@ -93,3 +93,12 @@ def test_simple_example_retries_and_stops_on_sigint(example_database: str) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sql_trigger_example(example_database: str) -> None:
+    proc = run_example("sql_trigger", example_database)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    for email in ("ada@example.com", "alan@example.com", "grace@example.com"):
+        assert f"Welcome, {email}!" in output
+    assert "Every new user was welcomed." in output
