@@ -22,7 +22,7 @@ MAX_JOB_KEY_LENGTH = 512
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     """How a job is scheduled: every field left as None takes the database default.
 
-    - ``queue``: a named queue; its jobs run one at a time, in order.
+    - ``queue``: a named queue; its jobs run one at a time, by (priority, run_at).
     - ``run_at``: the earliest time to run (timezone-aware); default now.
     - ``priority``: lower runs first; default 0.
     - ``max_attempts``: default 25.

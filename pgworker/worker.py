@@ -19,6 +19,7 @@ import psycopg
 
 from .context import JobContext
 from .errors import PayloadError, PgWorkerError
+from .job import Job
 from .listener import Listener
 from .migrate import SCHEMA_REVISION
 from .store import INTERRUPTED_MESSAGE, ClaimedJob
@@ -41,11 +42,53 @@ BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0
 
 
 class Outcome(msgspec.Struct, frozen=True):
-    """What running one job came to; the completer writes it to the database."""
+    """What running one job came to; the completer writes it to the database, then logs
+    it (one thread logging keeps executors free of the log handler's lock)."""
 
-    job_id: int
+    job: Job
+    duration_ms: float
     error: str | None = None
     permanent: bool = False
+
+    def log(self) -> None:
+        """Write the job's one log line: completed, failed and retrying, or failed for good."""
+        job = self.job
+        attempt = f"attempt {job.attempts} of {job.max_attempts}"
+        level = (
+            logging.INFO
+            if self.error is None
+            else logging.ERROR
+            if self.permanent or job.attempts >= job.max_attempts
+            else logging.WARNING
+        )
+        if not logger.isEnabledFor(level):
+            return
+        extra = {
+            "job_id": job.id,
+            "task_identifier": job.task_identifier,
+            "queue_name": job.queue_name,
+            "attempt": job.attempts,
+            "max_attempts": job.max_attempts,
+            "duration_ms": self.duration_ms,
+        }
+        name, id_, ms = job.task_identifier, job.id, self.duration_ms
+        if self.error is None:
+            logger.info("Completed %s #%d in %.1f ms (%s)", name, id_, ms, attempt, extra=extra)
+        elif self.permanent:
+            logger.error(
+                "Failed %s #%d permanently (%s): %s", name, id_, attempt, self.error, extra=extra
+            )
+        elif level == logging.ERROR:
+            logger.error(
+                "Failed %s #%d in %.1f ms (%s, no attempts left): %s",
+                name, id_, ms, attempt, self.error, extra=extra,
+            )  # fmt: skip
+        else:
+            retry = _format_seconds(retry_delay(job.attempts))
+            logger.warning(
+                "Failed %s #%d in %.1f ms (%s, retry in %s): %s",
+                name, id_, ms, attempt, retry, self.error, extra=extra,
+            )  # fmt: skip
 
 
 def backoff_delay(attempt: int) -> float:
@@ -269,7 +312,7 @@ class Worker:
                 outcome = self._run_job(claimed)
             except BaseException as exc:  # never let a job take the thread down
                 logger.exception("Unexpected error running job %d", claimed.job.id)
-                outcome = Outcome(claimed.job.id, error=_describe_error(exc))
+                outcome = Outcome(claimed.job, 0.0, _describe_error(exc))
             with self._state:
                 self._in_hand.pop(claimed.job.id, None)
                 self._started.discard(claimed.job.id)
@@ -282,65 +325,16 @@ class Worker:
     def _run_job(self, claimed: ClaimedJob) -> Outcome:
         job = claimed.job
         task = self.app.tasks[job.task_identifier]
-        attempt = f"attempt {job.attempts} of {job.max_attempts}"
-        extra = {
-            "job_id": job.id,
-            "task_identifier": job.task_identifier,
-            "queue_name": job.queue_name,
-            "attempt": job.attempts,
-            "max_attempts": job.max_attempts,
-        }
         started = time.perf_counter()
         try:
             task.run(claimed.payload, JobContext(job, self.app, self.worker_id))
         except PayloadError as exc:
             # The payload will never decode, however often we retry: fail it for good.
-            message = f"PayloadError: {exc}"
-            logger.error(
-                "Failed %s #%d permanently (%s): %s",
-                job.task_identifier,
-                job.id,
-                attempt,
-                message,
-                extra={**extra, "duration_ms": _ms_since(started)},
-            )
-            return Outcome(job.id, error=message, permanent=True)
+            return Outcome(job, _ms_since(started), f"PayloadError: {exc}", permanent=True)
         except BaseException as exc:
-            message = _describe_error(exc)
-            duration = _ms_since(started)
-            if job.attempts >= job.max_attempts:
-                logger.error(
-                    "Failed %s #%d in %.1f ms (%s, no attempts left): %s",
-                    job.task_identifier,
-                    job.id,
-                    duration,
-                    attempt,
-                    message,
-                    extra={**extra, "duration_ms": duration},
-                )
-            else:
-                logger.warning(
-                    "Failed %s #%d in %.1f ms (%s, retry in %s): %s",
-                    job.task_identifier,
-                    job.id,
-                    duration,
-                    attempt,
-                    _format_seconds(retry_delay(job.attempts)),
-                    message,
-                    extra={**extra, "duration_ms": duration},
-                )
             logger.debug("Traceback of job %d", job.id, exc_info=exc)
-            return Outcome(job.id, error=message)
-        duration = _ms_since(started)
-        logger.info(
-            "Completed %s #%d in %.1f ms (%s)",
-            job.task_identifier,
-            job.id,
-            duration,
-            attempt,
-            extra={**extra, "duration_ms": duration},
-        )
-        return Outcome(job.id)
+            return Outcome(job, _ms_since(started), _describe_error(exc))
+        return Outcome(job, _ms_since(started))
 
     # -- recording outcomes -----------------------------------------------------------
 
@@ -368,8 +362,8 @@ class Worker:
                 self._write_outcomes(batch)
 
     def _write_outcomes(self, batch: list[Outcome]) -> None:
-        successes = [o.job_id for o in batch if o.error is None]
-        failures = [(o.job_id, o.error, o.permanent) for o in batch if o.error is not None]
+        successes = [o.job.id for o in batch if o.error is None]
+        failures = [(o.job.id, o.error, o.permanent) for o in batch if o.error is not None]
         attempt = 0
         while True:
             try:
@@ -399,6 +393,8 @@ class Worker:
                     delay,
                 )
                 self._forced.wait(delay)
+        for outcome in batch:
+            outcome.log()
         with self._state:
             self._unsettled -= len(batch)
             # Set under the lock, so a fetch loop that sees nothing unsettled also sees

@@ -106,6 +106,10 @@ where id = any(%(queue_ids)s::int[])
 -- Lock up to %(limit)s runnable jobs of the given tasks for this worker, oldest first
 -- within each priority, taking at most one job per named queue (graphile/worker#621)
 -- and locking that queue, so that a named queue runs one job at a time.
+-- The order is graphile-worker's and jobs_main_index's: (priority, run_at). Jobs with
+-- equal keys (one add_jobs batch, or one transaction, shares now()) come in no promised
+-- order. Adding "id" would make each claim sort every job sharing the first run_at:
+-- 11 ms a claim behind a 20,000-job batch, 48 ms behind 100,000, against 1 ms without.
 with candidates as (
   select jobs.id, jobs.job_queue_id, jobs.priority, jobs.run_at
   from :SCHEMA._private_jobs as jobs
@@ -121,7 +125,7 @@ with candidates as (
     )
   )
   and (jobs.flags ?| %(forbidden_flags)s::text[]) is not true
-  order by jobs.priority, jobs.run_at, jobs.id
+  order by jobs.priority, jobs.run_at
   limit %(limit)s
   for update skip locked
 ),
