@@ -33,11 +33,16 @@ def example_database(database_url: str) -> Iterator[str]:
         conn.execute(f'drop database "{name}" with (force)')
 
 
-def run_example(name: str, url: str, **kwargs: object) -> subprocess.Popen[str]:
-    env = {**os.environ, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+def run_example(name: str, url: str | None, cwd: Path = ROOT) -> subprocess.Popen[str]:
+    """Start an example; with no ``url``, nothing is configured and it embeds a server."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("PG")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(ROOT)
+    if url is not None:
+        env["DATABASE_URL"] = url
     return subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / f"{name}.py")],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -56,8 +61,16 @@ def test_run_once_example(example_database: str) -> None:
     assert "All runnable jobs done." in output
 
 
-def test_simple_example_retries_and_stops_on_sigint(example_database: str) -> None:
-    proc = run_example("simple", example_database)
+@pytest.mark.parametrize("database", ["configured", "embedded"])
+def test_simple_example_retries_and_stops_on_sigint(
+    database: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """What `make demo` shows: say_hello jobs running and being retried; with no database
+    configured, on an embedded PostgreSQL under .pgworker/ in the working directory."""
+    if database == "configured":
+        proc = run_example("simple", request.getfixturevalue("example_database"))
+    else:
+        proc = run_example("simple", None, cwd=tmp_path)
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None
     stdout = proc.stdout
@@ -89,6 +102,9 @@ def test_simple_example_retries_and_stops_on_sigint(example_database: str) -> No
             pytest.fail("the example did not show its jobs running and retrying:\n" + "".join(seen))
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
+        if database == "embedded":
+            assert "using an embedded PostgreSQL" in "".join(seen)
+            assert (tmp_path / ".pgworker" / "data" / "PG_VERSION").exists()
     finally:
         if proc.poll() is None:
             proc.kill()
