@@ -1,7 +1,7 @@
 """pgworker: a PostgreSQL job queue for Python that speaks graphile-worker's protocol."""
 
 from .app import App
-from .context import JobContext
+from .context import Extensions, JobContext
 from .errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -10,6 +10,7 @@ from .errors import (
     MigrationError,
     PayloadError,
     PgWorkerError,
+    UnknownExtensionError,
     UnknownTaskError,
 )
 from .job import Job
@@ -22,6 +23,7 @@ __all__ = [
     "App",
     "ConfigurationError",
     "DatabaseUnavailableError",
+    "Extensions",
     "IncompatibleSchemaError",
     "Job",
     "JobContext",
@@ -34,6 +36,7 @@ __all__ = [
     "PgWorkerError",
     "RawJob",
     "Task",
+    "UnknownExtensionError",
     "UnknownTaskError",
     "WorkerHandle",
 ]

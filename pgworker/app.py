@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from .context import Extensions
 from .errors import ConfigurationError, DatabaseUnavailableError
 from .job import Job
 from .migrate import MigrationOutcome, migrate
@@ -33,6 +34,8 @@ DEFAULT_SCHEMA = "graphile_worker"
 #: Task identifiers as graphile-worker's crontab accepts them, slashes included.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_:/.\-]*$")
 _RAW_CODEC: PayloadCodec[Any] = PayloadCodec(Any)
+#: Forbidden flags: none, a list, or a function called before each fetch that returns one.
+ForbiddenFlags = Sequence[str] | Callable[[], Sequence[str] | None] | None
 _CONNECT_TIMEOUT = 10.0
 
 
@@ -52,6 +55,9 @@ class App:
     - ``max_pool_size``: the size of the pool the app makes (default concurrency + 4).
     - ``shutdown_grace_period``: seconds running jobs get to finish after a stop signal.
     - ``interrupted_retry_delay``: seconds before a job cut off by a forced stop runs again.
+    - ``forbidden_flags``: flags whose jobs this app's workers leave to others: a list, or
+      a function returning one, called before every fetch (rate limiting recipes).
+    - ``extensions``: objects tasks read with ``ctx.get_ext(TheirType)`` (app state).
     - ``prefetch``: how many jobs a worker may claim beyond those it is running, so that it
       claims in batches. Good for many short jobs; keep 0 (the default) for long ones, or
       prefetched jobs wait behind them while other workers idle.
@@ -69,6 +75,8 @@ class App:
         shutdown_grace_period: float = 30.0,
         interrupted_retry_delay: float = 30.0,
         prefetch: int = 0,
+        forbidden_flags: ForbiddenFlags = None,
+        extensions: Iterable[object] = (),
     ) -> None:
         _check_schema(schema)
         _check_positive("concurrency", concurrency)
@@ -87,6 +95,8 @@ class App:
         self.shutdown_grace_period = shutdown_grace_period
         self.interrupted_retry_delay = interrupted_retry_delay
         self.prefetch = prefetch
+        self.forbidden_flags = forbidden_flags
+        self.extensions = Extensions(extensions)
         self.tasks: dict[str, Task[Any, Any, Any]] = {}
         self._own_pool = pool is None
         self._pool = pool
@@ -124,6 +134,19 @@ class App:
         return self
 
     # -- registry ---------------------------------------------------------------------
+
+    def add_extension(self, extension: object) -> None:
+        """Make ``extension`` available to tasks as ``ctx.get_ext(type(extension))``."""
+        self.extensions.add(extension)
+
+    def current_forbidden_flags(self) -> list[str] | None:
+        """The forbidden flags for the next fetch (calls ``forbidden_flags`` if callable)."""
+        flags = self.forbidden_flags() if callable(self.forbidden_flags) else self.forbidden_flags
+        if flags is None:
+            return None
+        if isinstance(flags, str) or not all(isinstance(f, str) for f in flags):
+            raise ConfigurationError(f"forbidden_flags must give a list of strings, got {flags!r}")
+        return list(flags)
 
     def task(
         self,

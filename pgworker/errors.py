@@ -40,3 +40,7 @@ class UnknownTaskError(PgWorkerError, LookupError):
 
 class JobNotCreatedError(PgWorkerError):
     """``add_job`` returned no row; the job was not created."""
+
+
+class UnknownExtensionError(PgWorkerError, LookupError):
+    """No extension of the requested type is registered on the app."""

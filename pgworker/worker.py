@@ -269,6 +269,7 @@ class Worker:
                     worker_id=self.worker_id,
                     task_names=self._task_names,
                     limit=limit,
+                    forbidden_flags=self.app.current_forbidden_flags(),
                     conn=self._fetch_conn.get(),
                 )
             except Exception as exc:  # the loop must outlive any one failure
