@@ -1,5 +1,6 @@
 """pgworker: a PostgreSQL job queue for Python that speaks graphile-worker's protocol."""
 
+from .admin import Admin, CleanupResult, JobState, ListedJob, StatRow
 from .app import App
 from .context import Extensions, JobContext
 from .errors import (
@@ -20,7 +21,9 @@ from .task import Task
 from .worker import WorkerHandle
 
 __all__ = [
+    "Admin",
     "App",
+    "CleanupResult",
     "ConfigurationError",
     "DatabaseUnavailableError",
     "Extensions",
@@ -30,11 +33,14 @@ __all__ = [
     "JobKeyMode",
     "JobNotCreatedError",
     "JobSpec",
+    "JobState",
+    "ListedJob",
     "MigrationError",
     "MigrationOutcome",
     "PayloadError",
     "PgWorkerError",
     "RawJob",
+    "StatRow",
     "Task",
     "UnknownExtensionError",
     "UnknownTaskError",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from .admin import Admin
 from .context import Extensions
 from .errors import ConfigurationError, DatabaseUnavailableError
 from .job import Job
@@ -235,6 +236,11 @@ class App:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    @property
+    def admin(self) -> Admin:
+        """Operations on jobs: remove, complete, fail, reschedule, unlock, clean up, list."""
+        return Admin(self.store)
 
     @property
     def conninfo(self) -> str:

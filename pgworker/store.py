@@ -139,7 +139,29 @@ class Store:
             rows = c.execute(self.queries["add_jobs"], params).fetchall()
             if len(rows) != len(jobs):
                 raise JobNotCreatedError(f"add_jobs created {len(rows)} of {len(jobs)} jobs")
-            self._learn_names(c, rows, jobs)
+            # A batch of one task (or one queue) names all its rows without a lookup.
+            identifiers = {new.identifier for new in jobs}
+            queues = {new.spec.queue for new in jobs}
+            if len(identifiers) == 1:
+                self._task_names[rows[0][13]] = identifiers.pop()
+            if len(queues) == 1 and rows[0][14] is not None:
+                self._queue_names[rows[0][14]] = str(queues.pop())
+            return self.jobs_from_rows(rows, c)
+
+    def jobs_from_rows(self, rows: Sequence[tuple[Any, ...]], conn: Connection) -> list[Job]:
+        """Jobs from rows of the 13 Job columns plus ``task_id, job_queue_id``, naming
+        tasks and queues from a cache (ids are never reused); unknown ids cost one lookup
+        on ``conn``."""
+        task_ids = list({row[13] for row in rows} - self._task_names.keys())
+        queue_ids = list(
+            {row[14] for row in rows if row[14] is not None} - self._queue_names.keys()
+        )
+        if task_ids or queue_ids:
+            found = conn.execute(
+                self.queries["names_by_id"], {"task_ids": task_ids, "queue_ids": queue_ids}
+            ).fetchall()
+            for kind, id_, name in found:
+                (self._task_names if kind == "task" else self._queue_names)[id_] = name
         return [
             job_from_row(
                 row,
@@ -148,32 +170,6 @@ class Store:
             )
             for row in rows
         ]
-
-    def _learn_names(
-        self, conn: Connection, rows: Sequence[tuple[Any, ...]], jobs: Sequence[NewJob]
-    ) -> None:
-        """Fill the id-to-name caches for the task and queue ids in ``rows``.
-
-        Ids are never reused, so cached names stay right. A batch of one task in one
-        queue needs no query; otherwise unknown ids cost one lookup.
-        """
-        identifiers = {new.identifier for new in jobs}
-        queues = {new.spec.queue for new in jobs}
-        if len(identifiers) == 1:
-            self._task_names[rows[0][13]] = identifiers.pop()
-        if len(queues) == 1 and rows[0][14] is not None:
-            self._queue_names[rows[0][14]] = str(queues.pop())
-        task_ids = list({row[13] for row in rows} - self._task_names.keys())
-        queue_ids = list(
-            {row[14] for row in rows if row[14] is not None} - self._queue_names.keys()
-        )
-        if not task_ids and not queue_ids:
-            return
-        found = conn.execute(
-            self.queries["names_by_id"], {"task_ids": task_ids, "queue_ids": queue_ids}
-        ).fetchall()
-        for kind, id_, name in found:
-            (self._task_names if kind == "task" else self._queue_names)[id_] = name
 
     def claim_jobs(
         self,

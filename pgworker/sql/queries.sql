@@ -233,3 +233,113 @@ with jobs_reset as (
 update :SCHEMA._private_job_queues as job_queues
 set locked_at = null, locked_by = null
 where job_queues.locked_at < now() - interval '4 hours'
+
+-- name: remove_job
+-- Admin: delete the pending job with this key, or stop a running one from retrying.
+select
+  jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
+  jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
+  jobs.flags, jobs.task_id, jobs.job_queue_id
+from :SCHEMA.remove_job(%(job_key)s) as jobs
+where jobs.id is not null
+
+-- name: admin_complete_jobs
+-- Admin: delete these jobs, unless locked in the last 4 hours.
+select
+  jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
+  jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
+  jobs.flags, jobs.task_id, jobs.job_queue_id
+from :SCHEMA.complete_jobs(%(job_ids)s::bigint[]) as jobs
+
+-- name: permanently_fail_jobs
+-- Admin: use up every attempt of these jobs, with a reason, unless locked in the last 4 hours.
+select
+  jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
+  jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
+  jobs.flags, jobs.task_id, jobs.job_queue_id
+from :SCHEMA.permanently_fail_jobs(%(job_ids)s::bigint[], %(reason)s) as jobs
+
+-- name: reschedule_jobs
+-- Admin: change run_at, priority, attempts or max_attempts (null keeps the value).
+select
+  jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
+  jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
+  jobs.flags, jobs.task_id, jobs.job_queue_id
+from :SCHEMA.reschedule_jobs(
+  %(job_ids)s::bigint[],
+  run_at => %(run_at)s,
+  priority => %(priority)s,
+  attempts => %(attempts)s,
+  max_attempts => %(max_attempts)s
+) as jobs
+
+-- name: force_unlock_workers
+-- Admin: release every job and queue locked by these (dead) workers.
+select :SCHEMA.force_unlock_workers(%(worker_ids)s::text[])
+
+-- name: delete_permanently_failed_jobs
+-- Cleanup: delete jobs that used up their attempts and are not running.
+delete from :SCHEMA._private_jobs as jobs
+where jobs.attempts >= jobs.max_attempts and jobs.locked_at is null
+
+-- name: gc_job_queues
+-- Cleanup: delete queues that hold no job and are not locked.
+delete from :SCHEMA._private_job_queues as job_queues
+where job_queues.locked_at is null
+and not exists (
+  select 1 from :SCHEMA._private_jobs as jobs where jobs.job_queue_id = job_queues.id
+)
+
+-- name: gc_task_identifiers
+-- Cleanup: delete task identifiers no job uses, except those to keep. Unsafe while
+-- workers run: they cache task ids, and a re-created identifier gets a new id.
+delete from :SCHEMA._private_tasks as tasks
+where tasks.identifier <> all(%(keep)s::text[])
+and not exists (select 1 from :SCHEMA._private_jobs as jobs where jobs.task_id = tasks.id)
+
+-- name: list_jobs
+-- Admin: jobs from the public view, filtered by task, queue, key and state, oldest first.
+-- The state is derived: running (locked), permanently_failed (no attempts left),
+-- retrying (failed before), scheduled (run_at ahead) or waiting.
+select * from (
+  select
+    jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
+    jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
+    jobs.flags, jobs.task_identifier, jobs.queue_name,
+    case
+      when jobs.locked_at is not null then 'running'
+      when jobs.attempts >= jobs.max_attempts then 'permanently_failed'
+      when jobs.attempts > 0 then 'retrying'
+      when jobs.run_at > now() then 'scheduled'
+      else 'waiting'
+    end as state
+  from :SCHEMA.jobs as jobs
+  where (%(task)s::text is null or jobs.task_identifier = %(task)s)
+  and (%(queue)s::text is null or jobs.queue_name = %(queue)s)
+  and (%(job_key)s::text is null or jobs.key = %(job_key)s)
+  and (%(job_id)s::bigint is null or jobs.id = %(job_id)s)
+) as listed
+where %(state)s::text is null or listed.state = %(state)s
+order by listed.id
+limit %(limit)s
+
+-- name: job_payload
+-- Admin: the payload of one job.
+select payload::text from :SCHEMA._private_jobs where id = %(job_id)s
+
+-- name: job_stats
+-- Admin: how many jobs each task has in each queue and state (states as in list_jobs).
+select
+  jobs.task_identifier,
+  jobs.queue_name,
+  case
+    when jobs.locked_at is not null then 'running'
+    when jobs.attempts >= jobs.max_attempts then 'permanently_failed'
+    when jobs.attempts > 0 then 'retrying'
+    when jobs.run_at > now() then 'scheduled'
+    else 'waiting'
+  end as state,
+  count(*)
+from :SCHEMA.jobs as jobs
+group by 1, 2, 3
+order by 1, 2 nulls first, 3
