@@ -101,13 +101,15 @@ class Admin:
         }
         return self._changed("reschedule_jobs", params)
 
-    def force_unlock_workers(self, worker_ids: Sequence[str]) -> None:
-        """Release every job and queue locked by these workers. Only for workers that are
-        dead: a live worker would go on running jobs that others may now take."""
+    def force_unlock_workers(self, worker_ids: Sequence[str]) -> int:
+        """Release every job and queue locked by these workers; returns how many jobs they
+        held. Only for dead workers: a live one would go on running jobs that others may
+        now take too."""
         with self.store.connection() as conn:
-            conn.execute(
+            row = conn.execute(
                 self.store.queries["force_unlock_workers"], {"worker_ids": list(worker_ids)}
-            )
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def cleanup(
         self,

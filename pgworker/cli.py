@@ -2,97 +2,23 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import os
-import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
 import msgspec
 
-from .app import DEFAULT_SCHEMA, App
+from . import cli_admin
+from .cli_common import (
+    database_options,
+    load_app,
+    opened_app,
+    parse_run_at,
+    reported_errors,
+)
 from .embedded import development_database
-from .errors import PgWorkerError
-
-logger = logging.getLogger("pgworker.cli")
-
-_RELATIVE_TIME = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class CliError(click.ClickException):
-    """A failure reported in one sentence, with exit code 1."""
-
-    exit_code = 1
-
-
-def load_app(target: str) -> App:
-    """Import ``MODULE:ATTR`` and return the App it names; exit 2 with one sentence if not."""
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise click.UsageError(f"expected MODULE:ATTR (like myproject.tasks:app), got {target!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise click.UsageError(f"cannot import {module_name!r}: {exc}") from exc
-    try:
-        app = getattr(module, attr)
-    except AttributeError as exc:
-        raise click.UsageError(f"module {module_name!r} has no attribute {attr!r}") from exc
-    if not isinstance(app, App):
-        raise click.UsageError(
-            f"{target} is a {type(app).__name__}, not a pgworker App; point at `app = App(...)`"
-        )
-    return app
-
-
-def parse_run_at(value: str | None) -> datetime | None:
-    """An ISO 8601 time (UTC when it has no offset) or a delay like ``+10s``/``+5m``."""
-    if value is None:
-        return None
-    relative = _RELATIVE_TIME.match(value)
-    if relative:
-        amount, unit = relative.groups()
-        return datetime.now(UTC) + timedelta(seconds=float(amount) * _UNITS[unit])
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise click.BadParameter(
-            f"{value!r} is neither an ISO 8601 time nor a delay like +10s", param_hint="--run-at"
-        ) from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-@contextmanager
-def reported_errors() -> Iterator[None]:
-    """Turn pgworker's errors into one-sentence messages and exit code 1."""
-    try:
-        yield
-    except PgWorkerError as exc:
-        raise CliError(str(exc)) from exc
-
-
-def database_options(fn: Any) -> Any:
-    """Add --database-url and --schema to a command."""
-    fn = click.option(
-        "--schema",
-        default=None,
-        help=f"Worker schema (default: the app's, else {DEFAULT_SCHEMA}).",
-    )(fn)
-    fn = click.option(
-        "--database-url",
-        default=None,
-        help="PostgreSQL URL. Default: DATABASE_URL, then PG* variables, then an embedded server.",
-    )(fn)
-    return fn
 
 
 @click.group()
@@ -158,11 +84,8 @@ def run(
 @database_options
 def migrate(target: str | None, database_url: str | None, schema: str | None) -> None:
     """Install or upgrade the worker schema, then exit."""
-    app = load_app(target) if target else App()
-    with reported_errors(), development_database(database_url) as url:
-        app.configure(database_url=url, schema=schema)
-        with app:
-            outcome = app.migrate()
+    with opened_app(database_url, schema, target) as app:
+        outcome = app.migrate()
     click.echo(f"Schema {app.schema!r}: {outcome.value}")
 
 
@@ -198,22 +121,23 @@ def defer(
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="PAYLOAD") from exc
     when = parse_run_at(run_at)
-    app = load_app(target) if target else App()
-    with reported_errors(), development_database(database_url) as url:
-        app.configure(database_url=url, schema=schema)
-        with app:
-            job = app.defer(
-                identifier,
-                value,
-                run_at=when,
-                priority=priority,
-                queue=queue,
-                max_attempts=max_attempts,
-                job_key=job_key,
-                job_key_mode=job_key_mode,
-                flags=list(flags) or None,
-            )
+    with opened_app(database_url, schema, target) as app:
+        job = app.defer(
+            identifier,
+            value,
+            run_at=when,
+            priority=priority,
+            queue=queue,
+            max_attempts=max_attempts,
+            job_key=job_key,
+            job_key_mode=job_key_mode,
+            flags=list(flags) or None,
+        )
     click.echo(msgspec.json.encode(job).decode())
+
+
+for command in cli_admin.COMMANDS:
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

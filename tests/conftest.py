@@ -8,6 +8,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,54 @@ def make_app(database_url: str, schema: str) -> Iterator[Callable[..., App]]:
 def app(make_app: Callable[..., App]) -> App:
     """An App on this test's schema (not yet open)."""
     return make_app()
+
+
+@pytest.fixture
+def opened(app: App) -> Iterator[App]:
+    """The test's App, open, with the schema installed."""
+    with app:
+        app.migrate()
+        yield app
+
+
+FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def selection(opened: App, db: psycopg.Connection[tuple[Any, ...]], schema: str) -> dict[str, int]:
+    """One job in each state, plus a running job whose lock is 5 hours old (stale)."""
+    ids = {
+        name: opened.defer(task, {"name": name}, queue=queue, job_key=f"key-{name}").id
+        for name, task, queue in [
+            ("waiting", "job_a", None),
+            ("scheduled", "job_a", "q1"),
+            ("retrying", "job_b", None),
+            ("failed", "job_b", "q2"),
+            ("running", "job_c", "q3"),
+            ("stale", "job_c", None),
+        ]
+    }
+    t = f'"{schema}"._private_jobs'
+    db.execute(f"update {t} set run_at = %s where id = %s", (FUTURE, ids["scheduled"]))
+    db.execute(
+        f"update {t} set attempts = 1, last_error = 'boom', run_at = %s where id = %s",
+        (FUTURE, ids["retrying"]),
+    )
+    db.execute(
+        f"update {t} set attempts = max_attempts, last_error = 'dead' where id = %s",
+        (ids["failed"],),
+    )
+    db.execute(
+        f"update {t} set attempts = 1, locked_by = 'test', locked_at = now() where id = %s",
+        (ids["running"],),
+    )
+    db.execute(
+        f"update \"{schema}\"._private_job_queues set locked_by = 'test', locked_at = now() "
+        "where queue_name = 'q3'"
+    )
+    db.execute(
+        f"update {t} set attempts = 1, locked_by = 'gone', locked_at = now() - interval '5 hours' "
+        "where id = %s",
+        (ids["stale"],),
+    )
+    return ids

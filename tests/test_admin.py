@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,54 +11,6 @@ import pytest
 from pgworker import App, ConfigurationError, StatRow
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def opened(app: App) -> Iterator[App]:
-    with app:
-        app.migrate()
-        yield app
-
-
-@pytest.fixture
-def selection(opened: App, db: Conn, schema: str) -> dict[str, int]:
-    """One job in each state, plus a running job whose lock is 5 hours old (stale)."""
-    ids = {
-        name: opened.defer(task, {"name": name}, queue=queue, job_key=f"key-{name}").id
-        for name, task, queue in [
-            ("waiting", "job_a", None),
-            ("scheduled", "job_a", "q1"),
-            ("retrying", "job_b", None),
-            ("failed", "job_b", "q2"),
-            ("running", "job_c", "q3"),
-            ("stale", "job_c", None),
-        ]
-    }
-    t = f'"{schema}"._private_jobs'
-    db.execute(f"update {t} set run_at = %s where id = %s", (FUTURE, ids["scheduled"]))
-    db.execute(
-        f"update {t} set attempts = 1, last_error = 'boom', run_at = %s where id = %s",
-        (FUTURE, ids["retrying"]),
-    )
-    db.execute(
-        f"update {t} set attempts = max_attempts, last_error = 'dead' where id = %s",
-        (ids["failed"],),
-    )
-    db.execute(
-        f"update {t} set attempts = 1, locked_by = 'test', locked_at = now() where id = %s",
-        (ids["running"],),
-    )
-    db.execute(
-        f"update \"{schema}\"._private_job_queues set locked_by = 'test', locked_at = now() "
-        "where queue_name = 'q3'"
-    )
-    db.execute(
-        f"update {t} set attempts = 1, locked_by = 'gone', locked_at = now() - interval '5 hours' "
-        "where id = %s",
-        (ids["stale"],),
-    )
-    return ids
 
 
 def rows(db: Conn, schema: str) -> dict[int, tuple[Any, ...]]:
@@ -160,7 +111,7 @@ def test_remove_job_deletes_pending_and_disarms_running(
 def test_force_unlock_workers_frees_jobs_and_queues(
     opened: App, selection: dict[str, int], db: Conn, schema: str
 ) -> None:
-    opened.admin.force_unlock_workers(["test"])
+    assert opened.admin.force_unlock_workers(["test"]) == 1
     assert rows(db, schema)[selection["running"]][4] is None
     queue = db.execute(
         f"select locked_by from \"{schema}\"._private_job_queues where queue_name = 'q3'"

@@ -32,13 +32,6 @@ class CountingCursor(psycopg.Cursor[tuple[Any, ...]]):
 
 
 @pytest.fixture
-def opened(app: App) -> Iterator[App]:
-    with app:
-        app.migrate()
-        yield app
-
-
-@pytest.fixture
 def counting(database_url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     with psycopg.connect(database_url, autocommit=True, cursor_factory=CountingCursor) as conn:
         CountingCursor.statements = CountingCursor.inserts = 0

@@ -10,7 +10,8 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from pgworker.cli import cli, parse_run_at
+from pgworker.cli import cli
+from pgworker.cli_common import parse_run_at
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
@@ -29,13 +28,6 @@ class Resize:
 class Email(TypedDict):
     to: str
     subject: str
-
-
-@pytest.fixture
-def opened(app: App) -> Iterator[App]:
-    with app:
-        app.migrate()
-        yield app
 
 
 def count_jobs(db: Conn, schema: str) -> int:

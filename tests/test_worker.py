@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,13 +20,6 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 
 class SayHello(msgspec.Struct):
     message: str
-
-
-@pytest.fixture
-def opened(app: App) -> Iterator[App]:
-    with app:
-        app.migrate()
-        yield app
 
 
 def job_rows(db: Conn, schema: str) -> list[tuple[Any, ...]]:

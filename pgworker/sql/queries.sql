@@ -274,8 +274,11 @@ from :SCHEMA.reschedule_jobs(
 ) as jobs
 
 -- name: force_unlock_workers
--- Admin: release every job and queue locked by these (dead) workers.
-select :SCHEMA.force_unlock_workers(%(worker_ids)s::text[])
+-- Admin: release every job and queue locked by these (dead) workers; returns how many
+-- jobs they held (counted in the statement's snapshot, before the function's update).
+select
+  (select count(*) from :SCHEMA._private_jobs where locked_by = any(%(worker_ids)s::text[])),
+  :SCHEMA.force_unlock_workers(%(worker_ids)s::text[])
 
 -- name: delete_permanently_failed_jobs
 -- Cleanup: delete jobs that used up their attempts and are not running.
