@@ -10,11 +10,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import pytest
 
-from pgworker import App, Job
+from pgworker import App, Job, JobKeyMode
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 KEYS = [f"key-{i}" for i in range(20)]
@@ -68,3 +70,69 @@ def test_concurrent_keyed_defers_while_workers_fetch_lose_nothing(
     # Every key ran at least once, and never more often than it was requested.
     assert set(runs) == set(KEYS)
     assert all(1 <= count <= 80 for count in runs.values())
+
+
+T1 = datetime(2100, 1, 1, tzinfo=UTC)
+T2 = datetime(2100, 6, 1, tzinfo=UTC)
+STATES = {
+    "pending": "",
+    "retrying": "attempts = 1, last_error = 'boom'",
+    "permanently_failed": "attempts = max_attempts, last_error = 'dead'",
+    "locked": "attempts = 1, locked_by = 'someone', locked_at = now()",
+}
+
+
+@pytest.mark.parametrize("state", list(STATES))
+@pytest.mark.parametrize("mode", ["replace", "preserve_run_at", "unsafe_dedupe"])
+def test_job_key_modes_row_by_row(
+    opened: App, db: Conn, schema: str, state: str, mode: JobKeyMode
+) -> None:
+    """The reference's job-key table: what a second defer with the same key does."""
+    first = opened.defer("t", {"v": 1}, job_key="k", run_at=T1)
+    if STATES[state]:
+        db.execute(
+            f'update "{schema}"._private_jobs set {STATES[state]} where id = %s', (first.id,)
+        )
+    second = opened.defer("t", {"v": 2}, job_key="k", job_key_mode=mode, run_at=T2)
+    rows = {
+        r[0]: r[1:]
+        for r in db.execute(
+            f"select id, key, payload, run_at, attempts, max_attempts, last_error, revision "
+            f'from "{schema}"._private_jobs'
+        ).fetchall()
+    }
+    if mode == "unsafe_dedupe":
+        # The existing job is returned whatever its state; only its revision moves.
+        assert second.id == first.id
+        assert len(rows) == 1
+        key, payload, run_at, *_, revision = rows[first.id]
+        assert (key, payload, run_at, revision) == ("k", {"v": 1}, T1, 1)
+    elif state in ("pending", "retrying"):
+        # The same row is updated: a debounce (replace) or throttle (preserve_run_at).
+        assert second.id == first.id
+        assert len(rows) == 1
+        key, payload, run_at, attempts, _, last_error, revision = rows[first.id]
+        keeps_run_at = mode == "preserve_run_at" and state == "pending"
+        assert (key, payload, attempts, last_error, revision) == ("k", {"v": 2}, 0, None, 1)
+        assert run_at == (T1 if keeps_run_at else T2)
+    else:
+        # A running or dead job gives up its key and will never retry; a new job holds it.
+        assert second.id != first.id
+        assert len(rows) == 2
+        old_key, _, _, old_attempts, old_max, *_ = rows[first.id]
+        assert (old_key, old_attempts) == (None, old_max)
+        assert rows[second.id][:3] == ("k", {"v": 2}, T2)
+
+
+@pytest.mark.parametrize("mode", ["replace", "preserve_run_at", "unsafe_dedupe"])
+def test_array_payloads_merge_under_one_key(
+    opened: App, db: Conn, schema: str, mode: JobKeyMode
+) -> None:
+    opened.defer("batch", [{"id": 1}], job_key="b")
+    opened.defer("batch", [{"id": 2}, {"id": 3}], job_key="b", job_key_mode=mode)
+    payload = db.execute(f'select payload from "{schema}"._private_jobs').fetchone()
+    merged = [{"id": 1}, {"id": 2}, {"id": 3}]
+    assert payload == ((merged if mode != "unsafe_dedupe" else [{"id": 1}]),)
+    opened.defer("batch", {"not": "an array"}, job_key="b")
+    payload = db.execute(f'select payload from "{schema}"._private_jobs').fetchone()
+    assert payload == ({"not": "an array"},)  # an object replaces the array
