@@ -118,3 +118,73 @@ def test_sql_trigger_example(example_database: str) -> None:
     for email in ("ada@example.com", "alan@example.com", "grace@example.com"):
         assert f"Welcome, {email}!" in output
     assert "Every new user was welcomed." in output
+
+
+def test_app_state_example(example_database: str) -> None:
+    proc = run_example("app_state", example_database)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert sorted(line for line in output.splitlines() if line.startswith("Run count")) == [
+        f"Run count: {n}" for n in range(1, 6)
+    ]
+    assert "Final count: 5" in output
+
+
+def test_batch_add_jobs_example(example_database: str) -> None:
+    proc = run_example("batch_add_jobs", example_database)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "Added 3 send_email jobs in one statement" in output
+    assert "Added 2 mixed jobs in one statement" in output
+    ran = [line for line in output.splitlines() if line.startswith(("Email", "Payment"))]
+    assert ran[0] == "Payment of 50 from user 123"  # priority -10 first
+    assert len(ran) == 5
+
+
+def test_context_helpers_example(example_database: str) -> None:
+    started = time.monotonic()
+    proc = run_example("context_helpers", example_database)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert output.index("Sending request req-1") < output.index("Checking request req-1")
+    assert time.monotonic() - started >= 10  # the follow-up waited for its run_at
+    assert "Workflow done." in output
+
+
+def test_web_flask_example(example_database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("flask")
+    from examples import web_flask
+
+    app = web_flask.app
+    with app.open(example_database):
+        app.migrate()
+        with app.pool.connection() as conn:
+            conn.execute(web_flask.SIGNUPS_TABLE)
+        handle = app.start()
+        try:
+            client = web_flask.web.test_client()
+            assert client.get("/health").text == "ok"
+            example = client.post("/schedule/example?name=answer&value=42")
+            assert example.status_code == 202
+            database = client.post("/schedule/database")
+            assert database.status_code == 202
+            good = client.post("/signup?email=ada@example.com")
+            assert good.status_code == 201
+            bad = client.post("/signup?email=nobody")
+            assert bad.status_code == 400
+            deadline = time.monotonic() + 10
+            while len(waiting := app.admin.jobs()) > 1:  # all but the delayed one ran
+                assert time.monotonic() < deadline, waiting
+                time.sleep(0.05)
+        finally:
+            handle.stop()
+        with app.pool.connection() as conn:
+            signups = conn.execute("select email from signups").fetchall()
+    assert signups == [("ada@example.com",)]  # the bad signup rolled back, row and job
+    assert [(j.job.task_identifier, j.job.priority) for j in waiting] == [("database_task", -10)]
+    assert database.json is not None
+    assert waiting[0].job.id == database.json["job_id"]
+    printed = capsys.readouterr().out
+    assert "example_task: answer=42" in printed
+    assert "send_welcome: ada@example.com" in printed
+    assert "nobody" not in printed
