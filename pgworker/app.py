@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .admin import Admin
 from .context import Extensions
-from .errors import ConfigurationError, DatabaseUnavailableError
+from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError
 from .job import Job
 from .migrate import MigrationOutcome, migrate
 from .payload import PayloadCodec
@@ -34,6 +34,7 @@ R = TypeVar("R")
 DEFAULT_SCHEMA = "graphile_worker"
 #: Task identifiers as graphile-worker's crontab accepts them, slashes included.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_:/.\-]*$")
+MAX_IDENTIFIER_LENGTH = 128
 _RAW_CODEC: PayloadCodec[Any] = PayloadCodec(Any)
 #: Forbidden flags: none, a list, or a function called before each fetch that returns one.
 ForbiddenFlags = Sequence[str] | Callable[[], Sequence[str] | None] | None
@@ -112,9 +113,15 @@ class App:
         poll_interval: float | None = None,
         prefetch: int | None = None,
     ) -> App:
-        """Override settings before the app opens (what the CLI's options do)."""
-        if self.is_open:
-            raise ConfigurationError("configure() must be called before the app is opened")
+        """Override settings (what the CLI's options do). The database and the schema
+        can only change before the app opens."""
+        changes_connection = (database_url is not None and database_url != self.database_url) or (
+            schema is not None and schema != self.schema
+        )
+        if self.is_open and changes_connection:
+            raise ConfigurationError(
+                "the database and schema can only change before the app is opened"
+            )
         if schema is not None and schema != self.schema:
             _check_schema(schema)
             self.schema = schema
@@ -163,7 +170,7 @@ class App:
         The keyword arguments are defaults for every job of this task; ``defer`` can
         override each of them.
         """
-        if not _IDENTIFIER.match(identifier) or len(identifier) > 128:
+        if not _IDENTIFIER.match(identifier) or len(identifier) > MAX_IDENTIFIER_LENGTH:
             raise ConfigurationError(
                 f"task identifier {identifier!r} must start with a letter or _, hold only "
                 "letters, digits and _ : / . -, and be at most 128 characters"
@@ -199,6 +206,8 @@ class App:
         conninfo = self.database_url or ""
         try:
             psycopg.connect(conninfo, connect_timeout=int(_CONNECT_TIMEOUT)).close()
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"invalid database URL: {exc}") from exc
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailableError(
                 f"cannot connect to the database ({_describe(conninfo)}): "
@@ -277,6 +286,11 @@ class App:
         otherwise the payload goes as given (any JSON value; None means ``{}``).
         """
         task = self.tasks.get(identifier)
+        if task is None and not 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH:
+            raise ConfigurationError(
+                f"task identifiers are 1 to {MAX_IDENTIFIER_LENGTH} characters, "
+                f"got {len(identifier)}"
+            )
         if task is not None:
             return task.defer(
                 payload,
@@ -327,8 +341,20 @@ class App:
 
     def migrate(self) -> MigrationOutcome:
         """Install or upgrade the worker schema; safe to call from many processes at once."""
-        with self.pool.connection() as conn:
-            return migrate(conn, self.schema)
+        try:
+            with self.pool.connection() as conn:
+                return migrate(conn, self.schema)
+        except MigrationError:
+            raise
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailableError(f"the database is unreachable: {exc}") from exc
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise MigrationError(
+                f"migrating schema {self.schema!r} needs more privileges "
+                f"({exc.diag.message_primary}): run it as the role that owns the schema"
+            ) from exc
+        except psycopg.Error as exc:
+            raise MigrationError(f"migrating schema {self.schema!r} failed: {exc}") from exc
 
     def run(self, *, install_signal_handlers: bool = True) -> None:
         """Run a worker until SIGINT/SIGTERM (or ``KeyboardInterrupt``); blocks.
@@ -341,13 +367,16 @@ class App:
         with self._opened():
             Worker(self).run(install_signal_handlers=install_signal_handlers)
 
-    def run_once(self) -> None:
+    def run_once(self, *, install_signal_handlers: bool = True) -> None:
         """Run every job that is runnable now, including the ones that become runnable
-        meanwhile (the next job of a named queue), then return. Future jobs stay."""
+        meanwhile (the next job of a named queue), then return. Future jobs stay.
+
+        Signals stop it as they stop ``run()`` (when called from the main thread).
+        """
         from .worker import Worker
 
         with self._opened():
-            Worker(self, once=True).run(install_signal_handlers=False)
+            Worker(self, once=True).run(install_signal_handlers=install_signal_handlers)
 
     def start(self) -> WorkerHandle:
         """Start a worker in background threads and return its handle.

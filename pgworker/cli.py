@@ -12,13 +12,13 @@ import msgspec
 
 from . import cli_admin
 from .cli_common import (
+    app_database,
     database_options,
     load_app,
     opened_app,
     parse_run_at,
     reported_errors,
 )
-from .embedded import development_database
 
 
 @click.group()
@@ -65,7 +65,7 @@ def run(
 ) -> None:
     """Run a worker for the app at MODULE:ATTR until SIGINT/SIGTERM."""
     app = load_app(target)
-    with reported_errors(), development_database(database_url) as url:
+    with reported_errors(), app_database(app, database_url) as url:
         app.configure(
             database_url=url,
             schema=schema,

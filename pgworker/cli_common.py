@@ -91,13 +91,27 @@ def database_options(fn: Any) -> Any:
 
 
 @contextmanager
+def app_database(app: App, flag: str | None) -> Iterator[str | None]:
+    """The database the app should use: ``--database-url``, else the app's own
+    ``database_url``, else ``DATABASE_URL`` or ``PG*``, else an embedded server for the
+    length of the block. None when the app already has its pool (``App(pool=...)``)."""
+    if app.is_open:
+        if flag:
+            raise click.UsageError("--database-url can't apply: the app brings its own pool")
+        yield None
+        return
+    with development_database(flag or app.database_url) as url:
+        yield url
+
+
+@contextmanager
 def opened_app(
     database_url: str | None, schema: str | None, target: str | None = None
 ) -> Iterator[App]:
     """The app at ``target`` (or a bare App), configured from the shared options and open,
-    on the configured database or an embedded one; errors become one sentence."""
+    on the database ``app_database`` picks; errors become one sentence."""
     app = load_app(target) if target else App()
-    with reported_errors(), development_database(database_url) as url:
+    with reported_errors(), app_database(app, database_url) as url:
         app.configure(database_url=url, schema=schema)
         with app:
             yield app

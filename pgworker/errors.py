@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import psycopg
+
 
 class PgWorkerError(Exception):
     """Base class of every error pgworker raises on purpose."""
@@ -11,8 +13,9 @@ class ConfigurationError(PgWorkerError):
     """A setting is missing or invalid; the message says which one and how to fix it."""
 
 
-class DatabaseUnavailableError(PgWorkerError):
-    """The database could not be reached."""
+class DatabaseUnavailableError(PgWorkerError, psycopg.OperationalError):
+    """The database could not be reached (also a ``psycopg.OperationalError``, so code
+    that retries on those keeps working)."""
 
 
 class MigrationError(PgWorkerError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -12,18 +11,20 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from .connections import backoff_delay, connect
+
 if TYPE_CHECKING:
     from .app import App
 
 logger = logging.getLogger(__name__)
 
+#: The channels of queries.sql's "listen" statement.
 JOBS_CHANNEL = "jobs:insert"
 MIGRATE_CHANNEL = "worker:migrate"
 #: How long one wait for notifications lasts before the stop flag is checked again.
 WAIT_SLICE = 0.5
 #: A quiet connection is checked with a round trip this often, to notice a dead one.
 HEALTH_CHECK_INTERVAL = 10.0
-RECONNECT_MIN, RECONNECT_MAX = 0.05, 30.0
 
 
 class Listener:
@@ -46,7 +47,7 @@ class Listener:
         self.on_breaking = on_breaking
         self._stop = threading.Event()
         self._connected = threading.Event()
-        self.reconnections = 0
+        self.connections = 0
 
     @property
     def is_listening(self) -> bool:
@@ -72,7 +73,7 @@ class Listener:
                 if self._connected.is_set():
                     attempt = 0  # it was up: this is a new loss, not the same one again
                 self._connected.clear()
-                delay = min(RECONNECT_MAX, RECONNECT_MIN * 2**attempt) * random.uniform(0.5, 1.0)
+                delay = backoff_delay(attempt)
                 attempt += 1
                 logger.warning(
                     "LISTEN connection lost (%s); reconnecting in %.2f s",
@@ -87,12 +88,11 @@ class Listener:
         self._connected.clear()
 
     def _listen(self) -> None:
-        with psycopg.connect(self.app.conninfo, autocommit=True) as conn:
-            conn.execute(f'LISTEN "{JOBS_CHANNEL}"')
-            conn.execute(f'LISTEN "{MIGRATE_CHANNEL}"')
-            if self._connected.is_set() or self.reconnections:
+        with connect(self.app) as conn:
+            conn.execute(self.app.store.queries["listen"])
+            if self.connections:
                 logger.info("LISTEN connection re-established")
-            self.reconnections += 1
+            self.connections += 1
             self._connected.set()
             self.on_notify()
             last_check = time.monotonic()

@@ -85,6 +85,11 @@ def _upgrade(conn: Connection, queries: Queries, schema: str) -> MigrationOutcom
             f"{SCHEMA_REVISION}; running it would be unsafe. Upgrade pgworker, or use a "
             "database that no newer worker has migrated."
         )
+    if latest == 0:
+        raise MigrationError(
+            f"the worker schema {schema!r} has an empty migrations table: another worker "
+            "(Node or Rust) is probably installing it right now; try again in a moment"
+        )
     if latest < OLDEST_ACCEPTED_REVISION:
         raise MigrationError(
             f"the worker schema {schema!r} is at revision {latest}, older than graphile-worker "

@@ -25,8 +25,17 @@ def parse_named_queries(text: str) -> dict[str, str]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
             raise ValueError(f"query {name!r} is defined twice")
-        queries[name] = body.strip()
+        queries[name] = _strip_leading_comments(body)
     return queries
+
+
+def _strip_leading_comments(body: str) -> str:
+    """The statement without the description lines above it (docs for readers of the
+    file, not bytes to send with every execution)."""
+    lines = body.strip().splitlines()
+    while lines and lines[0].lstrip().startswith("--"):
+        lines.pop(0)
+    return "\n".join(lines).strip()
 
 
 def bind_schema(text: str, schema: str) -> sql.Composed:
@@ -53,7 +62,3 @@ class Queries:
         if bound is None:
             bound = self._bound[name] = bind_schema(self._texts[name], self.schema).as_bytes(None)
         return bound
-
-    def names(self) -> list[str]:
-        """The names of all statements."""
-        return list(self._texts)

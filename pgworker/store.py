@@ -10,7 +10,7 @@ import msgspec
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .errors import JobNotCreatedError, PgWorkerError
+from .errors import DatabaseUnavailableError, JobNotCreatedError, PgWorkerError
 from .job import Job, job_from_row
 from .queries import Queries
 from .spec import JobSpec
@@ -82,6 +82,12 @@ class Store:
                 f"the worker schema {self.schema!r} is not installed in this database: "
                 f"run `pgworker migrate` (or app.migrate()) first ({exc.diag.message_primary})"
             ) from exc
+        except DatabaseUnavailableError:
+            raise
+        except psycopg.OperationalError as exc:  # PoolTimeout included
+            raise DatabaseUnavailableError(
+                f"the database is unreachable: {str(exc).strip() or type(exc).__name__}"
+            ) from exc
         except psycopg.Error as exc:
             if exc.sqlstate == "GWNOR":
                 raise JobNotCreatedError(str(exc).strip()) from exc
@@ -96,36 +102,36 @@ class Store:
 
     def register_tasks(self, identifiers: Sequence[str]) -> dict[int, str]:
         """Make sure each task identifier has a row; return the id of each."""
+        params = {"identifiers": list(identifiers)}
         with self.connection() as conn:
-            rows = conn.execute(
-                self.queries["register_tasks"], {"identifiers": list(identifiers)}
-            ).fetchall()
-        return dict(rows)
+            conn.execute(self.queries["register_tasks"], params)
+            rows = conn.execute(self.queries["task_ids"], params).fetchall()
+        names = dict(rows)
+        missing = set(identifiers) - set(names.values())
+        if missing:  # only if a cleanup deleted them between the two statements
+            raise PgWorkerError(f"task identifiers vanished while registering: {sorted(missing)}")
+        self._task_names.update(names)
+        return names
 
     def add_job(
         self, identifier: str, payload: str, spec: JobSpec, conn: Connection | None = None
     ) -> Job:
         """Add one job through ``add_job`` and return it."""
         params = {
-            "identifier": identifier,
+            **_spec_record(NewJob(identifier, payload, spec)),
             "payload": payload,
-            "queue_name": spec.queue,
-            "run_at": spec.run_at,
-            "max_attempts": spec.max_attempts,
-            "job_key": spec.job_key,
-            "priority": spec.priority,
-            "flags": list(spec.flags) if spec.flags is not None else None,
             "job_key_mode": spec.job_key_mode or "replace",
         }
         with self.connection(conn) as c:
             row = c.execute(self.queries["add_job"], params).fetchone()
             assert row is not None, "add_job returns a row or raises"
-            queue_name = spec.queue
-            if spec.job_key_mode == "unsafe_dedupe" and row[-1] is not None:
-                # The job returned may be an older one, in another queue.
-                found = c.execute(self.queries["queue_name"], {"queue_id": row[-1]}).fetchone()
-                queue_name = found[0] if found else None
-        return job_from_row(row, task_identifier=identifier, queue_name=queue_name)
+            if spec.job_key_mode != "unsafe_dedupe" or row[11] == 0:
+                # Our own new or updated job: we know its names. (unsafe_dedupe may
+                # return an older job, of another task or queue: those get looked up.)
+                self._task_names[row[13]] = identifier
+                if row[14] is not None and spec.queue is not None:
+                    self._queue_names[row[14]] = spec.queue
+            return self.jobs_from_rows([row], c)[0]
 
     def add_jobs(
         self, jobs: Sequence[NewJob], *, preserve_run_at: bool, conn: Connection | None = None

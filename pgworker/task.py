@@ -54,8 +54,9 @@ class Task(Generic[T, P, R]):
         """The type payloads are checked against and decoded into."""
         return self.codec.payload_type
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        raise NotImplementedError  # replaced below; this signature is for type checkers
+    def __call__(self, payload: T, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function directly: no job, no database (for tests and scripts)."""
+        return self.fn(payload, *args, **kwargs)
 
     def defer(
         self,
@@ -117,23 +118,15 @@ class Task(Generic[T, P, R]):
         jobs = [NewJob(self.identifier, self.codec.encode(p), spec) for p in payloads]
         return self.app.store.add_jobs(jobs, preserve_run_at=False, conn=conn)
 
-    def run(self, payload: str, ctx: JobContext) -> R:
-        """Decode a stored payload and call the function (what a worker does)."""
-        value = self.codec.decode(payload)
+    def call(self, payload: T, ctx: JobContext) -> R:
+        """Call the function as a worker does: with the context if it takes one."""
         call: Callable[..., R] = self.fn
         if self.takes_context:
-            return call(value, ctx)
-        return call(value)
+            return call(payload, ctx)
+        return call(payload)
 
     def __repr__(self) -> str:
         return f"<Task {self.identifier!r} payload={self.codec.payload_type!r}>"
-
-
-def _call(self: Task[Any, Any, Any], *args: Any, **kwargs: Any) -> Any:
-    return self.fn(*args, **kwargs)
-
-
-Task.__call__ = _call  # type: ignore[method-assign]
 
 
 def _inspect_signature(identifier: str, fn: Callable[..., Any]) -> tuple[Any, bool]:

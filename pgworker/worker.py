@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import random
 import secrets
@@ -12,98 +11,30 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import msgspec
 import psycopg
 
+from .connections import OwnConnection, backoff_delay
 from .context import JobContext
-from .errors import PayloadError, PgWorkerError
-from .job import Job
+from .errors import IncompatibleSchemaError, PayloadError, PgWorkerError
 from .listener import Listener
 from .migrate import SCHEMA_REVISION
+from .outcome import Outcome
 from .store import INTERRUPTED_MESSAGE, ClaimedJob
 
 if TYPE_CHECKING:
     from .app import App
+    from .store import Connection
 
 logger = logging.getLogger(__name__)
 
-#: graphile-worker's backoff stops growing after this many attempts (about 6 hours).
-RETRY_BACKOFF_CAP_ATTEMPTS = 10
 #: Upper bound on one batch of completions or failures written in a single statement.
 MAX_OUTCOME_BATCH = 1000
 #: Node's schedule for the 4-hour stale-lock reset: first run within a minute of start,
 #: then every 8 to 10 minutes.
 FIRST_RESET_WITHIN = 60.0
 RESET_INTERVAL = (480.0, 600.0)
-#: Bounds of the jittered backoff after a database error in a worker thread.
-BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0
-
-
-class Outcome(msgspec.Struct, frozen=True):
-    """What running one job came to; the completer writes it to the database, then logs
-    it (one thread logging keeps executors free of the log handler's lock)."""
-
-    job: Job
-    duration_ms: float
-    error: str | None = None
-    permanent: bool = False
-
-    def log(self) -> None:
-        """Write the job's one log line: completed, failed and retrying, or failed for good."""
-        job = self.job
-        attempt = f"attempt {job.attempts} of {job.max_attempts}"
-        level = (
-            logging.INFO
-            if self.error is None
-            else logging.ERROR
-            if self.permanent or job.attempts >= job.max_attempts
-            else logging.WARNING
-        )
-        if not logger.isEnabledFor(level):
-            return
-        extra = {
-            "job_id": job.id,
-            "task_identifier": job.task_identifier,
-            "queue_name": job.queue_name,
-            "attempt": job.attempts,
-            "max_attempts": job.max_attempts,
-            "duration_ms": self.duration_ms,
-        }
-        name, id_, ms = job.task_identifier, job.id, self.duration_ms
-        if self.error is None:
-            logger.info("Completed %s #%d in %.1f ms (%s)", name, id_, ms, attempt, extra=extra)
-        elif self.permanent:
-            logger.error(
-                "Failed %s #%d permanently (%s): %s", name, id_, attempt, self.error, extra=extra
-            )
-        elif level == logging.ERROR:
-            logger.error(
-                "Failed %s #%d in %.1f ms (%s, no attempts left): %s",
-                name, id_, ms, attempt, self.error, extra=extra,
-            )  # fmt: skip
-        else:
-            retry = _format_seconds(retry_delay(job.attempts))
-            logger.warning(
-                "Failed %s #%d in %.1f ms (%s, retry in %s): %s",
-                name, id_, ms, attempt, retry, self.error, extra=extra,
-            )  # fmt: skip
-
-
-def backoff_delay(attempt: int) -> float:
-    """Jittered exponential backoff for reconnect loops: at once, then 0.2 s doubling to
-    30 s. The first retry is immediate because the usual cause is one pool connection
-    that died while idle; the pool has already discarded it."""
-    if attempt == 0:
-        return 0.0
-    ceiling = min(BACKOFF_MAX, BACKOFF_MIN * 2.0 ** (attempt - 1))
-    return ceiling * random.uniform(0.5, 1.0)
-
-
-def retry_delay(attempts: int) -> float:
-    """The delay graphile-worker puts before the next attempt after ``attempts`` tries."""
-    return math.exp(min(attempts, RETRY_BACKOFF_CAP_ATTEMPTS))
 
 
 class Worker:
@@ -165,6 +96,8 @@ class Worker:
                 if restore is not None:
                     restore()
                 self._stopped.set()
+        if self.exit_reason is not None:
+            raise IncompatibleSchemaError(f"the worker stopped: {self.exit_reason}")
 
     def request_stop(self, *, force: bool = False) -> None:
         """Stop fetching; with ``force``, also give running jobs back without waiting."""
@@ -179,6 +112,15 @@ class Worker:
         """Look for jobs now instead of at the next poll (a notification arrived)."""
         self._wake.set()
 
+    @property
+    def is_listening(self) -> bool:
+        """Whether the LISTEN connection is up (False for run-once workers, which poll)."""
+        return self._listener is not None and self._listener.is_listening
+
+    def wait_listening(self, timeout: float) -> bool:
+        """Wait until the LISTEN connection is up; False on timeout or without one."""
+        return self._listener is not None and self._listener.wait_listening(timeout)
+
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Wait until ``run()`` has finished its shutdown."""
         return self._stopped.wait(timeout)
@@ -190,6 +132,9 @@ class Worker:
             raise PgWorkerError("the app has no tasks: register some with @app.task(...)")
         self.app.migrate()
         self._task_names = self.app.store.register_tasks(sorted(self.app.tasks))
+        if self.once:
+            # A fleet of run-once workers has no maintenance thread: reset here instead.
+            self._reset_stale_locks()
 
     def _start_threads(self) -> None:
         def spawn(name: str, target: Callable[[], None]) -> threading.Thread:
@@ -280,6 +225,9 @@ class Worker:
                 self._stopping.wait(delay)
                 continue
             attempt = 0
+            # The claim's rows come back in no particular order; run them in the
+            # fetch order (it matters with a prefetch buffer).
+            claimed.sort(key=lambda c: (c.job.priority, c.job.run_at))
             with self._state:
                 self._free_slots -= len(claimed)
                 self._unsettled += len(claimed)
@@ -288,8 +236,11 @@ class Worker:
                 idle = self._unsettled == 0 and not self._wake.is_set()
             for job in claimed:
                 self._work.put(job)
-            if len(claimed) == limit:
-                continue  # there may be more: fetch again as soon as a slot is free
+            if len(claimed) == limit or any(c.job.queue_name for c in claimed):
+                # There may be more: a full batch, or one cut short because it holds a
+                # queue's next job in place of the rest of that queue's backlog (locked
+                # now, so the next claim looks past it).
+                continue
             if self.once and not claimed and idle:
                 return
             # Nothing more runnable: sleep until a notification, a finished job (its
@@ -313,7 +264,7 @@ class Worker:
                 outcome = self._run_job(claimed)
             except BaseException as exc:  # never let a job take the thread down
                 logger.exception("Unexpected error running job %d", claimed.job.id)
-                outcome = Outcome(claimed.job, 0.0, _describe_error(exc))
+                outcome = Outcome.failure(claimed.job, 0.0, exc)
             with self._state:
                 self._in_hand.pop(claimed.job.id, None)
                 self._started.discard(claimed.job.id)
@@ -328,13 +279,14 @@ class Worker:
         task = self.app.tasks[job.task_identifier]
         started = time.perf_counter()
         try:
-            task.run(claimed.payload, JobContext(job, self.app, self.worker_id))
+            payload = task.codec.decode(claimed.payload)
         except PayloadError as exc:
             # The payload will never decode, however often we retry: fail it for good.
-            return Outcome(job, _ms_since(started), f"PayloadError: {exc}", permanent=True)
+            return Outcome.failure(job, _ms_since(started), exc, permanent=True)
+        try:
+            task.call(payload, JobContext(job, self.app, self.worker_id))
         except BaseException as exc:
-            logger.debug("Traceback of job %d", job.id, exc_info=exc)
-            return Outcome(job, _ms_since(started), _describe_error(exc))
+            return Outcome.failure(job, _ms_since(started), exc)
         return Outcome(job, _ms_since(started))
 
     # -- recording outcomes -----------------------------------------------------------
@@ -360,22 +312,23 @@ class Worker:
                 else:
                     batch.append(more)
             if batch:
-                self._write_outcomes(batch)
+                try:
+                    self._write_outcomes(batch)
+                except Exception:  # the completer must outlive any one batch
+                    logger.exception("Recording %d job outcome(s) failed", len(batch))
+                finally:
+                    self._settle(batch)
 
     def _write_outcomes(self, batch: list[Outcome]) -> None:
-        successes = [o.job.id for o in batch if o.error is None]
-        failures = [(o.job.id, o.error, o.permanent) for o in batch if o.error is not None]
+        """Write a batch, retrying while the database is unreachable. A batch the database
+        refuses outright is written one outcome at a time, so one bad row (an error text
+        it won't store) cannot hold back the others."""
         attempt = 0
         while True:
             try:
-                store, conn = self.app.store, self._complete_conn.get()
-                if successes:
-                    store.complete_jobs(successes, worker_id=self.worker_id, conn=conn)
-                    successes = []
-                if failures:
-                    store.fail_jobs(failures, worker_id=self.worker_id, conn=conn)
-                break
-            except psycopg.Error as exc:
+                self._write_batch(batch, self._complete_conn.get())
+                return
+            except psycopg.OperationalError as exc:
                 if self._forced.is_set():
                     logger.error(
                         "Could not record the outcome of %d job(s) before stopping (%s); "
@@ -384,7 +337,7 @@ class Worker:
                         exc,
                         self.worker_id,
                     )
-                    break
+                    return
                 delay = backoff_delay(attempt)
                 attempt += 1
                 logger.warning(
@@ -394,8 +347,36 @@ class Worker:
                     delay,
                 )
                 self._forced.wait(delay)
+            except psycopg.Error as exc:
+                if len(batch) == 1:
+                    self._write_fallback(batch[0], exc)
+                    return
+                for outcome in batch:
+                    self._write_outcomes([outcome])
+                return
+
+    def _write_batch(self, batch: list[Outcome], conn: Connection) -> None:
+        store = self.app.store
+        successes = [o.job.id for o in batch if o.error is None]
+        failures = [(o.job.id, o.error, o.permanent) for o in batch if o.error is not None]
+        if successes:
+            store.complete_jobs(successes, worker_id=self.worker_id, conn=conn)
+        if failures:
+            store.fail_jobs(failures, worker_id=self.worker_id, conn=conn)
         for outcome in batch:
             outcome.log()
+
+    def _write_fallback(self, outcome: Outcome, exc: psycopg.Error) -> None:
+        """Record a failure whose own text the database refused, with a plain message."""
+        logger.error("The database refused the outcome of job %d: %s", outcome.job.id, exc)
+        replacement = Outcome(
+            outcome.job,
+            outcome.duration_ms,
+            f"pgworker could not store this job's error ({type(exc).__name__})",
+        )
+        self._write_batch([replacement], self._complete_conn.get())
+
+    def _settle(self, batch: list[Outcome]) -> None:
         with self._state:
             self._unsettled -= len(batch)
             # Set under the lock, so a fetch loop that sees nothing unsettled also sees
@@ -408,11 +389,14 @@ class Worker:
     def _maintenance_loop(self) -> None:
         delay = random.uniform(0, FIRST_RESET_WITHIN)
         while not self._stopping.wait(delay):
-            try:
-                self.app.store.reset_stale_locks()
-            except psycopg.Error as exc:
-                logger.warning("Resetting stale locks failed: %s", exc)
+            self._reset_stale_locks()
             delay = random.uniform(*RESET_INTERVAL)
+
+    def _reset_stale_locks(self) -> None:
+        try:
+            self.app.store.reset_stale_locks()
+        except psycopg.Error as exc:
+            logger.warning("Resetting stale locks failed: %s", exc)
 
     # -- shutdown ---------------------------------------------------------------------
 
@@ -441,11 +425,17 @@ class Worker:
         if self._listener is not None:
             self._listener.stop()
         # The completer comes first in _helpers: it writes every outcome queued before
-        # the sentinel, so nothing that finished is lost.
-        for thread in self._helpers:
-            thread.join()
+        # the sentinel, so nothing that finished is lost. The others only need to stop.
+        for i, thread in enumerate(self._helpers):
+            thread.join(timeout=None if i == 0 else 5.0)
         self._fetch_conn.close()
         self._complete_conn.close()
+        try:
+            # Anything still locked by us now (an outcome the database never took) is
+            # released rather than left for the 4-hour reset.
+            self.app.store.unlock_worker(self.worker_id)
+        except psycopg.Error as exc:
+            logger.warning("Could not release the locks of %s: %s", self.worker_id, exc)
         logger.info("Worker %s stopped", self.worker_id)
 
     def _give_back(self, job_ids: list[int], *, interrupted: bool) -> None:
@@ -472,30 +462,6 @@ class Worker:
                 logger.warning("Giving jobs back failed (%s)", exc)
                 time.sleep(backoff_delay(attempt))
         logger.error("Jobs %s stay locked by %s until recovered", ids, self.worker_id)
-
-
-class OwnConnection:
-    """A connection kept by one worker thread for its hot-path statements (cheaper than
-    a pool round trip each time), reopened on next use after it breaks."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
-
-    def get(self) -> psycopg.Connection[tuple[Any, ...]]:
-        """The connection, reconnecting first if the last one broke or was closed."""
-        conn = self._conn
-        if conn is None or conn.closed or conn.broken:
-            if conn is not None:
-                conn.close()
-            self._conn = conn = psycopg.connect(self.app.conninfo, autocommit=True)
-        return conn
-
-    def close(self) -> None:
-        """Close the connection, if open."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
 
 class WorkerHandle:
@@ -550,18 +516,5 @@ class WorkerHandle:
         self.stop()
 
 
-def _describe_error(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
-
-
-def _format_seconds(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner
 
+from pgworker import App, RawJob
 from pgworker.cli import cli
 from pgworker.cli_common import parse_run_at
 
@@ -113,3 +118,65 @@ def test_run_at_parsing() -> None:
     relative = parse_run_at("+90s")
     assert relative is not None
     assert relative.tzinfo is not None
+
+
+CODE_APP = """
+import time
+from pgworker import App
+
+app = App(database_url={url!r}, schema={schema!r})
+
+@app.task("nap")
+def nap(payload: dict) -> None:
+    print("started", payload["n"], flush=True)
+    time.sleep(payload["seconds"])
+"""
+
+
+def start_code_app(tmp_path: Path, url: str, schema: str, *args: str) -> subprocess.Popen[str]:
+    """`pgworker run codeapp:app` for an app whose database is set in code, with no
+    DATABASE_URL or PG* variables around."""
+    (tmp_path / "codeapp.py").write_text(CODE_APP.format(url=url, schema=schema))
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("PG")}
+    pgworker = Path(sys.executable).parent / "pgworker"
+    return subprocess.Popen(
+        [str(pgworker), "run", "codeapp:app", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_run_uses_the_database_set_in_code(
+    tmp_path: Path, database_url: str, schema: str, opened: App, db: Conn
+) -> None:
+    opened.defer("nap", {"n": 1, "seconds": 0})
+    proc = start_code_app(tmp_path, database_url, schema, "--once")
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "started 1" in output
+    assert "embedded" not in output
+    assert db.execute(f'select count(*) from "{schema}".jobs').fetchone() == (0,)
+
+
+def test_run_once_stops_gracefully_on_sigterm(
+    tmp_path: Path, database_url: str, schema: str, opened: App, db: Conn
+) -> None:
+    """Regression: --once installed no signal handlers, so SIGTERM left jobs locked."""
+    opened.defer_raw([RawJob("nap", {"n": n, "seconds": 1.5}) for n in range(2)])
+    opened.defer_raw([RawJob("nap", {"n": n, "seconds": 1.5}) for n in range(2, 10)])
+    proc = start_code_app(tmp_path, database_url, schema, "--once", "-j", "2")
+    try:
+        assert proc.stdout is not None
+        while not proc.stdout.readline().startswith("started"):  # ends: the pipe closes
+            assert proc.poll() is None, "the worker exited before starting a job"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    left = db.execute(f'select count(*), count(locked_by) from "{schema}"._private_jobs').fetchone()
+    assert left == (8, 0)  # the two running jobs finished; nothing else is locked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
@@ -218,3 +219,36 @@ def test_task_registration_errors(app: App) -> None:
 def test_run_at_round_trips_to_the_microsecond(opened: App) -> None:
     moment = datetime.now(UTC) + timedelta(days=365 * 180, microseconds=123)
     assert opened.defer("later", run_at=moment).run_at == moment
+
+
+def test_unsafe_dedupe_returns_the_existing_job_with_its_own_names(opened: App) -> None:
+    first = opened.defer("original", {"a": 1}, job_key="k", queue="q1")
+    again = opened.defer("other", {"b": 2}, job_key="k", job_key_mode="unsafe_dedupe")
+    assert again.id == first.id
+    assert (again.task_identifier, again.queue_name, again.revision) == ("original", "q1", 1)
+
+
+def test_registering_tasks_concurrently_returns_every_id(opened: App) -> None:
+    """Regression: one statement inserting and reading back missed rows that another
+    transaction committed meanwhile."""
+    errors: list[BaseException] = []
+    short: list[int] = []
+
+    def register(round_: int) -> None:
+        names = [f"task-{round_}-{i}" for i in range(5)]
+        try:
+            found = opened.store.register_tasks(names)
+        except BaseException as exc:
+            errors.append(exc)
+        else:
+            if len(found) != 5:
+                short.append(len(found))
+
+    for round_ in range(25):
+        threads = [threading.Thread(target=register, args=(round_,)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    assert errors == []
+    assert short == []

@@ -13,7 +13,7 @@ import msgspec
 import psycopg
 import pytest
 
-from pgworker import App, JobContext
+from pgworker import App, JobContext, PgWorkerError, RawJob
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -207,8 +207,8 @@ def test_a_running_worker_wakes_on_notification(make_app: Callable[..., App]) ->
     with app:
         handle = app.start()
         try:
-            assert handle.worker._listener is not None
-            assert handle.worker._listener.wait_listening(5)
+            assert handle.worker.wait_listening(5)
+            assert handle.worker.is_listening
             t0 = time.monotonic()
             ping.defer({})
             assert started.wait(2)
@@ -313,3 +313,116 @@ def test_prefetch_keeps_named_queues_serial_and_ordered(make_app: Callable[..., 
         app.run_once()
     assert overlaps == 0
     assert order == list(range(12))
+
+
+def test_a_queue_backlog_does_not_idle_the_other_slots(make_app: Callable[..., App]) -> None:
+    """Regression: a claim whose window was filled by one queue's backlog returned one job,
+    and the worker slept instead of claiming the unqueued jobs behind it."""
+    app = make_app(concurrency=4, poll_interval=30)
+    starts: dict[str, float] = {}
+
+    @app.task("slow")
+    def slow(payload: dict[str, str]) -> None:
+        starts[payload["name"]] = time.monotonic()
+        time.sleep(0.5)
+
+    with app:
+        app.migrate()
+        app.defer_raw(
+            [RawJob("slow", {"name": f"serial-{i}"}, queue="serial") for i in range(4)]
+            + [RawJob("slow", {"name": f"free-{i}"}) for i in range(3)]
+        )
+        began = time.monotonic()
+        app.run_once()
+    # The queue's first job and the three free ones start together.
+    assert all(starts[f"free-{i}"] - began < 0.4 for i in range(3)), starts
+    assert starts["serial-1"] - began >= 0.5
+
+
+def test_an_error_text_with_nul_is_stored_and_nothing_stalls(
+    opened: App, db: Conn, schema: str
+) -> None:
+    """Regression: PostgreSQL refused the text, and the completer retried it forever."""
+
+    @opened.task("nul")
+    def nul(payload: dict[str, Any]) -> None:
+        raise ValueError("bad\x00byte")
+
+    @opened.task("fine")
+    def fine(payload: dict[str, Any]) -> None: ...
+
+    job = nul.defer({})
+    fine.defer_many([{}] * 3)
+    opened.run_once()
+    assert job_rows(db, schema) == [(job.id, "nul", 1, 25, "ValueError: bad\\x00byte", None)]
+
+
+def test_a_payload_error_raised_by_task_code_is_an_ordinary_failure(
+    opened: App, db: Conn, schema: str
+) -> None:
+    """Only a payload that cannot be decoded fails for good, not one the task builds."""
+
+    @opened.task("typed")
+    def typed(payload: SayHello) -> None: ...
+
+    @opened.task("parent")
+    def parent(payload: dict[str, Any]) -> None:
+        typed.defer({"message": 1})  # raises PayloadError inside the task
+
+    job = parent.defer({})
+    opened.run_once()
+    [(_, _, attempts, max_attempts, last_error, _)] = job_rows(db, schema)
+    assert (attempts, max_attempts) == (1, 25)
+    assert last_error.startswith("PayloadError")
+    assert job.id
+
+
+def test_prefetched_jobs_run_in_priority_order(make_app: Callable[..., App]) -> None:
+    app = make_app(concurrency=1, prefetch=30)
+    order: list[int] = []
+
+    @app.task("p")
+    def p(payload: dict[str, int]) -> None:
+        order.append(payload["priority"])
+
+    priorities = [26, 16, 11, 10, 23, 3, 29, 0, 7, 14]
+    with app:
+        app.migrate()
+        app.defer_raw([RawJob("p", {"priority": n}, priority=n) for n in priorities])
+        app.run_once()
+    assert order == sorted(priorities)
+
+
+def test_failures_log_their_traceback(opened: App, caplog: pytest.LogCaptureFixture) -> None:
+    @opened.task("boom")
+    def boom(payload: dict[str, Any]) -> None:
+        raise KeyError("missing")
+
+    boom.defer({})
+    opened.run_once()
+    [record] = [r for r in caplog.records if r.getMessage().startswith("Failed boom")]
+    assert record.levelname == "WARNING"
+    assert "retry in 2.7 s" in record.getMessage()
+    assert "Traceback (most recent call last)" in record.getMessage()
+    assert getattr(record, "job_id", None) is not None
+
+
+def test_a_breaking_migration_stops_the_worker_with_an_error(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    app = make_app()
+
+    @app.task("t")
+    def t(payload: dict[str, Any]) -> None: ...
+
+    with app:
+        handle = app.start()
+        assert handle.worker.wait_listening(5)
+        db.execute(f'insert into "{schema}".migrations (id, breaking) values (999999, true)')
+        db.execute(
+            "select pg_notify('worker:migrate', "
+            '\'{"migrationNumber": 999999, "breaking": true}\')'
+        )
+        assert handle.worker.wait_stopped(10)
+        with pytest.raises(PgWorkerError, match="newer than this pgworker understands"):
+            handle.stop()

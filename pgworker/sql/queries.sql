@@ -45,16 +45,20 @@ where n.nspname = %(schema)s and p.proname = 'add_jobs'
 -- Tell Node workers listening on worker:migrate that a migration was applied.
 select pg_notify('worker:migrate', %(payload)s)
 
+-- name: listen
+-- Subscribe to graphile-worker's channels (database-wide, not per schema).
+LISTEN "jobs:insert";
+LISTEN "worker:migrate"
+
 -- name: register_tasks
--- Make sure each task identifier has a row, and return the ids of all of them.
-with inserted as (
-  insert into :SCHEMA._private_tasks (identifier)
-  select unnest(%(identifiers)s::text[])
-  on conflict do nothing
-  returning id, identifier
-)
-select id, identifier from inserted
-union all
+-- Make sure each task identifier has a row. (Its own statement: a read in the same
+-- statement would not see a row another transaction committed meanwhile.)
+insert into :SCHEMA._private_tasks (identifier)
+select unnest(%(identifiers)s::text[])
+on conflict do nothing
+
+-- name: task_ids
+-- The ids of these task identifiers.
 select id, identifier from :SCHEMA._private_tasks
 where identifier = any(%(identifiers)s::text[])
 
@@ -89,10 +93,6 @@ from :SCHEMA.add_jobs(
   array(select json_populate_recordset(null:::SCHEMA.job_spec, %(specs)s::json)),
   %(preserve_run_at)s
 ) as jobs
-
--- name: queue_name
--- The name of one queue, by id.
-select queue_name from :SCHEMA._private_job_queues where id = %(queue_id)s
 
 -- name: names_by_id
 -- Task identifiers and queue names for the given ids.

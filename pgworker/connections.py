@@ -1,0 +1,66 @@
+"""Connections a worker keeps outside its pool, and the backoff its reconnect loops share."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+if TYPE_CHECKING:
+    from .app import App
+
+#: Bounds of the jittered backoff after a database error in a worker thread.
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0
+#: Options for connections the worker opens itself: give up connecting after 10 s, and
+#: notice a dead peer within about a minute instead of the kernel's quarter of an hour.
+CONNECT_OPTIONS: dict[str, Any] = {
+    "autocommit": True,
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
+def backoff_delay(attempt: int) -> float:
+    """Jittered exponential backoff: at once, then 0.2 s doubling up to 30 s.
+
+    The first retry is immediate because the usual cause is one connection that died
+    while idle, and it has already been dropped.
+    """
+    if attempt == 0:
+        return 0.0
+    ceiling = min(BACKOFF_MAX, BACKOFF_MIN * 2.0 ** (attempt - 1))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+def connect(app: App) -> psycopg.Connection[tuple[Any, ...]]:
+    """A new autocommit connection to the app's database, outside its pool. The app's
+    connection string must be complete (a pool's ``kwargs`` are not reused)."""
+    return psycopg.connect(app.conninfo, **CONNECT_OPTIONS)
+
+
+class OwnConnection:
+    """A connection kept by one worker thread for its hot-path statements (cheaper than
+    a pool round trip each time), reopened on next use after it breaks."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+
+    def get(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """The connection, reconnecting first if the last one broke or was closed."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            self._conn = conn = connect(self.app)
+        return conn
+
+    def close(self) -> None:
+        """Close the connection, if open."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

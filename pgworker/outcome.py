@@ -1,0 +1,102 @@
+"""Outcome: what running one job came to, and the one log line that reports it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import traceback
+
+import msgspec
+
+from .job import Job
+
+logger = logging.getLogger("pgworker.worker")
+
+#: graphile-worker's backoff stops growing after this many attempts (about 6 hours).
+RETRY_BACKOFF_CAP_ATTEMPTS = 10
+
+
+def retry_delay(attempts: int) -> float:
+    """The delay graphile-worker puts before the next attempt after ``attempts`` tries:
+    ``exp(least(attempts, 10))`` seconds."""
+    return math.exp(min(attempts, RETRY_BACKOFF_CAP_ATTEMPTS))
+
+
+def describe_error(exc: BaseException) -> str:
+    """The error text stored in ``last_error``: ``Type: message``. PostgreSQL text cannot
+    hold NUL characters, so they are escaped."""
+    text = str(exc)
+    described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return described.replace("\x00", "\\x00")
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What running one job came to; the completer writes it to the database, then logs
+    it (one thread logging keeps the executors clear of the log handler's lock)."""
+
+    job: Job
+    duration_ms: float
+    error: str | None = None
+    permanent: bool = False
+    traceback: str | None = None
+
+    @classmethod
+    def failure(
+        cls, job: Job, duration_ms: float, exc: BaseException, *, permanent: bool = False
+    ) -> Outcome:
+        """The outcome of a job that raised ``exc``, with its traceback for the log."""
+        return cls(
+            job,
+            duration_ms,
+            describe_error(exc),
+            permanent,
+            "".join(traceback.format_exception(exc)).rstrip(),
+        )
+
+    @property
+    def level(self) -> int:
+        """INFO for a success, WARNING for a failure that will be retried, ERROR else."""
+        if self.error is None:
+            return logging.INFO
+        if self.permanent or self.job.attempts >= self.job.max_attempts:
+            return logging.ERROR
+        return logging.WARNING
+
+    def log(self) -> None:
+        """Write the job's one log line (plus the traceback of a failure)."""
+        level = self.level
+        if not logger.isEnabledFor(level):
+            return
+        job = self.job
+        extra = {
+            "job_id": job.id,
+            "task_identifier": job.task_identifier,
+            "queue_name": job.queue_name,
+            "attempt": job.attempts,
+            "max_attempts": job.max_attempts,
+            "duration_ms": self.duration_ms,
+        }
+        head = f"{job.task_identifier} #{job.id} in {self.duration_ms:.1f} ms"
+        attempt = f"attempt {job.attempts} of {job.max_attempts}"
+        if self.error is None:
+            logger.info("Completed %s (%s)", head, attempt, extra=extra)
+            return
+        if self.permanent:
+            fate = "permanently"
+        elif level == logging.ERROR:
+            fate = "no attempts left"
+        else:
+            fate = f"retry in {format_seconds(retry_delay(job.attempts))}"
+        trace = f"\n{self.traceback}" if self.traceback else ""
+        logger.log(
+            level, "Failed %s (%s, %s): %s%s", head, attempt, fate, self.error, trace, extra=extra
+        )
+
+
+def format_seconds(seconds: float) -> str:
+    """A short human duration: ``2.7 s``, ``18 min``, ``6.1 h``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
