@@ -285,24 +285,6 @@ class App:
         If the task is registered on this app, its payload type and defaults apply;
         otherwise the payload goes as given (any JSON value; None means ``{}``).
         """
-        task = self.tasks.get(identifier)
-        if task is None and not 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH:
-            raise ConfigurationError(
-                f"task identifiers are 1 to {MAX_IDENTIFIER_LENGTH} characters, "
-                f"got {len(identifier)}"
-            )
-        if task is not None:
-            return task.defer(
-                payload,
-                run_at=run_at,
-                priority=priority,
-                queue=queue,
-                max_attempts=max_attempts,
-                job_key=job_key,
-                job_key_mode=job_key_mode,
-                flags=flags,
-                conn=conn,
-            )
         spec = JobSpec(
             queue=queue,
             run_at=run_at,
@@ -311,9 +293,29 @@ class App:
             job_key=job_key,
             job_key_mode=job_key_mode,
             flags=flags,
-        ).validate()
-        encoded = _RAW_CODEC.encode({} if payload is None else payload)
-        return self.store.add_job(identifier, encoded, spec, conn=conn)
+        )
+        return self.add_job(identifier, payload, spec, conn=conn)
+
+    def add_job(
+        self, identifier: str, payload: Any, spec: JobSpec, *, conn: Connection | None = None
+    ) -> Job:
+        """Enqueue one job with its options given as a JobSpec (what ``defer`` does).
+
+        A registered task's payload type and default options apply.
+        """
+        task = self.tasks.get(identifier)
+        if task is None:
+            if not 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH:
+                raise ConfigurationError(
+                    f"task identifiers are 1 to {MAX_IDENTIFIER_LENGTH} characters, "
+                    f"got {len(identifier)}"
+                )
+            codec, defaults = _RAW_CODEC, JobSpec()
+            payload = {} if payload is None else payload
+        else:
+            codec, defaults = task.codec, task.defaults
+        encoded = codec.encode(payload)
+        return self.store.add_job(identifier, encoded, defaults.merge(spec), conn=conn)
 
     def defer_raw(self, jobs: Iterable[RawJob], *, conn: Connection | None = None) -> list[Job]:
         """Enqueue a mixed batch (several tasks, each job its own options) in one

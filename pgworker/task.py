@@ -77,18 +77,16 @@ class Task(Generic[T, P, R]):
         PayloadError and writes nothing. With ``conn``, the job is added in that
         connection's current transaction and vanishes if the caller rolls back.
         """
-        spec = self.defaults.merge(
-            JobSpec(
-                queue=queue,
-                run_at=run_at,
-                priority=priority,
-                max_attempts=max_attempts,
-                job_key=job_key,
-                job_key_mode=job_key_mode,
-                flags=flags,
-            )
+        spec = JobSpec(
+            queue=queue,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            job_key=job_key,
+            job_key_mode=job_key_mode,
+            flags=flags,
         )
-        return self.app.store.add_job(self.identifier, self.codec.encode(payload), spec, conn=conn)
+        return self.app.add_job(self.identifier, payload, spec, conn=conn)
 
     def defer_many(
         self,
