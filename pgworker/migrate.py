@@ -26,7 +26,7 @@ MIN_SERVER_VERSION = 120000
 #: Present in add_jobs once the fix for graphile/worker#580 is installed (ours or Rust's).
 RACE_FIX_MARKER = "pg_advisory_xact_lock"
 #: Present in add_jobs when the current version of functions.sql is installed.
-FUNCTIONS_MARKER = "pgworker:functions:1"
+FUNCTIONS_MARKER = "pgworker:functions:2"
 
 
 class MigrationOutcome(enum.Enum):

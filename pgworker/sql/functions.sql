@@ -21,7 +21,7 @@ declare
   v_key text;
   v_keys text[];
 begin
-  -- pgworker:functions:1 (migrate.py re-installs this file when the marker differs)
+  -- pgworker:functions:2 (migrate.py re-installs this file when the marker differs)
   select array_agg(distinct spec.job_key order by spec.job_key) into v_keys
   from unnest(specs) as spec
   where spec.job_key is not null;
@@ -44,12 +44,14 @@ begin
   where spec.queue_name is not null
   on conflict do nothing;
 
-  -- A running or permanently failed job gives up its key: it will not be retried,
-  -- and the new request becomes a new job (the world changed since it started).
-  update :SCHEMA._private_jobs as jobs
-  set key = null, attempts = jobs.max_attempts, updated_at = now()
-  where jobs.key = any(v_keys)
-  and jobs.is_available is not true;
+  if v_keys is not null then
+    -- A running or permanently failed job gives up its key: it will not be retried,
+    -- and the new request becomes a new job (the world changed since it started).
+    update :SCHEMA._private_jobs as jobs
+    set key = null, attempts = jobs.max_attempts, updated_at = now()
+    where jobs.key = any(v_keys)
+    and jobs.is_available is not true;
+  end if;
 
   -- The count may overestimate (updates, future jobs); listeners only use it as a hint.
   perform pg_notify(
