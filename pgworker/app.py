@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from .admin import Admin
 from .context import Extensions
 from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError
+from .hooks import DeferSkipped, Hooks, Plugin
 from .job import Job
 from .migrate import MigrationOutcome, migrate
 from .payload import PayloadCodec
@@ -60,6 +61,7 @@ class App:
     - ``forbidden_flags``: flags whose jobs this app's workers leave to others: a list, or
       a function returning one, called before every fetch (rate limiting recipes).
     - ``extensions``: objects tasks read with ``ctx.get_ext(TheirType)`` (app state).
+    - ``plugins``: Plugin objects whose hooks see every step of workers and jobs.
     - ``prefetch``: how many jobs a worker may claim beyond those it is running, so that it
       claims in batches. Good for many short jobs; keep 0 (the default) for long ones, or
       prefetched jobs wait behind them while other workers idle.
@@ -79,6 +81,7 @@ class App:
         prefetch: int = 0,
         forbidden_flags: ForbiddenFlags = None,
         extensions: Iterable[object] = (),
+        plugins: Iterable[Plugin] = (),
     ) -> None:
         _check_schema(schema)
         _check_positive("concurrency", concurrency)
@@ -99,6 +102,7 @@ class App:
         self.prefetch = prefetch
         self.forbidden_flags = forbidden_flags
         self.extensions = Extensions(extensions)
+        self.hooks = Hooks(plugins)
         self.tasks: dict[str, Task[Any, Any, Any]] = {}
         self._own_pool = pool is None
         self._pool = pool
@@ -142,6 +146,10 @@ class App:
         return self
 
     # -- registry ---------------------------------------------------------------------
+
+    def add_plugin(self, plugin: Plugin) -> None:
+        """Register ``plugin``; its hooks run after those of the plugins before it."""
+        self.hooks.add(plugin)
 
     def add_extension(self, extension: object) -> None:
         """Make ``extension`` available to tasks as ``ctx.get_ext(type(extension))``."""
@@ -314,8 +322,10 @@ class App:
             payload = {} if payload is None else payload
         else:
             codec, defaults = task.codec, task.defaults
-        encoded = codec.encode(payload)
-        return self.store.add_job(identifier, encoded, defaults.merge(spec), conn=conn)
+        spec = defaults.merge(spec)
+        if self.hooks.has("before_defer"):
+            payload = self.hooks.before_defer(identifier, payload, spec)
+        return self.store.add_job(identifier, codec.encode(payload), spec, conn=conn)
 
     def defer_raw(self, jobs: Iterable[RawJob], *, conn: Connection | None = None) -> list[Job]:
         """Enqueue a mixed batch (several tasks, each job its own options) in one
@@ -332,6 +342,11 @@ class App:
             if spec.job_key is not None:
                 modes.add(spec.job_key_mode or "replace")
             payload = {} if raw.payload is None else raw.payload
+            if self.hooks.has("before_defer"):
+                try:
+                    payload = self.hooks.before_defer(raw.identifier, payload, spec)
+                except DeferSkipped:
+                    continue  # a skipped job is left out of the batch
             batch.append(NewJob(raw.identifier, codec.encode(payload), spec))
         if len(modes) > 1:
             raise ConfigurationError(

@@ -12,8 +12,7 @@ from .context import JobContext
 from .errors import ConfigurationError
 from .job import Job
 from .payload import PayloadCodec
-from .spec import JobKeyMode, JobSpec
-from .store import NewJob
+from .spec import JobKeyMode, JobSpec, RawJob
 
 if TYPE_CHECKING:
     from .app import App
@@ -104,17 +103,19 @@ class Task(Generic[T, P, R]):
         Every payload is checked before anything is sent: one bad payload raises
         PayloadError and writes nothing. Returns the jobs in the order of ``payloads``.
         """
-        spec = self.defaults.merge(
-            JobSpec(
+        jobs = [
+            RawJob(
+                self.identifier,
+                payload,
                 queue=queue,
                 run_at=run_at,
                 priority=priority,
                 max_attempts=max_attempts,
                 flags=flags,
             )
-        )
-        jobs = [NewJob(self.identifier, self.codec.encode(p), spec) for p in payloads]
-        return self.app.store.add_jobs(jobs, preserve_run_at=False, conn=conn)
+            for payload in payloads
+        ]
+        return self.app.defer_raw(jobs, conn=conn)
 
     def call(self, payload: T, ctx: JobContext) -> R:
         """Call the function as a worker does: with the context if it takes one."""

@@ -13,11 +13,13 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+import msgspec
 import psycopg
 
 from .connections import OwnConnection, backoff_delay
 from .context import JobContext
 from .errors import IncompatibleSchemaError, PayloadError, PgWorkerError
+from .hooks import Complete, Fail, JobResult, Skip
 from .listener import Listener
 from .migrate import SCHEMA_REVISION
 from .outcome import Outcome
@@ -78,9 +80,11 @@ class Worker:
         """Prepare, run until stopped (or, with ``once``, until nothing is runnable), then
         shut down leaving nothing locked by this worker."""
         self._prepare()
+        self.app.hooks.notify("on_worker_init", self)
         restore = self._install_signal_handlers() if install_signal_handlers else None
         try:
             self._start_threads()
+            self.app.hooks.notify("on_worker_start", self)
             logger.info(
                 "Worker %s started: %d task(s), concurrency %d, schema %r",
                 self.worker_id,
@@ -235,6 +239,7 @@ class Worker:
                     self._in_hand[job.job.id] = job
                 idle = self._unsettled == 0 and not self._wake.is_set()
             for job in claimed:
+                self.app.hooks.notify("on_job_fetched", job.job)
                 self._work.put(job)
             if len(claimed) == limit or any(c.job.queue_name for c in claimed):
                 # There may be more: a full batch, or one cut short because it holds a
@@ -277,17 +282,35 @@ class Worker:
     def _run_job(self, claimed: ClaimedJob) -> Outcome:
         job = claimed.job
         task = self.app.tasks[job.task_identifier]
+        hooks = self.app.hooks
         started = time.perf_counter()
         try:
             payload = task.codec.decode(claimed.payload)
         except PayloadError as exc:
             # The payload will never decode, however often we retry: fail it for good.
             return Outcome.failure(job, _ms_since(started), exc, permanent=True)
+        if hooks.has("before_job_run"):
+            decision = hooks.decide("before_job_run", job, msgspec.json.decode(claimed.payload))
+            if isinstance(decision, Skip):
+                return Outcome(job, _ms_since(started))
+            if isinstance(decision, Fail):
+                return Outcome(job, _ms_since(started), decision.message)
+        hooks.notify("on_job_started", job)
         try:
             task.call(payload, JobContext(job, self.app, self.worker_id))
         except BaseException as exc:
-            return Outcome.failure(job, _ms_since(started), exc)
-        return Outcome(job, _ms_since(started))
+            outcome = Outcome.failure(job, _ms_since(started), exc)
+            raised: BaseException | None = exc
+        else:
+            outcome, raised = Outcome(job, _ms_since(started)), None
+        if hooks.has("after_job_run"):
+            result = JobResult(outcome.duration_ms, outcome.error, raised)
+            decision = hooks.decide("after_job_run", job, result)
+            if isinstance(decision, Complete):
+                return Outcome(job, outcome.duration_ms)
+            if isinstance(decision, Fail):
+                return Outcome(job, outcome.duration_ms, decision.message)
+        return outcome
 
     # -- recording outcomes -----------------------------------------------------------
 
@@ -365,6 +388,18 @@ class Worker:
             store.fail_jobs(failures, worker_id=self.worker_id, conn=conn)
         for outcome in batch:
             outcome.log()
+            self._report(outcome)
+
+    def _report(self, outcome: Outcome) -> None:
+        """Tell the plugins how a recorded job ended."""
+        hooks, job, error = self.app.hooks, outcome.job, outcome.error
+        if error is None:
+            hooks.notify("on_job_completed", job, outcome.duration_ms)
+            return
+        final = outcome.permanent or job.attempts >= job.max_attempts
+        hooks.notify("on_job_failed", job, error, not final)
+        if final:
+            hooks.notify("on_job_permanently_failed", job, error)
 
     def _write_fallback(self, outcome: Outcome, exc: psycopg.Error) -> None:
         """Record a failure whose own text the database refused, with a plain message."""
@@ -415,10 +450,12 @@ class Worker:
                 if remaining <= 0:
                     break
                 self._state.wait(min(remaining, 0.1))
-            cut_off = list(self._started)
-            self._abandoned.update(cut_off)
+            cut_off = [self._in_hand[job_id].job for job_id in self._started]
+            self._abandoned.update(job.id for job in cut_off)
         if cut_off:
-            self._give_back(cut_off, interrupted=True)
+            self._give_back([job.id for job in cut_off], interrupted=True)
+            for job in cut_off:
+                self.app.hooks.notify("on_job_interrupted", job, "shutdown")
         for _ in range(self.concurrency):
             self._work.put(None)
         self._outcomes.put(None)
@@ -437,6 +474,7 @@ class Worker:
         except psycopg.Error as exc:
             logger.warning("Could not release the locks of %s: %s", self.worker_id, exc)
         logger.info("Worker %s stopped", self.worker_id)
+        self.app.hooks.notify("on_worker_shutdown", self)
 
     def _give_back(self, job_ids: list[int], *, interrupted: bool) -> None:
         ids = ", ".join(f"#{i}" for i in job_ids)
