@@ -34,14 +34,17 @@ def example_database(database_url: str) -> Iterator[str]:
 
 
 def run_example(name: str, url: str | None, cwd: Path = ROOT) -> subprocess.Popen[str]:
-    """Start an example; with no ``url``, nothing is configured and it embeds a server."""
+    """Start an example (a file, or a package run with -m); with no ``url``, nothing is
+    configured and it embeds a server."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("PG")}
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(ROOT)
     if url is not None:
         env["DATABASE_URL"] = url
+    path = ROOT / "examples" / f"{name}.py"
+    target = [str(path)] if path.exists() else ["-m", f"examples.{name}"]
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / f"{name}.py")],
+        [sys.executable, *target],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -188,3 +191,15 @@ def test_web_flask_example(example_database: str, capsys: pytest.CaptureFixture[
     assert "example_task: answer=42" in printed
     assert "send_welcome: ada@example.com" in printed
     assert "nobody" not in printed
+
+
+def test_hooks_example(example_database: str) -> None:
+    proc = run_example("hooks", example_database)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "Processing value 1" in output
+    assert "Processing value 4" in output
+    assert "Processing value 2" not in output  # skipped by the validation plugin
+    assert "Processing value 3" not in output  # failed by it
+    assert "rejected by ValidationPlugin" in output
+    assert "Metrics: started=2 completed=3 failed=1" in output

@@ -1,0 +1,1 @@
+"""The hooks example: run it with ``python -m examples.hooks``."""
