@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from typing import Any
 
 import click
@@ -19,6 +17,7 @@ from .cli_common import (
     parse_run_at,
     reported_errors,
 )
+from .logs import configure_logging
 
 
 @click.group()
@@ -29,14 +28,16 @@ from .cli_common import (
     default="info",
     show_default=True,
 )
-def cli(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line, with job_id, task_identifier, duration_ms...",
+)
+def cli(log_level: str, log_format: str) -> None:
     """pgworker: a PostgreSQL job queue that speaks graphile-worker's protocol."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+    configure_logging(log_level, log_format)
 
 
 @cli.command()

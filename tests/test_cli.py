@@ -180,3 +180,26 @@ def test_run_once_stops_gracefully_on_sigterm(
     assert proc.returncode == 0, output
     left = db.execute(f'select count(*), count(locked_by) from "{schema}"._private_jobs').fetchone()
     assert left == (8, 0)  # the two running jobs finished; nothing else is locked
+
+
+def test_json_logs_carry_the_job_fields(
+    runner: CliRunner, database_url: str, schema: str, opened: App
+) -> None:
+    opened.defer("say_hello", {"message": "json"}, queue="q")
+    result = runner.invoke(
+        cli,
+        ["--log-format", "json", "run", "examples.run_once:app", "--once", "--database-url", database_url, "--schema", schema],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    [done] = [r for r in records if r["message"].startswith("Completed say_hello")]
+    assert (done["level"], done["logger"], done["task_identifier"], done["queue_name"]) == (
+        "info",
+        "pgworker.worker",
+        "say_hello",
+        "q",
+    )
+    assert done["attempt"] == 1
+    assert done["duration_ms"] >= 0
+    assert isinstance(done["job_id"], int)
