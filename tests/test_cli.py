@@ -188,7 +188,17 @@ def test_json_logs_carry_the_job_fields(
     opened.defer("say_hello", {"message": "json"}, queue="q")
     result = runner.invoke(
         cli,
-        ["--log-format", "json", "run", "examples.run_once:app", "--once", "--database-url", database_url, "--schema", schema],
+        [
+            "--log-format",
+            "json",
+            "run",
+            "examples.run_once:app",
+            "--once",
+            "--database-url",
+            database_url,
+            "--schema",
+            schema,
+        ],
         catch_exceptions=False,
     )
     assert result.exit_code == 0
