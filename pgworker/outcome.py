@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import traceback
 
 import msgspec
@@ -12,6 +13,7 @@ from .job import Job
 
 logger = logging.getLogger("pgworker.worker")
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 #: graphile-worker's backoff stops growing after this many attempts (about 6 hours).
 RETRY_BACKOFF_CAP_ATTEMPTS = 10
 
@@ -45,13 +47,7 @@ class Outcome(msgspec.Struct, frozen=True):
         cls, job: Job, duration_ms: float, exc: BaseException, *, permanent: bool = False
     ) -> Outcome:
         """The outcome of a job that raised ``exc``, with its traceback for the log."""
-        return cls(
-            job,
-            duration_ms,
-            describe_error(exc),
-            permanent,
-            "".join(traceback.format_exception(exc)).rstrip(),
-        )
+        return cls(job, duration_ms, describe_error(exc), permanent, _user_traceback(exc))
 
     @property
     def level(self) -> int:
@@ -91,6 +87,20 @@ class Outcome(msgspec.Struct, frozen=True):
         logger.log(
             level, "Failed %s (%s, %s): %s%s", head, attempt, fate, self.error, trace, extra=extra
         )
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback from the task's own code on: pgworker's frames above it say
+    nothing about the failure."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and _is_ours(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    lines = traceback.format_exception(type(exc), exc, tb)
+    return "".join(lines).rstrip()
+
+
+def _is_ours(filename: str) -> bool:
+    return os.path.dirname(os.path.abspath(filename)) == _PACKAGE_DIR
 
 
 def format_seconds(seconds: float) -> str:
