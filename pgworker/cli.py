@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import ExitStack
 from typing import Any
 
 import click
@@ -54,6 +56,11 @@ def cli(log_level: str, log_format: str) -> None:
     type=click.IntRange(min=0),
     help="Jobs claimed beyond those running, to claim in batches (short jobs only).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (needs pgworker[prometheus]).",
+)
 @database_options
 def run(
     target: str,
@@ -61,12 +68,13 @@ def run(
     concurrency: int | None,
     poll_interval: float | None,
     prefetch: int | None,
+    metrics_port: int | None,
     database_url: str | None,
     schema: str | None,
 ) -> None:
     """Run a worker for the app at MODULE:ATTR until SIGINT/SIGTERM."""
     app = load_app(target)
-    with reported_errors(), app_database(app, database_url) as url:
+    with reported_errors(), app_database(app, database_url) as url, ExitStack() as stack:
         app.configure(
             database_url=url,
             schema=schema,
@@ -74,6 +82,11 @@ def run(
             poll_interval=poll_interval,
             prefetch=prefetch,
         )
+        if metrics_port is not None:
+            from .prometheus import ensure_prometheus_plugin, serve_metrics
+
+            server = stack.enter_context(serve_metrics(ensure_prometheus_plugin(app), metrics_port))
+            logging.getLogger(__name__).info("Serving metrics at %s", server.url)
         if once:
             app.run_once()
         else:

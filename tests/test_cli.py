@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +216,44 @@ def test_json_logs_carry_the_job_fields(
     assert done["attempt"] == 1
     assert done["duration_ms"] >= 0
     assert isinstance(done["job_id"], int)
+
+
+def test_run_serves_prometheus_metrics(database_url: str, schema: str, opened: App) -> None:
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    opened.defer("say_hello", {"message": "metrics"})
+    pgworker = Path(sys.executable).parent / "pgworker"
+    proc = subprocess.Popen(
+        [
+            str(pgworker),
+            "run",
+            "examples.run_once:app",
+            "--metrics-port",
+            str(port),
+            "--database-url",
+            database_url,
+            "--schema",
+            schema,
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        text = ""
+        while 'pgworker_jobs_completed_total{task="say_hello"} 1.0' not in text:
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

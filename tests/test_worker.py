@@ -426,3 +426,27 @@ def test_a_breaking_migration_stops_the_worker_with_an_error(
         assert handle.worker.wait_stopped(10)
         with pytest.raises(PgWorkerError, match="newer than this pgworker understands"):
             handle.stop()
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True):
+    n: int
+
+
+def test_strict_payload_types_accept_trace_context(opened: App, db: Conn, schema: str) -> None:
+    """Tracing (ours, or the Rust crate's) adds `_trace` to object payloads."""
+    seen: list[Any] = []
+
+    @opened.task("strict")
+    def strict(payload: Strict) -> None:
+        seen.append(payload)
+
+    @opened.task("counts")
+    def counts(payload: dict[str, int]) -> None:
+        seen.append(payload)
+
+    trace = {"flags": 1, "trace_id": "0" * 31 + "1", "span_id": "0" * 15 + "1"}
+    strict.defer({"n": 1, "_trace": trace})
+    opened.defer("counts", {"a": 2, "_trace": trace})
+    opened.run_once()
+    assert sorted(map(repr, seen)) == sorted(map(repr, [Strict(n=1), {"a": 2}]))
+    assert job_rows(db, schema) == []
