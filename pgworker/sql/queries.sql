@@ -346,3 +346,68 @@ select
 from :SCHEMA.jobs as jobs
 group by 1, 2, 3
 order by 1, 2 nulls first, 3
+
+-- name: known_crontabs
+-- Cron: what _private_known_crontabs holds for these item identifiers.
+select identifier, known_since, last_execution
+from :SCHEMA._private_known_crontabs
+where identifier = any(%(identifiers)s::text[])
+
+-- name: register_crontabs
+-- Cron: record items seen for the first time as known since now, with no last execution
+-- (so they are never backfilled).
+insert into :SCHEMA._private_known_crontabs (identifier, known_since)
+select unnest(%(identifiers)s::text[]), %(known_since)s::timestamptz
+on conflict do nothing
+
+-- name: schedule_cron_jobs
+-- Cron: graphile-worker's scheduling statement for one minute. "locks" moves each due
+-- item's last_execution up to this minute (or records the item) and returns only the
+-- items it moved, whose row it then holds locked: a worker that comes second for an
+-- item and minute gets no row back and adds no job. add_job runs only for those rows
+-- (in the select list, evaluated after the join; "offset 0" keeps it there).
+with specs as (
+  select
+    entries.index,
+    entries.spec->>'identifier' as identifier,
+    entries.spec->>'task' as task,
+    entries.spec->'payload' as payload,
+    entries.spec->>'queue_name' as queue_name,
+    (entries.spec->>'max_attempts')::smallint as max_attempts,
+    (entries.spec->>'priority')::smallint as priority,
+    entries.spec->>'job_key' as job_key,
+    entries.spec->>'job_key_mode' as job_key_mode
+  from json_array_elements(%(specs)s::json) with ordinality as entries (spec, index)
+),
+locks as (
+  insert into :SCHEMA._private_known_crontabs as known_crontabs
+    (identifier, known_since, last_execution)
+  select specs.identifier, %(ts)s::timestamptz, %(ts)s::timestamptz
+  from specs
+  on conflict (identifier) do update
+  set last_execution = excluded.last_execution
+  where known_crontabs.last_execution is null
+  or known_crontabs.last_execution < excluded.last_execution
+  returning known_crontabs.identifier
+)
+select scheduled.identifier, (scheduled.job).id
+from (
+  select
+    specs.index,
+    specs.identifier,
+    :SCHEMA.add_job(
+      identifier => specs.task,
+      payload => specs.payload,
+      queue_name => specs.queue_name,
+      run_at => %(ts)s::timestamptz,
+      max_attempts => specs.max_attempts,
+      job_key => specs.job_key,
+      priority => specs.priority,
+      flags => null,
+      job_key_mode => specs.job_key_mode
+    ) as job
+  from specs
+  join locks on locks.identifier = specs.identifier
+  offset 0
+) as scheduled
+order by scheduled.index
