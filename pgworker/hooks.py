@@ -145,8 +145,8 @@ class Plugin:
     def on_cron_tick(self, moment: datetime) -> None:
         """The cron scheduler is handling the minute ``moment`` (UTC)."""
 
-    def on_cron_job_scheduled(self, identifier: str, moment: datetime, job: Job) -> None:
-        """The cron item ``identifier`` added ``job`` for the minute ``moment``."""
+    def on_cron_job_scheduled(self, identifier: str, moment: datetime, job_id: int) -> None:
+        """The cron item ``identifier`` added the job ``job_id`` for the minute ``moment``."""
 
 
 def _overrides(plugin: Plugin, hook: str) -> bool:

@@ -1,0 +1,484 @@
+"""The crontab format: cron time expressions, the cron items built on them, and crontab text."""
+
+from __future__ import annotations
+
+import json
+import re
+from bisect import bisect_left
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, NamedTuple
+from urllib.parse import parse_qsl
+
+import msgspec
+
+from .errors import ConfigurationError, PayloadError
+from .payload import PayloadCodec
+from .spec import JobSpec
+
+#: The job key modes a cron item may use (``unsafe_dedupe`` is not one, as in graphile-worker).
+CronJobKeyMode = Literal["replace", "preserve_run_at"]
+CRON_JOB_KEY_MODES: tuple[CronJobKeyMode, ...] = ("replace", "preserve_run_at")
+#: Cron's unit of time: items are due at whole minutes.
+MINUTE = timedelta(minutes=1)
+#: How far ``next_after`` looks ahead: the longest gap between two matches is 8 years
+#: (29 February, 2096 to 2104).
+_LOOKAHEAD_DAYS = 9 * 366
+
+#: One term of a field's comma list: ``*``, ``N`` or ``A-B``, each optionally ``/STEP``.
+_TERM = re.compile(r"^(?:(\*)|([0-9]+)(?:-([0-9]+))?)(?:/([0-9]+))?$")
+#: graphile-worker's task identifiers in a crontab (slashes for nested task folders).
+_TASK = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9:/-]*$")
+#: graphile-worker's pattern for the ``id`` of a cron item (the crontab's ``?id=``).
+CRON_ID = re.compile(r"^[_a-zA-Z][-_a-zA-Z0-9]*$")
+#: The other crontab option patterns (graphile-worker's).
+_FILL = re.compile(r"^(?:[0-9]+[smhdw])+$")
+_FILL_PART = re.compile(r"([0-9]+)([smhdw])")
+_MAX = re.compile(r"^[0-9]+$")
+_QUEUE = re.compile(r"^[-a-zA-Z0-9_:]+$")
+_PRIORITY = re.compile(r"^-?[0-9]+$")
+_FILL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: Option names as written in a crontab, mapped to one name per option (Node's camelCase
+#: and the Rust port's snake_case spellings of the job key options are both accepted).
+_OPTION_NAMES = {
+    "id": "id",
+    "fill": "fill",
+    "max": "max",
+    "queue": "queue",
+    "jobKey": "jobKey",
+    "jobKeyMode": "jobKeyMode",
+    "priority": "priority",
+    "job_key": "jobKey",
+    "job_key_mode": "jobKeyMode",
+}
+
+#: What each option's value must look like, and what to say when it does not.
+_OPTION_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
+    "id": (CRON_ID, "an identifier starts with a letter or _ and holds letters, digits, _ and -"),
+    "fill": (_FILL, "expected a period such as 30m, 1h30m or 1w2d3h4m5s"),
+    "max": (_MAX, "expected a whole number of attempts"),
+    "queue": (_QUEUE, "a queue name holds letters, digits and - _ :"),
+    "jobKeyMode": (
+        re.compile(r"^(?:replace|preserve_run_at)$"),
+        "expected 'replace' or 'preserve_run_at'",
+    ),
+    "priority": (_PRIORITY, "expected a whole number"),
+}
+
+
+class CronExpressionError(ConfigurationError):
+    """A cron time expression is malformed; ``problem`` says what is wrong in which field."""
+
+    def __init__(self, expression: str, problem: str) -> None:
+        super().__init__(f"invalid cron expression '{expression}': {problem}")
+        self.expression = expression
+        self.problem = problem
+
+
+class CrontabError(ConfigurationError):
+    """A crontab line is malformed: the message names the line, quotes it and says why."""
+
+    def __init__(self, source: str, line_number: int, line: str, problem: str) -> None:
+        super().__init__(f"line {line_number} of {source}: {problem} (in '{line}')")
+        self.source = source
+        self.line_number = line_number
+        self.line = line
+        self.problem = problem
+
+
+class _Field(NamedTuple):
+    name: str
+    low: int
+    high: int
+
+
+_FIELDS = (
+    _Field("minute", 0, 59),
+    _Field("hour", 0, 23),
+    _Field("day-of-month", 1, 31),
+    _Field("month", 1, 12),
+    _Field("day-of-week", 0, 6),
+)
+_WEEKDAY = _FIELDS[4]
+
+
+def _parse_field(field: _Field, text: str) -> frozenset[int]:
+    """The values one field's comma list selects; raises ValueError naming the problem."""
+    # 7 is Sunday too (as in graphile-worker); the step then counts on up to 7.
+    high = 7 if field is _WEEKDAY else field.high
+    values: set[int] = set()
+    for term in text.split(","):
+        match = _TERM.match(term)
+        if match is None:
+            raise ValueError(
+                f"unsupported syntax '{term}' in the {field.name} field: expected a number N, "
+                "a range A-B, *, or one of these followed by /STEP"
+            )
+        star, first, last, step_text = match.groups()
+        if star:
+            start, end = field.low, field.high
+        else:
+            start = _bounded(field, high, int(first))
+            if last is not None:
+                end = _bounded(field, high, int(last))
+                if end < start:
+                    raise ValueError(
+                        f"invalid range '{term}' in the {field.name} field: "
+                        f"{end} is smaller than {start}"
+                    )
+            else:  # N/STEP counts from N to the field's end, as in most crons
+                end = max(start, field.high) if step_text is not None else start
+        step = 1 if step_text is None else int(step_text)
+        if step < 1:
+            raise ValueError(
+                f"invalid step '{term}' in the {field.name} field: "
+                f"the step '{step_text}' must be greater than zero"
+            )
+        values.update(range(start, end + 1, step))
+    if field is _WEEKDAY and 7 in values:
+        values = (values - {7}) | {0}
+    return frozenset(values)
+
+
+def _bounded(field: _Field, high: int, value: int) -> int:
+    if field.low <= value <= high:
+        return value
+    size = "large" if value > high else "small"
+    sunday = " (7 also means Sunday)" if field is _WEEKDAY else ""
+    raise ValueError(
+        f"too {size} value '{value}' in the {field.name} field: "
+        f"expected values in the range {field.low}-{field.high}{sunday}"
+    )
+
+
+class CronExpression(msgspec.Struct, frozen=True):
+    """A parsed five-field cron time expression, matched in UTC.
+
+    Fields: minute 0-59, hour 0-23, day of month 1-31, month 1-12, day of week 0-6 (0 or
+    7 is Sunday). Each field is a comma list of ``N``, ``A-B``, ``*``, ``*/S`` and, beyond
+    what graphile-worker accepts, ``A-B/S`` and ``N/S`` (N up to the field's end, step S).
+    No names (``MON``, ``JAN``) and no ``@daily``. When both day fields are restricted
+    (not every value), a time matches if either day field does, as in every cron.
+    """
+
+    text: str
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> CronExpression:
+        """Parse ``text``; raises CronExpressionError naming the field and the problem."""
+        fields = text.split()
+        if len(fields) != 5:
+            raise CronExpressionError(
+                text.strip(),
+                "expected 5 fields (minute hour day-of-month month day-of-week), "
+                f"got {len(fields)}",
+            )
+        try:
+            sets = [_parse_field(field, part) for field, part in zip(_FIELDS, fields, strict=True)]
+        except ValueError as exc:
+            raise CronExpressionError(" ".join(fields), str(exc)) from None
+        return cls(" ".join(fields), *sets)
+
+    def __repr__(self) -> str:
+        return f"CronExpression({self.text!r})"
+
+    def __str__(self) -> str:
+        return self.text
+
+    def matches(self, ts: datetime) -> bool:
+        """Whether the minute of ``ts`` (timezone-aware, compared in UTC) matches."""
+        if ts.tzinfo is not UTC:
+            if ts.tzinfo is None:
+                raise ValueError(f"cron matching needs a timezone-aware datetime, got {ts}")
+            ts = ts.astimezone(UTC)
+        return (
+            ts.minute in self.minutes
+            and ts.hour in self.hours
+            and ts.month in self.months
+            and self._day_matches(ts.day, ts.isoweekday() % 7)
+        )
+
+    def _day_matches(self, day: int, weekday: int) -> bool:
+        # "Restricted" means not every value, counted as graphile-worker counts it, so
+        # that a Node worker and pgworker pick the same minutes.
+        days_restricted = len(self.days) != 31
+        weekdays_restricted = len(self.weekdays) != 7
+        if days_restricted and weekdays_restricted:
+            return day in self.days or weekday in self.weekdays
+        if days_restricted:
+            return day in self.days
+        if weekdays_restricted:
+            return weekday in self.weekdays
+        return True
+
+    def next_after(self, ts: datetime) -> datetime | None:
+        """The first matching minute strictly after ``ts``, in UTC; None if there is none
+        (``0 0 30 2 *`` never matches)."""
+        if ts.tzinfo is None:
+            raise ValueError(f"cron matching needs a timezone-aware datetime, got {ts}")
+        first = floor_minute(ts.astimezone(UTC)) + MINUTE
+        hours, minutes = sorted(self.hours), sorted(self.minutes)
+        day = first.replace(hour=0, minute=0)
+        earliest_hour, earliest_minute = first.hour, first.minute  # on the first day only
+        for _ in range(_LOOKAHEAD_DAYS):
+            if day.month in self.months and self._day_matches(day.day, day.isoweekday() % 7):
+                for hour in hours[bisect_left(hours, earliest_hour) :]:
+                    index = bisect_left(minutes, earliest_minute if hour == earliest_hour else 0)
+                    if index < len(minutes):
+                        return day.replace(hour=hour, minute=minutes[index])
+            day += timedelta(days=1)
+            earliest_hour = earliest_minute = 0
+        return None
+
+
+def floor_minute(ts: datetime) -> datetime:
+    """``ts`` without its seconds and microseconds."""
+    return ts.replace(second=0, microsecond=0)
+
+
+def ceil_minute(ts: datetime) -> datetime:
+    """``ts`` rounded up to a whole minute (unchanged if it is one)."""
+    floored = floor_minute(ts)
+    return floored if floored == ts else floored + MINUTE
+
+
+def format_cron_ts(ts: datetime) -> str:
+    """``ts`` as graphile-worker writes ``_cron.ts``: ISO 8601 UTC with milliseconds and Z."""
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class CronItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One recurring job: which task, when, with which options and payload.
+
+    - ``identifier``: the item's name in ``_private_known_crontabs`` (default: the task's);
+      unique in a cron table, shared by every worker running that table.
+    - ``backfill_period``: after downtime, jobs are made for missed minutes this recent.
+    - ``max_attempts``, ``queue``, ``priority``, ``job_key``, ``job_key_mode``: as for
+      ``defer``; ``job_key_mode`` is ``replace`` (the default with a key) or
+      ``preserve_run_at``.
+    - ``payload``: a JSON object, or None; each job's payload is it plus a ``_cron`` field
+      (``{"ts": "2024-01-01T04:30:00.000Z", "backfilled": false}``), which replaces any
+      ``_cron`` of its own.
+    """
+
+    identifier: str
+    task: str
+    expression: CronExpression
+    backfill_period: timedelta = timedelta(0)
+    max_attempts: int | None = None
+    queue: str | None = None
+    priority: int | None = None
+    job_key: str | None = None
+    job_key_mode: CronJobKeyMode | None = None
+    payload: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.identifier:
+            raise ConfigurationError("a cron item's identifier must not be empty")
+        if not 0 < len(self.task) <= 128:
+            raise ConfigurationError(
+                f"cron item {self.identifier!r}: the task identifier must be 1 to 128 characters"
+            )
+        if self.backfill_period < timedelta(0):
+            raise ConfigurationError(
+                f"cron item {self.identifier!r}: the backfill period must not be negative"
+            )
+        if self.payload is not None and not isinstance(self.payload, dict):
+            raise ConfigurationError(
+                f"cron item {self.identifier!r}: the payload must be a JSON object (a dict), "
+                f"got {type(self.payload).__name__}"
+            )
+        if self.job_key_mode is not None and self.job_key_mode not in CRON_JOB_KEY_MODES:
+            raise ConfigurationError(
+                f"cron item {self.identifier!r}: job_key_mode must be 'replace' or "
+                f"'preserve_run_at', got {self.job_key_mode!r}"
+            )
+        try:
+            JobSpec(
+                queue=self.queue,
+                priority=self.priority,
+                max_attempts=self.max_attempts,
+                job_key=self.job_key,
+                job_key_mode=self.job_key_mode,
+            ).validate()
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"cron item {self.identifier!r}: {exc}") from None
+
+    def matches(self, ts: datetime) -> bool:
+        """Whether the item is due in the minute of ``ts``."""
+        return self.expression.matches(ts)
+
+    def job_payload(self, ts: datetime, *, backfilled: bool) -> dict[str, Any]:
+        """The payload of the item's job for the minute ``ts``."""
+        return {
+            **(self.payload or {}),
+            "_cron": {"ts": format_cron_ts(ts), "backfilled": backfilled},
+        }
+
+    def check_payload(self, codec: PayloadCodec[Any]) -> None:
+        """Raise PayloadError unless the task's payload type accepts this item's jobs
+        (the item's payload with the ``_cron`` field added)."""
+        sample = self.job_payload(datetime(2000, 1, 1, tzinfo=UTC), backfilled=False)
+        try:
+            codec.encode(sample)
+        except PayloadError as exc:
+            hint = "" if self.payload is not None else " (the item has no payload: give it one)"
+            raise PayloadError(
+                f"cron item {self.identifier!r}: its jobs' payload {json.dumps(sample)} does "
+                f"not suit task {self.task!r}{hint}: {exc}",
+                path=exc.path,
+            ) from exc
+
+
+def parse_crontab(text: str, *, source: str = "crontab") -> list[CronItem]:
+    """Parse graphile-worker's crontab format into cron items, in line order.
+
+    Each line is ``MIN HOUR DOM MON DOW task [?options] [{payload}]``; blank lines and
+    lines starting with ``#`` are skipped. Options, URL-query style: ``id``, ``fill``
+    (``1w2d3h4m5s``), ``max``, ``queue``, ``jobKey``, ``jobKeyMode``, ``priority``
+    (``job_key`` and ``job_key_mode`` are accepted too); an unknown or repeated option is
+    an error. The payload is a JSON object to the end of the line: JSON, not the JSON5
+    graphile-worker reads, so quote keys and strings with double quotes.
+
+    Raises CrontabError naming the line (``source`` names the file in messages), also
+    for two items with one identifier.
+    """
+    items: list[CronItem] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(re.split(r"\r?\n", text), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            item = _parse_line(line)
+        except ConfigurationError as exc:
+            raise CrontabError(source, number, line, str(exc)) from None
+        if item.identifier in seen:
+            raise CrontabError(
+                source,
+                number,
+                line,
+                f"identifier '{item.identifier}' is already used on line "
+                f"{seen[item.identifier]}: give one of them another with ?id=...",
+            )
+        seen[item.identifier] = number
+        items.append(item)
+    return items
+
+
+def _parse_line(line: str) -> CronItem:
+    parts = line.split(None, 5)
+    if len(parts) < 6:
+        raise ConfigurationError(
+            f"expected five time fields and a task identifier, found {len(parts)} parts"
+        )
+    try:
+        expression = CronExpression.parse(" ".join(parts[:5]))
+    except CronExpressionError as exc:
+        raise ConfigurationError(exc.problem) from None
+    task, options_text, payload_text = _split_command(parts[5])
+    options = _parse_options(options_text)
+    job_key = options.get("jobKey")
+    job_key_mode: CronJobKeyMode | None = None
+    if job_key is not None:
+        job_key_mode = (
+            "preserve_run_at" if options.get("jobKeyMode") == "preserve_run_at" else "replace"
+        )
+    elif "jobKeyMode" in options:
+        raise ConfigurationError("option 'jobKeyMode' needs a 'jobKey'")
+    return CronItem(
+        identifier=options.get("id", task),
+        task=task,
+        expression=expression,
+        backfill_period=_parse_fill(options["fill"]) if "fill" in options else timedelta(0),
+        max_attempts=int(options["max"]) if "max" in options else None,
+        queue=options.get("queue"),
+        priority=int(options["priority"]) if "priority" in options else None,
+        job_key=job_key,
+        job_key_mode=job_key_mode,
+        payload=_parse_payload(payload_text) if payload_text is not None else None,
+    )
+
+
+def _split_command(command: str) -> tuple[str, str | None, str | None]:
+    """``task [?options] [{payload}]`` as its three parts."""
+    task, rest = _split_word(command)
+    if not _TASK.match(task):
+        raise ConfigurationError(
+            f"invalid task identifier '{task}': it must start with a letter or _ and hold "
+            "only letters, digits and _ : / -"
+        )
+    options = None
+    if rest.startswith("?"):
+        if len(rest) == 1 or rest[1].isspace():
+            raise ConfigurationError("empty options after '?'")
+        options, rest = _split_word(rest[1:])
+    if not rest:
+        return task, options, None
+    if rest.startswith("{"):
+        return task, options, rest
+    word = rest.split()[0]
+    hint = " (comments go on lines of their own)" if word.startswith("#") else ""
+    raise ConfigurationError(
+        f"unexpected '{word}' after the task identifier: expected ?options, then a "
+        f"{{JSON payload}}{hint}"
+    )
+
+
+def _split_word(text: str) -> tuple[str, str]:
+    """The first word of ``text`` and the rest, without the whitespace between them."""
+    parts = text.split(None, 1)
+    return (parts[0], parts[1]) if len(parts) == 2 else (text.strip(), "")
+
+
+def _parse_options(text: str | None) -> dict[str, str]:
+    if text is None:
+        return {}
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        name = _OPTION_NAMES.get(key)
+        if name is None:
+            raise ConfigurationError(
+                f"unsupported option '{key}'; supported options are 'id', 'fill', 'max', "
+                "'queue', 'jobKey' (or 'job_key'), 'jobKeyMode' (or 'job_key_mode') and "
+                "'priority'"
+            )
+        if name in options:
+            raise ConfigurationError(f"option '{key}' is given more than once")
+        pattern, expected = _OPTION_PATTERNS.get(name, (None, ""))
+        if pattern is not None and not pattern.match(value):
+            raise ConfigurationError(f"invalid value '{value}' for option '{key}': {expected}")
+        options[name] = value
+    return options
+
+
+def _parse_fill(text: str) -> timedelta:
+    """A backfill period such as ``1w2d3h4m5s`` (weeks, days, hours, minutes, seconds)."""
+    seconds = sum(int(n) * _FILL_UNITS[unit] for n, unit in _FILL_PART.findall(text))
+    return timedelta(seconds=seconds)
+
+
+def _parse_payload(text: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        detail = (
+            f"{exc.msg} at character {exc.pos + 1} of the payload"
+            if isinstance(exc, json.JSONDecodeError)
+            else str(exc)
+        )
+        raise ConfigurationError(
+            f"invalid JSON payload: {detail} (pgworker reads JSON, not JSON5: quote keys and "
+            "strings with double quotes)"
+        ) from None
+    if not isinstance(payload, dict):
+        raise ConfigurationError("the payload must be a JSON object")
+    return payload
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
