@@ -1,7 +1,8 @@
 """Application state shared by tasks: an extension object read with ``ctx.get_ext``.
 
 Run it with ``python examples/app_state.py``: five jobs each bump one shared counter.
-(The Rust tour adds a cron entry here too; cron comes with pgworker's cron issue.)
+The app also has a cron item, ``show_run_count`` every minute with an hour of backfill,
+which ``pgworker run examples.app_state:app`` schedules.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import timedelta
 
-from pgworker import App, JobContext
+from pgworker import App, Cron, JobContext
 from pgworker.embedded import development_database
 
 
@@ -31,10 +33,13 @@ app = App(concurrency=2, extensions=[AppState()])
 
 
 @app.task("show_run_count")
-def show_run_count(payload: dict[str, str], ctx: JobContext) -> None:
+def show_run_count(payload: dict[str, object], ctx: JobContext) -> None:
     """Bump the shared counter and print it."""
     count = ctx.get_ext(AppState).increment_run_count()
     print(f"Run count: {count}\n", end="", flush=True)
+
+
+app.cron(Cron.every_minute(show_run_count).fill(timedelta(hours=1)))
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from .admin import Admin, CleanupResult, JobState, ListedJob, StatRow
 from .app import App
 from .context import Extensions, JobContext
+from .cron import Cron, CronItem, CrontabError, Weekday
 from .errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -37,6 +38,9 @@ __all__ = [
     "CleanupResult",
     "Complete",
     "ConfigurationError",
+    "Cron",
+    "CronItem",
+    "CrontabError",
     "DatabaseUnavailableError",
     "DeferRejected",
     "DeferSkipped",
@@ -64,5 +68,6 @@ __all__ = [
     "Task",
     "UnknownExtensionError",
     "UnknownTaskError",
+    "Weekday",
     "WorkerHandle",
 ]

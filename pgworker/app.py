@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
@@ -14,6 +16,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .admin import Admin
 from .context import Extensions
+from .cron import Cron, CronItem, parse_crontab
 from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError
 from .hooks import DeferSkipped, Hooks, Plugin
 from .job import Job
@@ -62,6 +65,8 @@ class App:
       a function returning one, called before every fetch (rate limiting recipes).
     - ``extensions``: objects tasks read with ``ctx.get_ext(TheirType)`` (app state).
     - ``plugins``: Plugin objects whose hooks see every step of workers and jobs.
+    - ``crontab``, ``crontab_file``: recurring jobs in graphile-worker's crontab format;
+      ``app.cron(...)`` adds them from Python.
     - ``prefetch``: how many jobs a worker may claim beyond those it is running, so that it
       claims in batches. Good for many short jobs; keep 0 (the default) for long ones, or
       prefetched jobs wait behind them while other workers idle.
@@ -82,6 +87,8 @@ class App:
         forbidden_flags: ForbiddenFlags = None,
         extensions: Iterable[object] = (),
         plugins: Iterable[Plugin] = (),
+        crontab: str | None = None,
+        crontab_file: str | os.PathLike[str] | None = None,
     ) -> None:
         _check_schema(schema)
         _check_positive("concurrency", concurrency)
@@ -103,6 +110,13 @@ class App:
         self.forbidden_flags = forbidden_flags
         self.extensions = Extensions(extensions)
         self.hooks = Hooks(plugins)
+        self.cron_items: list[CronItem] = []
+        if crontab is not None:
+            self.add_crontab(crontab)
+        if crontab_file is not None:
+            self.add_crontab(
+                Path(crontab_file).read_text(encoding="utf-8"), source=str(crontab_file)
+            )
         self.tasks: dict[str, Task[Any, Any, Any]] = {}
         self._own_pool = pool is None
         self._pool = pool
@@ -146,6 +160,22 @@ class App:
         return self
 
     # -- registry ---------------------------------------------------------------------
+
+    def cron(self, item: Cron | CronItem) -> CronItem:
+        """Add a recurring job (a ``Cron`` builder or a built ``CronItem``); every worker
+        of this app schedules it, and each minute becomes exactly one job."""
+        built = item.build() if isinstance(item, Cron) else item
+        if any(existing.identifier == built.identifier for existing in self.cron_items):
+            raise ConfigurationError(
+                f"the cron table already has an item {built.identifier!r}: give this one another id"
+            )
+        self.cron_items.append(built)
+        return built
+
+    def add_crontab(self, text: str, *, source: str = "crontab") -> list[CronItem]:
+        """Add the items of a crontab text; errors name the line (``source`` names the
+        file in them)."""
+        return [self.cron(item) for item in parse_crontab(text, source=source)]
 
     def add_plugin(self, plugin: Plugin) -> None:
         """Register ``plugin``; its hooks run after those of the plugins before it."""

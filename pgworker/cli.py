@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import click
@@ -19,6 +20,7 @@ from .cli_common import (
     parse_run_at,
     reported_errors,
 )
+from .cli_cron import cron_group
 from .logs import configure_logging
 
 
@@ -57,6 +59,12 @@ def cli(log_level: str, log_format: str) -> None:
     help="Jobs claimed beyond those running, to claim in batches (short jobs only).",
 )
 @click.option(
+    "--crontab",
+    "crontab_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Add the recurring jobs of this crontab file (graphile-worker's format).",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
     help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (needs pgworker[prometheus]).",
@@ -68,6 +76,7 @@ def run(
     concurrency: int | None,
     poll_interval: float | None,
     prefetch: int | None,
+    crontab_file: str | None,
     metrics_port: int | None,
     database_url: str | None,
     schema: str | None,
@@ -82,6 +91,8 @@ def run(
             poll_interval=poll_interval,
             prefetch=prefetch,
         )
+        if crontab_file is not None:
+            app.add_crontab(Path(crontab_file).read_text(encoding="utf-8"), source=crontab_file)
         if metrics_port is not None:
             from .prometheus import ensure_prometheus_plugin, serve_metrics
 
@@ -152,6 +163,7 @@ def defer(
 
 for command in cli_admin.COMMANDS:
     cli.add_command(command)
+cli.add_command(cron_group)
 
 
 def main(argv: list[str] | None = None) -> None:

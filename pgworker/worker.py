@@ -23,6 +23,7 @@ from .hooks import Complete, Fail, JobResult, Skip
 from .listener import Listener
 from .migrate import SCHEMA_REVISION
 from .outcome import Outcome
+from .scheduler import CronScheduler
 from .store import INTERRUPTED_MESSAGE, ClaimedJob
 
 if TYPE_CHECKING:
@@ -134,6 +135,13 @@ class Worker:
     def _prepare(self) -> None:
         if not self.app.tasks:
             raise PgWorkerError("the app has no tasks: register some with @app.task(...)")
+        for item in self.app.cron_items:
+            task = self.app.tasks.get(item.task)
+            if task is None:
+                logger.warning("Cron item %r makes %r jobs, which this app has no task for",
+                               item.identifier, item.task)  # fmt: skip
+            else:
+                item.check_payload(task.codec)
         self.app.migrate()
         self._task_names = self.app.store.register_tasks(sorted(self.app.tasks))
         if self.once:
@@ -156,6 +164,9 @@ class Worker:
             self._listener = Listener(self.app, on_notify=self.wake, on_breaking=self._on_breaking)
             self._helpers.append(spawn("listener", self._listener.run))
             self._helpers.append(spawn("maintenance", self._maintenance_loop))
+            if self.app.cron_items:
+                scheduler = CronScheduler(self.app.store, self.app.cron_items, hooks=self.app.hooks)
+                self._helpers.append(spawn("cron", lambda: scheduler.run(self._stopping)))
         self._ready.set()
 
     def _install_signal_handlers(self) -> Callable[[], None] | None:
