@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -24,7 +25,8 @@ from pgworker import (
     RewritePayload,
     Skip,
 )
-from pgworker.hooks import BeforeDefer, BeforeRun
+from pgworker.cron import Cron, CronScheduler
+from pgworker.hooks import BeforeDefer, BeforeRun, Hooks
 from pgworker.spec import JobSpec
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -210,3 +212,53 @@ def test_a_plugin_that_raises_changes_nothing(
     for hook in ("on_worker_start", "before_job_run", "after_job_run", "on_job_completed"):
         assert any(f"in {hook}" in message for message in failures), hook
     assert any("in before_defer" in message for message in failures)
+
+
+class Lifecycle(Plugin):
+    """Records the hooks the other tests don't reach: interruption and cron."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def on_job_interrupted(self, job: Job, reason: str) -> None:
+        self.events.append(("interrupted", job.key, reason))
+
+    def on_cron_tick(self, moment: datetime) -> None:
+        self.events.append(("tick", moment))
+
+    def on_cron_job_scheduled(self, identifier: str, moment: datetime, job_id: int) -> None:
+        self.events.append(("scheduled", identifier, moment, job_id))
+
+
+def test_interrupted_jobs_are_reported(make_app: Callable[..., App]) -> None:
+    lifecycle = Lifecycle()
+    app = make_app(plugins=[lifecycle])
+    started = threading.Event()
+
+    @app.task("long")
+    def long(payload: dict[str, Any]) -> None:
+        started.set()
+        threading.Event().wait(30)
+
+    with app:
+        app.migrate()
+        app.defer("long", {}, job_key="cut")
+        handle = app.start()
+        assert started.wait(5)
+        handle.stop(force=True)
+    assert lifecycle.events == [("interrupted", "cut", "shutdown")]
+
+
+def test_cron_ticks_and_scheduled_jobs_are_reported(opened: App, db: Conn, schema: str) -> None:
+    lifecycle = Lifecycle()
+    item = Cron.every_minute("report").build()
+    scheduler = CronScheduler(opened.store, [item], hooks=Hooks([lifecycle]))
+    minute = datetime(2030, 1, 1, 4, 30, tzinfo=UTC)
+    scheduler.schedule_minute(minute)
+    scheduler.schedule_minute(minute)  # the same minute again: no second job
+    [(job_id,)] = db.execute(f'select id from "{schema}".jobs').fetchall()
+    assert lifecycle.events == [
+        ("tick", minute),
+        ("scheduled", "report", minute, job_id),
+        ("tick", minute),
+    ]
