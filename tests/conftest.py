@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgworker import App
 
@@ -128,3 +129,17 @@ def selection(opened: App, db: psycopg.Connection[tuple[Any, ...]], schema: str)
         (ids["stale"],),
     )
     return ids
+
+
+@pytest.fixture
+def example_database(database_url: str) -> Iterator[str]:
+    """A database of its own (for examples, which use the default schema), dropped
+    afterwards."""
+    name = f"pgw_example_{secrets.token_hex(4)}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    params = conninfo_to_dict(database_url)
+    params["dbname"] = name
+    yield make_conninfo(**{k: str(v) for k, v in params.items()})
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'drop database "{name}" with (force)')

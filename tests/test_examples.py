@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import os
 import queue
-import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def example_database(database_url: str) -> Iterator[str]:
-    """A database of its own, dropped afterwards."""
-    name = f"pgw_example_{secrets.token_hex(4)}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    params = conninfo_to_dict(database_url)
-    params["dbname"] = name
-    yield make_conninfo(**{k: str(v) for k, v in params.items()})
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'drop database "{name}" with (force)')
 
 
 def run_example(name: str, url: str | None, cwd: Path = ROOT) -> subprocess.Popen[str]:

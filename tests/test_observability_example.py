@@ -5,32 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def example_database(database_url: str) -> Iterator[str]:
-    """A database of its own (the example uses the default schema), dropped afterwards."""
-    name = f"pgw_example_{secrets.token_hex(4)}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    params = conninfo_to_dict(database_url)
-    params["dbname"] = name
-    yield make_conninfo(**{k: str(v) for k, v in params.items()})
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'drop database "{name}" with (force)')
 
 
 def test_observability_example(example_database: str) -> None:
