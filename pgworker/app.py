@@ -17,7 +17,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from .admin import Admin
 from .context import Extensions
 from .cron import Cron, CronItem, parse_crontab
-from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError
+from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError, PayloadError
 from .hooks import DeferSkipped, Hooks, Plugin
 from .job import Job
 from .migrate import MigrationOutcome, migrate
@@ -114,9 +114,11 @@ class App:
         if crontab is not None:
             self.add_crontab(crontab)
         if crontab_file is not None:
-            self.add_crontab(
-                Path(crontab_file).read_text(encoding="utf-8"), source=str(crontab_file)
-            )
+            try:
+                text = Path(crontab_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigurationError(f"cannot read the crontab {crontab_file}: {exc}") from exc
+            self.add_crontab(text, source=str(crontab_file))
         self.tasks: dict[str, Task[Any, Any, Any]] = {}
         self._own_pool = pool is None
         self._pool = pool
@@ -360,7 +362,8 @@ class App:
     def defer_raw(self, jobs: Iterable[RawJob], *, conn: Connection | None = None) -> list[Job]:
         """Enqueue a mixed batch (several tasks, each job its own options) in one
         statement. Payloads of tasks registered on this app are checked first; nothing is
-        written unless every job is valid. Returns the jobs in order."""
+        written unless every job is valid. Returns the jobs in order, less any that a
+        plugin's ``before_defer`` skipped."""
         batch: list[NewJob] = []
         modes: set[str] = set()
         for raw in jobs:
@@ -369,15 +372,21 @@ class App:
             spec = (task.defaults if task is not None else JobSpec()).merge(raw.spec)
             if spec.job_key_mode == "unsafe_dedupe":
                 raise ConfigurationError("job_key_mode 'unsafe_dedupe' works only with defer()")
-            if spec.job_key is not None:
-                modes.add(spec.job_key_mode or "replace")
-            payload = {} if raw.payload is None else raw.payload
+            payload = {} if raw.payload is None and task is None else raw.payload
             if self.hooks.has("before_defer"):
                 try:
                     payload = self.hooks.before_defer(raw.identifier, payload, spec)
                 except DeferSkipped:
                     continue  # a skipped job is left out of the batch
-            batch.append(NewJob(raw.identifier, codec.encode(payload), spec))
+            if spec.job_key is not None:
+                modes.add(spec.job_key_mode or "replace")
+            encoded = codec.encode(payload)
+            if encoded == "null":
+                raise PayloadError(
+                    f"a batch can't carry a null payload ({raw.identifier!r}): add_jobs would "
+                    "store {} in its place; defer that job on its own"
+                )
+            batch.append(NewJob(raw.identifier, encoded, spec))
         if len(modes) > 1:
             raise ConfigurationError(
                 "a batch applies one job_key_mode to all its keyed jobs; split it by mode"

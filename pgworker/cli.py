@@ -82,6 +82,8 @@ def run(
     schema: str | None,
 ) -> None:
     """Run a worker for the app at MODULE:ATTR until SIGINT/SIGTERM."""
+    if once and crontab_file:
+        raise click.UsageError("--crontab needs a running worker: --once schedules no cron")
     app = load_app(target)
     with reported_errors(), app_database(app, database_url) as url, ExitStack() as stack:
         app.configure(

@@ -85,6 +85,11 @@ class Plugin:
     ``app.add_plugin(...)``), on the worker's threads: keep them quick. A hook that
     raises never stops the worker or changes a job's outcome: the error is logged once,
     with the plugin's name, and things go on as if the hook had returned None.
+
+    Interceptors: the first plugin to return a decision wins. ``before_job_run`` stops
+    asking there; ``after_job_run`` still shows the result to every plugin. Jobs that
+    cron makes are added in SQL: they skip ``before_defer`` (``on_cron_job_scheduled``
+    reports them).
     """
 
     @property
@@ -180,13 +185,30 @@ class Hooks:
         for method in self._by_hook.get(hook, ()):
             self._call(method, hook, args)
 
-    def decide(self, hook: str, *args: Any) -> Any:
-        """Call an interceptor hook on each plugin until one returns a decision."""
+    def decide(self, hook: str, allowed: tuple[type, ...], *args: Any, every: bool = False) -> Any:
+        """Call an interceptor hook on each plugin; the first decision of an ``allowed``
+        type wins. Without ``every``, plugins after it are not asked; with it, they still
+        see the call (their decisions are ignored). Other return values are logged and
+        ignored."""
+        chosen = None
         for method in self._by_hook.get(hook, ()):
             decision = self._call(method, hook, args)
-            if decision is not None:
-                return decision
-        return None
+            if decision is None:
+                continue
+            if not isinstance(decision, allowed):
+                logger.warning(
+                    "Plugin %s returned %r from %s, which expects one of %s or None; ignored",
+                    _owner_name(method),
+                    decision,
+                    hook,
+                    ", ".join(t.__name__ for t in allowed),
+                )
+                continue
+            if chosen is None:
+                chosen = decision
+                if not every:
+                    break
+        return chosen
 
     def before_defer(self, identifier: str, payload: Any, spec: JobSpec) -> Any:
         """Run every ``before_defer``, threading rewritten payloads through; returns the
@@ -206,9 +228,14 @@ class Hooks:
         try:
             return method(*args)
         except Exception:
-            owner = getattr(method, "__self__", None)
-            name = owner.name if isinstance(owner, Plugin) else repr(method)
             logger.exception(
-                "Plugin %s failed in %s; carrying on as if it returned None", name, hook
+                "Plugin %s failed in %s; carrying on as if it returned None",
+                _owner_name(method),
+                hook,
             )
             return None
+
+
+def _owner_name(method: Callable[..., Any]) -> str:
+    owner = getattr(method, "__self__", None)
+    return owner.name if isinstance(owner, Plugin) else repr(method)

@@ -55,9 +55,9 @@ class PayloadCodec(Generic[T]):
         object payloads) is left out first, so strict payload types accept it.
         """
         marker = TRACE_MARKER if isinstance(data, bytes) else TRACE_TEXT
-        if self._checks and marker in data:  # type: ignore[operator]
-            data = _without_trace(data)
         try:
+            if self._checks and marker in data:  # type: ignore[operator]
+                data = _without_trace(data)
             return self._decoder.decode(data)
         except msgspec.ValidationError as exc:
             raise PayloadError(

@@ -18,7 +18,7 @@ from .hooks import Hooks
 if TYPE_CHECKING:
     from .store import Store
 
-logger = logging.getLogger("pgworker.cron")
+logger = logging.getLogger("pgworker.cron")  # the name users filter cron logs by
 
 
 def utc_now() -> datetime:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -89,11 +89,11 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
 @dataclass(frozen=True, slots=True)
 class RawJob:
     """One job of a mixed batch for ``App.defer_raw``: a task identifier, a payload (any
-    JSON value, checked against the task's type when the task is registered on the app)
-    and the same options as ``defer``."""
+    JSON value, ``{}`` by default, checked against the task's type when the task is
+    registered on the app) and the same options as ``defer``."""
 
     identifier: str
-    payload: Any = None
+    payload: Any = field(default_factory=dict)
     _: KW_ONLY
     queue: str | None = None
     run_at: datetime | None = None

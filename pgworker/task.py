@@ -101,7 +101,8 @@ class Task(Generic[T, P, R]):
         """Enqueue one job per payload, all with the same options, in one statement.
 
         Every payload is checked before anything is sent: one bad payload raises
-        PayloadError and writes nothing. Returns the jobs in the order of ``payloads``.
+        PayloadError and writes nothing. Returns the jobs in the order of ``payloads``
+        (less any that a plugin's ``before_defer`` skipped).
         """
         jobs = [
             RawJob(

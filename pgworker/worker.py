@@ -38,6 +38,8 @@ MAX_OUTCOME_BATCH = 1000
 #: then every 8 to 10 minutes.
 FIRST_RESET_WITHIN = 60.0
 RESET_INTERVAL = (480.0, 600.0)
+#: After a forced stop, how long the completer may take to finish (its plugin hooks).
+FORCED_COMPLETER_WAIT = 5.0
 
 
 class Worker:
@@ -86,6 +88,7 @@ class Worker:
         try:
             self._start_threads()
             self.app.hooks.notify("on_worker_start", self)
+            self._ready.set()
             logger.info(
                 "Worker %s started: %d task(s), concurrency %d, schema %r",
                 self.worker_id,
@@ -138,8 +141,11 @@ class Worker:
         for item in self.app.cron_items:
             task = self.app.tasks.get(item.task)
             if task is None:
-                logger.warning("Cron item %r makes %r jobs, which this app has no task for",
-                               item.identifier, item.task)  # fmt: skip
+                logger.warning(
+                    "Cron item %r makes %r jobs, which this app has no task for",
+                    item.identifier,
+                    item.task,
+                )
             else:
                 item.check_payload(task.codec)
         self.app.migrate()
@@ -167,7 +173,6 @@ class Worker:
             if self.app.cron_items:
                 scheduler = CronScheduler(self.app.store, self.app.cron_items, hooks=self.app.hooks)
                 self._helpers.append(spawn("cron", lambda: scheduler.run(self._stopping)))
-        self._ready.set()
 
     def _install_signal_handlers(self) -> Callable[[], None] | None:
         if threading.current_thread() is not threading.main_thread():
@@ -301,7 +306,8 @@ class Worker:
             # The payload will never decode, however often we retry: fail it for good.
             return Outcome.failure(job, _ms_since(started), exc, permanent=True)
         if hooks.has("before_job_run"):
-            decision = hooks.decide("before_job_run", job, msgspec.json.decode(claimed.payload))
+            raw = msgspec.json.decode(claimed.payload)
+            decision = hooks.decide("before_job_run", (Skip, Fail), job, raw)
             if isinstance(decision, Skip):
                 return Outcome(job, _ms_since(started))
             if isinstance(decision, Fail):
@@ -316,7 +322,7 @@ class Worker:
             outcome, raised = Outcome(job, _ms_since(started)), None
         if hooks.has("after_job_run"):
             result = JobResult(outcome.duration_ms, outcome.error, raised)
-            decision = hooks.decide("after_job_run", job, result)
+            decision = hooks.decide("after_job_run", (Complete, Fail), job, result, every=True)
             if isinstance(decision, Complete):
                 return Outcome(job, outcome.duration_ms)
             if isinstance(decision, Fail):
@@ -352,6 +358,10 @@ class Worker:
                     logger.exception("Recording %d job outcome(s) failed", len(batch))
                 finally:
                     self._settle(batch)
+                # Plugins hear of outcomes once they are recorded and settled, so a slow
+                # hook delays no bookkeeping.
+                for outcome in batch:
+                    self._report(outcome)
 
     def _write_outcomes(self, batch: list[Outcome]) -> None:
         """Write a batch, retrying while the database is unreachable. A batch the database
@@ -399,7 +409,6 @@ class Worker:
             store.fail_jobs(failures, worker_id=self.worker_id, conn=conn)
         for outcome in batch:
             outcome.log()
-            self._report(outcome)
 
     def _report(self, outcome: Outcome) -> None:
         """Tell the plugins how a recorded job ended."""
@@ -474,8 +483,17 @@ class Worker:
             self._listener.stop()
         # The completer comes first in _helpers: it writes every outcome queued before
         # the sentinel, so nothing that finished is lost. The others only need to stop.
-        for i, thread in enumerate(self._helpers):
-            thread.join(timeout=None if i == 0 else 5.0)
+        completer, *others = self._helpers
+        forced_at: float | None = None
+        while completer.is_alive():
+            completer.join(0.2)
+            if self._forced.is_set():
+                forced_at = forced_at or time.monotonic()
+                if time.monotonic() - forced_at > FORCED_COMPLETER_WAIT:
+                    logger.error("Stopping without the last outcomes: a plugin hook is stuck")
+                    break
+        for thread in others:
+            thread.join(timeout=5.0)
         self._fetch_conn.close()
         self._complete_conn.close()
         try:

@@ -116,3 +116,15 @@ def test_batches_refuse_modes_they_cannot_honour(opened: App) -> None:
                 RawJob("t", job_key="b", job_key_mode="preserve_run_at"),
             ]
         )
+
+
+def test_null_payloads_are_refused_in_batches_only(opened: App, db: Conn, schema: str) -> None:
+    @opened.task("maybe")
+    def maybe(payload: int | None) -> None: ...
+
+    maybe.defer(None)  # alone, a null payload is stored as null
+    with pytest.raises(PayloadError, match="null payload"):
+        maybe.defer_many([3, None])  # add_jobs would turn it into {}
+    maybe.defer_many([3])
+    stored = db.execute(f'select payload from "{schema}"._private_jobs order by id').fetchall()
+    assert stored == [(None,), (3,)]

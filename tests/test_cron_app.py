@@ -93,7 +93,6 @@ def test_cli_crontab_errors_name_the_line(tmp_path: Path, database_url: str, sch
         [
             "run",
             "examples.run_once:app",
-            "--once",
             "--crontab",
             str(bad),
             "--database-url",
@@ -115,3 +114,13 @@ def test_cli_cron_list_shows_next_runs() -> None:
     assert "say_hello: */2 * * * *" in result.output
     assert "weekday-report: 0 4 * * 1-5" in result.output
     assert result.output.count("next: ") == 2
+
+
+def test_crontab_problems_are_one_sentence(make_app: Callable[..., App], tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot read the crontab"):
+        make_app(crontab_file=tmp_path / "missing")
+    result = CliRunner().invoke(
+        cli, ["run", "examples.run_once:app", "--once", "--crontab", __file__]
+    )
+    assert result.exit_code == 2
+    assert "--once schedules no cron" in result.output

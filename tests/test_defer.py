@@ -252,3 +252,10 @@ def test_registering_tasks_concurrently_returns_every_id(opened: App) -> None:
             t.join(10)
     assert errors == []
     assert short == []
+
+
+def test_a_broken_payload_with_trace_is_still_a_payload_error() -> None:
+    from pgworker.payload import PayloadCodec
+
+    with pytest.raises(PayloadError):
+        PayloadCodec(dict[str, int]).decode('{"_trace": ')

@@ -4,6 +4,7 @@ nothing."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -262,3 +263,42 @@ def test_cron_ticks_and_scheduled_jobs_are_reported(opened: App, db: Conn, schem
         ("scheduled", "report", minute, job_id),
         ("tick", minute),
     ]
+
+
+class Stuck(Plugin):
+    def on_job_failed(self, job: Job, error: str, will_retry: bool) -> None:
+        threading.Event().wait(30)  # a hook that hangs (a call with no timeout)
+
+
+def test_a_stuck_hook_does_not_hold_a_forced_stop(make_app: Callable[..., App]) -> None:
+    app = make_work_app(make_app, Stuck())
+    with app:
+        app.migrate()
+        app.defer("work", {"raise": True})
+        handle = app.start()
+        deadline = time.monotonic() + 5
+        while app.admin.jobs(state="retrying") == []:  # recorded; the hook now hangs
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.monotonic()
+        handle.stop(timeout=0.5, force=True)
+        assert time.monotonic() - started < 8
+
+
+class WrongType(Plugin):
+    def before_job_run(self, job: Job, payload: Any) -> Any:
+        return Complete()  # not a before_job_run decision
+
+
+def test_a_wrong_decision_type_is_ignored(
+    make_app: Callable[..., App], caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder()
+    app = make_work_app(make_app, WrongType(), recorder)
+    with app:
+        app.migrate()
+        app.defer("work", {}, job_key="ran")
+        app.run_once()
+    assert events_of(recorder, "ran")[-1] == "completed"
+    assert "started" in events_of(recorder, "ran")  # the job ran, and the next plugin was asked
+    assert "returned Complete() from before_job_run" in caplog.text
