@@ -13,7 +13,6 @@ from .errors import (
     PayloadError,
     PgWorkerError,
     UnknownExtensionError,
-    UnknownTaskError,
 )
 from .hooks import (
     Complete,
@@ -67,7 +66,6 @@ __all__ = [
     "StatRow",
     "Task",
     "UnknownExtensionError",
-    "UnknownTaskError",
     "Weekday",
     "WorkerHandle",
 ]

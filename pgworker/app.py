@@ -93,8 +93,7 @@ class App:
         _check_schema(schema)
         _check_positive("concurrency", concurrency)
         _check_positive("poll_interval", poll_interval)
-        if prefetch < 0:
-            raise ConfigurationError(f"prefetch must be >= 0, got {prefetch}")
+        _check_not_negative("prefetch", prefetch)
         if shutdown_grace_period < 0 or interrupted_retry_delay < 0:
             raise ConfigurationError(
                 "shutdown_grace_period and interrupted_retry_delay must be >= 0"
@@ -154,8 +153,7 @@ class App:
             _check_positive("poll_interval", poll_interval)
             self.poll_interval = poll_interval
         if prefetch is not None:
-            if prefetch < 0:
-                raise ConfigurationError(f"prefetch must be >= 0, got {prefetch}")
+            _check_not_negative("prefetch", prefetch)
             self.prefetch = prefetch
         if database_url is not None:
             self.database_url = database_url
@@ -474,6 +472,11 @@ def _check_schema(schema: str) -> None:
 def _check_positive(name: str, value: float) -> None:
     if value <= 0:
         raise ConfigurationError(f"{name} must be positive, got {value}")
+
+
+def _check_not_negative(name: str, value: float) -> None:
+    if value < 0:
+        raise ConfigurationError(f"{name} must be >= 0, got {value}")
 
 
 def _describe(conninfo: str) -> str:

@@ -37,10 +37,6 @@ class PayloadError(PgWorkerError, ValueError):
         self.path = path
 
 
-class UnknownTaskError(PgWorkerError, LookupError):
-    """No task with this identifier is registered on the app."""
-
-
 class JobNotCreatedError(PgWorkerError):
     """``add_job`` returned no row; the job was not created."""
 

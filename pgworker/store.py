@@ -118,8 +118,9 @@ class Store:
     ) -> Job:
         """Add one job through ``add_job`` and return it."""
         params = {
-            **_spec_record(NewJob(identifier, payload, spec)),
+            "identifier": identifier,
             "payload": payload,
+            **_spec_options(spec),
             "job_key_mode": spec.job_key_mode or "replace",
         }
         with self.connection(conn) as c:
@@ -259,10 +260,17 @@ class Store:
 
 
 def _spec_record(new: NewJob) -> dict[str, Any]:
-    spec = new.spec
+    """One element of add_jobs' JSON array of job_spec records."""
     return {
         "identifier": new.identifier,
         "payload": msgspec.Raw(new.payload.encode()),
+        **_spec_options(new.spec),
+    }
+
+
+def _spec_options(spec: JobSpec) -> dict[str, Any]:
+    """The options of a job as add_job and job_spec name them."""
+    return {
         "queue_name": spec.queue,
         "run_at": spec.run_at,
         "max_attempts": spec.max_attempts,
