@@ -12,14 +12,16 @@ from .store import Connection
 
 logger = logging.getLogger(__name__)
 
-#: The graphile-worker schema revision pgworker installs (Node graphile-worker 0.17).
-SCHEMA_REVISION = 19
+#: The schema revision pgworker installs: Node graphile-worker 0.17's 19, plus the Rust
+#: port's 20 (its worker registry, which pgworker's heartbeats and sweeper use).
+SCHEMA_REVISION = 20
+#: The revision that adds the worker registry (``workers.sql``); not breaking.
+WORKERS_REVISION = 20
 #: Revisions that graphile-worker marks as breaking: a worker that knows only an older
 #: revision must refuse a database that has one of these.
 BREAKING_REVISIONS = frozenset({1, 3, 11, 13, 14, 16, 19})
-#: The newest revision known to be safe beside pgworker: the Rust port's 20 only adds
-#: its heartbeat table and functions.
-NEWEST_KNOWN_REVISION = 20
+#: The newest revision pgworker knows.
+NEWEST_KNOWN_REVISION = SCHEMA_REVISION
 #: The oldest ledger pgworker takes over; older databases go through graphile-worker first.
 OLDEST_ACCEPTED_REVISION = 18
 MIN_SERVER_VERSION = 120000
@@ -66,6 +68,7 @@ def migrate(conn: Connection, schema: str) -> MigrationOutcome:
 def _install(conn: Connection, queries: Queries, schema: str) -> None:
     conn.execute(bind_schema(read_sql_file("schema.sql"), schema))
     conn.execute(bind_schema(read_sql_file("functions.sql"), schema))
+    conn.execute(bind_schema(read_sql_file("workers.sql"), schema))
     revisions = list(range(1, SCHEMA_REVISION + 1))
     conn.execute(
         queries["record_migrations"],
@@ -113,6 +116,13 @@ def _upgrade(conn: Connection, queries: Queries, schema: str) -> MigrationOutcom
             queries["notify_migration"],
             {"payload": json.dumps({"migrationNumber": 19, "breaking": True})},
         )
+        outcome = MigrationOutcome.UPGRADED
+    if latest < WORKERS_REVISION:
+        # Node graphile-worker 0.17 reads a newer non-breaking revision as a warning and
+        # carries on, as it does on a database the Rust port migrated.
+        conn.execute(bind_schema(read_sql_file("workers.sql"), schema))
+        conn.execute(queries["record_migrations"], {"ids": [WORKERS_REVISION], "breaking": [False]})
+        logger.info("Added the worker registry (revision %d) to %r", WORKERS_REVISION, schema)
         outcome = MigrationOutcome.UPGRADED
     definition = _fetch_value(conn, queries["add_jobs_definition"], {"schema": schema})
     source = definition if isinstance(definition, str) else ""

@@ -9,6 +9,8 @@ from importlib import resources
 from psycopg import sql
 
 SCHEMA_TOKEN = ":SCHEMA"
+#: The files of named statements, read once into one namespace.
+QUERY_FILES = ("queries.sql", "recovery.sql")
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -52,7 +54,12 @@ class Queries:
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
-        self._texts = parse_named_queries(read_sql_file("queries.sql"))
+        self._texts: dict[str, str] = {}
+        for filename in QUERY_FILES:
+            for name, text in parse_named_queries(read_sql_file(filename)).items():
+                if name in self._texts:
+                    raise ValueError(f"query {name!r} is defined in two files")
+                self._texts[name] = text
         self._bound: dict[str, bytes] = {}
 
     def __getitem__(self, name: str) -> bytes:

@@ -24,6 +24,7 @@ EXPECTED_COLUMNS = {
     "_private_tasks": ["id", "identifier"],
     "_private_known_crontabs": ["identifier", "known_since", "last_execution"],
     "migrations": ["id", "ts", "breaking"],
+    "_private_workers": ["id", "last_heartbeat_at", "started_at", "metadata"],
     "jobs": [
         "id", "queue_name", "task_identifier", "priority", "run_at", "attempts",
         "max_attempts", "last_error", "created_at", "updated_at", "key", "locked_at",
@@ -42,13 +43,20 @@ EXPECTED_FUNCTIONS = {
     "remove_job": "job_key text",
     "reschedule_jobs": "job_ids bigint[], run_at timestamp with time zone, priority integer, "
     "attempts integer, max_attempts integer",
+    # Revision 20, the Rust port's worker registry.
+    "worker_heartbeat": "worker_id text, metadata json",
+    "worker_deregister": "worker_id text",
+    "list_stale_workers": "stale_threshold interval",
+    "list_orphan_locked_workers": "stale_threshold interval",
+    "recover_dead_worker_jobs": "worker_ids text[], recovery_delay interval",
+    "delete_stale_workers": "worker_ids text[]",
 }
 
 EXPECTED_CONSTRAINTS = {
     "job_queues_pkey1", "job_queues_queue_name_key", "job_queues_queue_name_check",
     "jobs_key_key1", "jobs_pkey1", "jobs_key_check", "jobs_max_attempts_check",
     "known_crontabs_pkey", "migrations_pkey", "tasks_identifier_key", "tasks_pkey",
-    "tasks_identifier_check",
+    "tasks_identifier_check", "_private_workers_pkey",
 }  # fmt: skip
 
 
@@ -57,10 +65,11 @@ def migrated(app: App) -> MigrationOutcome:
         return app.migrate()
 
 
-def test_fresh_install_matches_graphile_worker_revision_19(app: App, db: Conn, schema: str) -> None:
+def test_fresh_install_matches_graphile_worker_revision_20(app: App, db: Conn, schema: str) -> None:
+    """Node graphile-worker 0.17's revisions 1 to 19 plus the Rust port's 20."""
     assert migrated(app) is MigrationOutcome.INSTALLED
     ledger = db.execute(f'select id, breaking from "{schema}".migrations order by id').fetchall()
-    assert [row[0] for row in ledger] == list(range(1, 20))
+    assert [row[0] for row in ledger] == list(range(1, 21))
     assert {row[0] for row in ledger if row[1]} == BREAKING_REVISIONS == {1, 3, 11, 13, 14, 16, 19}
 
     for table, columns in EXPECTED_COLUMNS.items():
@@ -101,6 +110,7 @@ def test_fresh_install_matches_graphile_worker_revision_19(app: App, db: Conn, s
     assert "WHERE (is_available = true)" in indexes["jobs_main_index"]
     assert "INCLUDE (id, task_id, job_queue_id)" in indexes["jobs_main_index"]
     assert "(job_queue_id IS NULL)" in indexes["jobs_no_queue_index"]
+    assert "(last_heartbeat_at)" in indexes["_private_workers_last_heartbeat_at_idx"]
 
     rls = db.execute(
         "select relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
@@ -139,7 +149,7 @@ def test_migrating_again_changes_nothing_and_keeps_jobs(app: App, db: Conn, sche
             assert app.migrate() is MigrationOutcome.CURRENT
     rows = db.execute(f'select id, task_identifier from "{schema}".jobs').fetchall()
     assert rows == [(job.id, "assert_jobs_work")]
-    assert db.execute(f'select count(*) from "{schema}".migrations').fetchone() == (19,)
+    assert db.execute(f'select count(*) from "{schema}".migrations').fetchone() == (20,)
 
 
 def test_concurrent_migrations_end_with_one_schema(
@@ -164,14 +174,14 @@ def test_concurrent_migrations_end_with_one_schema(
         t.join(30)
     assert not errors
     assert sorted(o.value for o in outcomes) == ["current"] * 7 + ["installed"]
-    assert db.execute(f'select count(*) from "{schema}".migrations').fetchone() == (19,)
+    assert db.execute(f'select count(*) from "{schema}".migrations').fetchone() == (20,)
     db.execute(f"""select "{schema}".add_job('after_race')""")
 
 
 def test_newer_breaking_revision_is_refused(app: App, db: Conn, schema: str) -> None:
     migrated(app)
     db.execute(f'insert into "{schema}".migrations (id, breaking) values (999999, true)')
-    with pytest.raises(IncompatibleSchemaError, match=r"999999.*up to 19"):
+    with pytest.raises(IncompatibleSchemaError, match=r"999999.*up to 20"):
         migrated(app)
 
 
@@ -180,7 +190,7 @@ def test_newer_non_breaking_revisions_are_accepted(
 ) -> None:
     """A database the Rust port migrated has its non-breaking revision 20, and maybe more."""
     migrated(app)
-    db.execute(f'insert into "{schema}".migrations (id) values (20), (21)')
+    db.execute(f'insert into "{schema}".migrations (id) values (21)')
     assert migrated(app) is MigrationOutcome.CURRENT
     assert "revision 21, newer than pgworker knows" in caplog.text
 
@@ -189,7 +199,8 @@ def test_revision_18_ledger_is_taken_to_19_and_node_workers_are_told(
     app: App, db: Conn, schema: str, database_url: str
 ) -> None:
     migrated(app)
-    db.execute(f'delete from "{schema}".migrations where id = 19')
+    db.execute(f'delete from "{schema}".migrations where id >= 19')
+    db.execute(f'drop table "{schema}"._private_workers cascade')
     with psycopg.connect(database_url, autocommit=True) as listener:
         listener.execute('listen "worker:migrate"')
         assert migrated(app) is MigrationOutcome.UPGRADED
@@ -198,6 +209,21 @@ def test_revision_18_ledger_is_taken_to_19_and_node_workers_are_told(
     assert db.execute(f'select breaking from "{schema}".migrations where id = 19').fetchone() == (
         True,
     )
+
+
+def test_revision_19_ledger_gets_the_worker_registry(app: App, db: Conn, schema: str) -> None:
+    """A database Node graphile-worker 0.17 migrated (1 to 19) is taken to 20."""
+    migrated(app)
+    db.execute(f'delete from "{schema}".migrations where id = 20')
+    db.execute(f'drop table "{schema}"._private_workers cascade')
+    assert migrated(app) is MigrationOutcome.UPGRADED
+    assert db.execute(f'select breaking from "{schema}".migrations where id = 20').fetchone() == (
+        False,
+    )
+    db.execute(f"""select "{schema}".worker_heartbeat('w1', '{{"a": 1}}')""")
+    assert db.execute(f'select id, metadata from "{schema}"._private_workers').fetchall() == [
+        ("w1", {"a": 1})
+    ]
 
 
 def test_add_jobs_without_the_race_fix_is_upgraded(app: App, db: Conn, schema: str) -> None:

@@ -223,17 +223,6 @@ and job_queues.locked_by = %(worker_id)s
 -- Release every job and queue still locked by this worker (after a shutdown).
 select :SCHEMA.force_unlock_workers(array[%(worker_id)s::text])
 
--- name: reset_stale_locks
--- Unlock jobs and queues locked more than 4 hours ago: their worker is presumed dead.
-with jobs_reset as (
-  update :SCHEMA._private_jobs as jobs
-  set locked_at = null, locked_by = null, run_at = greatest(jobs.run_at, now())
-  where jobs.locked_at < now() - interval '4 hours'
-)
-update :SCHEMA._private_job_queues as job_queues
-set locked_at = null, locked_by = null
-where job_queues.locked_at < now() - interval '4 hours'
-
 -- name: remove_job
 -- Admin: delete the pending job with this key, or stop a running one from retrying.
 select
