@@ -3,6 +3,7 @@
 from .admin import Admin, CleanupResult, JobState, ListedJob, StatRow
 from .app import App
 from .context import Extensions, JobContext
+from .control import WorkerHandle
 from .cron import Cron, CronItem, CrontabError, Weekday
 from .errors import (
     ConfigurationError,
@@ -29,7 +30,6 @@ from .job import Job
 from .migrate import MigrationOutcome
 from .spec import JobKeyMode, JobSpec, RawJob
 from .task import Task
-from .worker import WorkerHandle
 
 __all__ = [
     "Admin",

@@ -15,19 +15,21 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .admin import Admin
-from .context import Extensions
+from .context import Extensions, JobContext
 from .cron import Cron, CronItem, parse_crontab
 from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError, PayloadError
 from .hooks import DeferSkipped, Hooks, Plugin
 from .job import Job
 from .migrate import MigrationOutcome, migrate
 from .payload import PayloadCodec
+from .recovery import Recovery
 from .spec import JobKeyMode, JobSpec, RawJob
 from .store import Connection, NewJob, Store
 from .task import Task
 
 if TYPE_CHECKING:
-    from .worker import WorkerHandle
+    from .control import WorkerHandle
+    from .worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,9 @@ class App:
     - ``prefetch``: how many jobs a worker may claim beyond those it is running, so that it
       claims in batches. Good for many short jobs; keep 0 (the default) for long ones, or
       prefetched jobs wait behind them while other workers idle.
+    - ``recovery``: how workers heartbeat and give back the jobs of dead ones (on by
+      default: a crashed worker's jobs run again within a minute); ``Recovery(enabled=
+      False)`` leaves them to graphile-worker's 4-hour rule.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class App:
         plugins: Iterable[Plugin] = (),
         crontab: str | None = None,
         crontab_file: str | os.PathLike[str] | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
         _check_schema(schema)
         _check_positive("concurrency", concurrency)
@@ -106,6 +112,7 @@ class App:
         self.shutdown_grace_period = shutdown_grace_period
         self.interrupted_retry_delay = interrupted_retry_delay
         self.prefetch = prefetch
+        self.recovery = recovery or Recovery()
         self.forbidden_flags = forbidden_flags
         self.extensions = Extensions(extensions)
         self.hooks = Hooks(plugins)
@@ -353,7 +360,7 @@ class App:
         else:
             codec, defaults = task.codec, task.defaults
         spec = defaults.merge(spec)
-        if self.hooks.has("before_defer"):
+        if self.hooks.intercepts_defer:
             payload = self.hooks.before_defer(identifier, payload, spec)
         return self.store.add_job(identifier, codec.encode(payload), spec, conn=conn)
 
@@ -371,7 +378,7 @@ class App:
             if spec.job_key_mode == "unsafe_dedupe":
                 raise ConfigurationError("job_key_mode 'unsafe_dedupe' works only with defer()")
             payload = {} if raw.payload is None and task is None else raw.payload
-            if self.hooks.has("before_defer"):
+            if self.hooks.intercepts_defer:
                 try:
                     payload = self.hooks.before_defer(raw.identifier, payload, spec)
                 except DeferSkipped:
@@ -414,12 +421,11 @@ class App:
         """Run a worker until SIGINT/SIGTERM (or ``KeyboardInterrupt``); blocks.
 
         The first signal stops fetching and lets running jobs finish within
-        ``shutdown_grace_period``; a second one gives running jobs back at once.
+        ``shutdown_grace_period``; a second one stops waiting for them.
         """
-        from .worker import Worker
-
         with self._opened():
-            Worker(self).run(install_signal_handlers=install_signal_handlers)
+            self.migrate()
+            self._worker().run(install_signal_handlers=install_signal_handlers)
 
     def run_once(self, *, install_signal_handlers: bool = True) -> None:
         """Run every job that is runnable now, including the ones that become runnable
@@ -427,10 +433,9 @@ class App:
 
         Signals stop it as they stop ``run()`` (when called from the main thread).
         """
-        from .worker import Worker
-
         with self._opened():
-            Worker(self, once=True).run(install_signal_handlers=install_signal_handlers)
+            self.migrate()
+            self._worker(once=True).run(install_signal_handlers=install_signal_handlers)
 
     def start(self) -> WorkerHandle:
         """Start a worker in background threads and return its handle.
@@ -438,9 +443,35 @@ class App:
         For running beside a web server or in tests; call ``handle.stop()`` to end it.
         The app must be open (the handle does not close it).
         """
-        from .worker import Worker, WorkerHandle
+        from .control import WorkerHandle
 
-        return WorkerHandle.start(Worker(self))
+        self.migrate()
+        return WorkerHandle.start(self._worker())
+
+    def _worker(self, *, once: bool = False) -> Worker:
+        """A worker for this app's tasks, plugins and settings."""
+        from .worker import Worker, WorkerSettings
+
+        settings = WorkerSettings(
+            schema=self.schema,
+            concurrency=self.concurrency,
+            prefetch=self.prefetch,
+            poll_interval=self.poll_interval,
+            shutdown_grace_period=self.shutdown_grace_period,
+            interrupted_retry_delay=self.interrupted_retry_delay,
+            recovery=self.recovery,
+            once=once,
+        )
+        return Worker(
+            store=self.store,
+            conninfo=self.conninfo,
+            tasks=dict(self.tasks),
+            hooks=self.hooks,
+            settings=settings,
+            make_context=lambda job, worker_id: JobContext(job, self, worker_id),
+            forbidden_flags=self.current_forbidden_flags,
+            cron_items=self.cron_items,
+        )
 
     def _opened(self) -> _OpenScope:
         return _OpenScope(self)

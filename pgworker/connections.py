@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
-
-if TYPE_CHECKING:
-    from .app import App
 
 #: Bounds of the jittered backoff after a database error in a worker thread.
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0
@@ -36,18 +33,18 @@ def backoff_delay(attempt: int) -> float:
     return ceiling * random.uniform(0.5, 1.0)
 
 
-def connect(app: App) -> psycopg.Connection[tuple[Any, ...]]:
-    """A new autocommit connection to the app's database, outside its pool. The app's
-    connection string must be complete (a pool's ``kwargs`` are not reused)."""
-    return psycopg.connect(app.conninfo, **CONNECT_OPTIONS)
+def connect(conninfo: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """A new autocommit connection outside the app's pool. ``conninfo`` must be complete
+    (a caller-owned pool's ``kwargs`` are not reused)."""
+    return psycopg.connect(conninfo, **CONNECT_OPTIONS)
 
 
 class OwnConnection:
     """A connection kept by one worker thread for its hot-path statements (cheaper than
     a pool round trip each time), reopened on next use after it breaks."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
 
     def get(self) -> psycopg.Connection[tuple[Any, ...]]:
@@ -56,7 +53,7 @@ class OwnConnection:
         if conn is None or conn.closed or conn.broken:
             if conn is not None:
                 conn.close()
-            self._conn = conn = connect(self.app)
+            self._conn = conn = connect(self.conninfo)
         return conn
 
     def close(self) -> None:

@@ -6,14 +6,12 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .admin import Admin
 from .errors import PgWorkerError
 from .job import Job
 from .spec import JobSpec
-
-if TYPE_CHECKING:
-    from .worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +67,18 @@ class DeferSkipped(PgWorkerError):
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """The worker a worker hook is about: its lock-owner id (``locked_by`` of its jobs),
+    schema, concurrency and task identifiers, and the admin API of its database."""
+
+    worker_id: str
+    schema: str
+    concurrency: int
+    tasks: tuple[str, ...]
+    admin: Admin
+
+
+@dataclass(frozen=True, slots=True)
 class JobResult:
     """What running a job came to, as ``after_job_run`` sees it: ``error`` is None on
     success, else the error text that will be stored."""
@@ -99,14 +109,18 @@ class Plugin:
 
     # -- worker -----------------------------------------------------------------------
 
-    def on_worker_init(self, worker: Worker) -> None:
+    def on_worker_init(self, worker: WorkerInfo) -> None:
         """The worker migrated the schema and registered its tasks."""
 
-    def on_worker_start(self, worker: Worker) -> None:
+    def on_worker_start(self, worker: WorkerInfo) -> None:
         """The worker's threads are running; it is about to fetch."""
 
-    def on_worker_shutdown(self, worker: Worker) -> None:
-        """The worker stopped: every outcome it had is recorded."""
+    def on_worker_shutdown(self, worker: WorkerInfo) -> None:
+        """The worker stopped: every outcome it had is recorded (after a forced stop, once
+        the last job still running in the process has returned)."""
+
+    def on_workers_recovered(self, worker_ids: list[str], job_ids: list[int]) -> None:
+        """This worker's sweep found ``worker_ids`` dead and gave their jobs back."""
 
     # -- jobs -------------------------------------------------------------------------
 
@@ -136,7 +150,9 @@ class Plugin:
         """The job failed for good (attempts used up, or a payload that can't decode)."""
 
     def on_job_interrupted(self, job: Job, reason: str) -> None:
-        """A forced stop cut the job off; it is given back to the queue."""
+        """A stop could not wait for ``job``: its code is still running. It stays locked
+        by this worker until the code returns (its outcome is then recorded as usual), or
+        is given back when the process exits first."""
 
     # -- enqueueing -------------------------------------------------------------------
 
@@ -176,20 +192,99 @@ class Hooks:
             if not hook.startswith("_") and hook != "name" and _overrides(plugin, hook):
                 self._by_hook.setdefault(hook, []).append(getattr(plugin, hook))
 
-    def has(self, hook: str) -> bool:
-        """Whether any plugin overrides ``hook`` (so the caller can skip its own work)."""
-        return hook in self._by_hook
+    # -- worker -----------------------------------------------------------------------
 
-    def notify(self, hook: str, *args: Any) -> None:
-        """Call an observer hook on every plugin that has it."""
+    def worker_init(self, worker: WorkerInfo) -> None:
+        """Tell the plugins the worker is ready to start its threads."""
+        self._observe("on_worker_init", worker)
+
+    def worker_start(self, worker: WorkerInfo) -> None:
+        """Tell the plugins the worker's threads are running."""
+        self._observe("on_worker_start", worker)
+
+    def worker_shutdown(self, worker: WorkerInfo) -> None:
+        """Tell the plugins the worker has stopped."""
+        self._observe("on_worker_shutdown", worker)
+
+    def workers_recovered(self, worker_ids: list[str], job_ids: list[int]) -> None:
+        """Tell the plugins a sweep took jobs back from dead workers."""
+        self._observe("on_workers_recovered", worker_ids, job_ids)
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def job_fetched(self, job: Job) -> None:
+        """Tell the plugins ``job`` was claimed."""
+        self._observe("on_job_fetched", job)
+
+    @property
+    def intercepts_run(self) -> bool:
+        """Whether any plugin has ``before_job_run`` (callers skip decoding otherwise)."""
+        return "before_job_run" in self._by_hook
+
+    @property
+    def inspects_result(self) -> bool:
+        """Whether any plugin has ``after_job_run``."""
+        return "after_job_run" in self._by_hook
+
+    @property
+    def intercepts_defer(self) -> bool:
+        """Whether any plugin has ``before_defer``."""
+        return "before_defer" in self._by_hook
+
+    def before_job_run(self, job: Job, payload: Any) -> Skip | Fail | None:
+        """The first plugin decision on running ``job``; later plugins are not asked."""
+        decision: Skip | Fail | None = self._decide("before_job_run", (Skip, Fail), (job, payload))
+        return decision
+
+    def job_started(self, job: Job) -> None:
+        """Tell the plugins ``job``'s function is being called."""
+        self._observe("on_job_started", job)
+
+    def after_job_run(self, job: Job, result: JobResult) -> Complete | Fail | None:
+        """The first plugin decision on ``job``'s outcome; every plugin sees the result."""
+        decision: Complete | Fail | None = self._decide(
+            "after_job_run", (Complete, Fail), (job, result), every=True
+        )
+        return decision
+
+    def job_completed(self, job: Job, duration_ms: float) -> None:
+        """Tell the plugins ``job`` succeeded."""
+        self._observe("on_job_completed", job, duration_ms)
+
+    def job_failed(self, job: Job, error: str, *, will_retry: bool) -> None:
+        """Tell the plugins ``job`` failed, and whether it will be retried."""
+        self._observe("on_job_failed", job, error, will_retry)
+
+    def job_permanently_failed(self, job: Job, error: str) -> None:
+        """Tell the plugins ``job`` failed for good."""
+        self._observe("on_job_permanently_failed", job, error)
+
+    def job_interrupted(self, job: Job, reason: str) -> None:
+        """Tell the plugins a stop could not wait for ``job``."""
+        self._observe("on_job_interrupted", job, reason)
+
+    # -- cron -------------------------------------------------------------------------
+
+    def cron_tick(self, moment: datetime) -> None:
+        """Tell the plugins the scheduler is handling the minute ``moment``."""
+        self._observe("on_cron_tick", moment)
+
+    def cron_job_scheduled(self, identifier: str, moment: datetime, job_id: int) -> None:
+        """Tell the plugins cron item ``identifier`` added ``job_id``."""
+        self._observe("on_cron_job_scheduled", identifier, moment, job_id)
+
+    # -- calling ----------------------------------------------------------------------
+
+    def _observe(self, hook: str, *args: Any) -> None:
         for method in self._by_hook.get(hook, ()):
             self._call(method, hook, args)
 
-    def decide(self, hook: str, allowed: tuple[type, ...], *args: Any, every: bool = False) -> Any:
-        """Call an interceptor hook on each plugin; the first decision of an ``allowed``
-        type wins. Without ``every``, plugins after it are not asked; with it, they still
-        see the call (their decisions are ignored). Other return values are logged and
-        ignored."""
+    def _decide(
+        self, hook: str, allowed: tuple[type, ...], args: tuple[Any, ...], *, every: bool = False
+    ) -> Any:
+        """The first decision of an ``allowed`` type wins. Without ``every``, plugins
+        after it are not asked; with it, they still see the call (their decisions are
+        ignored). Other return values are logged and ignored."""
         chosen = None
         for method in self._by_hook.get(hook, ()):
             decision = self._call(method, hook, args)

@@ -7,14 +7,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import psycopg
 
 from .connections import backoff_delay, connect
-
-if TYPE_CHECKING:
-    from .app import App
+from .store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +34,16 @@ class Listener:
 
     def __init__(
         self,
-        app: App,
+        store: Store,
+        conninfo: str,
         *,
         on_notify: Callable[[], None],
         on_breaking: Callable[[int], None],
     ) -> None:
-        self.app = app
+        self.store = store
+        self.conninfo = conninfo
         self.on_notify = on_notify
         self.on_breaking = on_breaking
-        self._stop = threading.Event()
         self._connected = threading.Event()
         self.connections = 0
 
@@ -58,16 +56,13 @@ class Listener:
         """Wait until the LISTEN connection is up."""
         return self._connected.wait(timeout)
 
-    def stop(self) -> None:
-        """Ask the thread to close its connection and return (within ``WAIT_SLICE``)."""
-        self._stop.set()
-
-    def run(self) -> None:
-        """The thread's body: listen, and reconnect until stopped."""
+    def run(self, stop: threading.Event) -> None:
+        """The thread's body: listen, and reconnect, until ``stop`` is set (noticed within
+        ``WAIT_SLICE``)."""
         attempt = 0
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
-                self._listen()
+                self._listen(stop)
                 attempt = 0
             except (psycopg.Error, OSError) as exc:
                 if self._connected.is_set():
@@ -80,23 +75,23 @@ class Listener:
                     str(exc).strip() or type(exc).__name__,
                     delay,
                 )
-                self._stop.wait(delay)
+                stop.wait(delay)
             except Exception:  # keep listening whatever happens; polling covers the gap
                 self._connected.clear()
                 logger.exception("Unexpected error in the listener")
-                self._stop.wait(1.0)
+                stop.wait(1.0)
         self._connected.clear()
 
-    def _listen(self) -> None:
-        with connect(self.app) as conn:
-            conn.execute(self.app.store.queries["listen"])
+    def _listen(self, stop: threading.Event) -> None:
+        with connect(self.conninfo) as conn:
+            self.store.listen(conn)
             if self.connections:
                 logger.info("LISTEN connection re-established")
             self.connections += 1
             self._connected.set()
             self.on_notify()
             last_check = time.monotonic()
-            while not self._stop.is_set():
+            while not stop.is_set():
                 for notify in conn.notifies(timeout=WAIT_SLICE):
                     self._handle(notify.channel, notify.payload)
                     last_check = time.monotonic()

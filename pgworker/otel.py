@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from opentelemetry.trace import TracerProvider
 
-    from .worker import Worker
+    from .hooks import WorkerInfo
 
 #: The payload key carrying the defer span's context, as the Rust crate names it.
 TRACE_KEY = "_trace"
@@ -195,7 +195,7 @@ class OpenTelemetryPlugin(Plugin):
     def on_job_interrupted(self, job: Job, reason: str) -> None:
         self._finish(job.id, f"interrupted ({reason})", will_retry=True)
 
-    def on_worker_shutdown(self, worker: Worker) -> None:
+    def on_worker_shutdown(self, worker: WorkerInfo) -> None:
         with self._lock:
             unrecorded = [
                 i for i, run in self._runs.items() if run.job.locked_by == worker.worker_id

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from .app import App
-    from .worker import Worker
+    from .hooks import WorkerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -123,25 +123,26 @@ class PrometheusPlugin(Plugin):
         self._lock = threading.Lock()
         self._started: dict[int, float] = {}  # job id -> perf_counter at start
         self._durations: dict[int, float] = {}  # job id -> ms, as after_job_run saw it
-        self._workers: dict[str, App] = {}
+        self._workers: dict[str, WorkerInfo] = {}
         self._refresher: _Refresher | None = None
 
-    def refresh(self, app: App) -> None:
-        """Count ``app``'s jobs by task, queue and state now, for ``pgworker_jobs``.
-        Raises what the query raises (the background refresh logs it instead)."""
+    def refresh(self, app: App | WorkerInfo) -> None:
+        """Count the jobs of ``app`` (or of a worker's database) by task, queue and state
+        now, for ``pgworker_jobs``. Raises what the query raises (the background refresh
+        logs it instead)."""
         self.job_counts.update(app.admin.stats(), time.time())
 
     # -- hooks ------------------------------------------------------------------------
 
-    def on_worker_start(self, worker: Worker) -> None:
+    def on_worker_start(self, worker: WorkerInfo) -> None:
         with self._lock:
-            self._workers[worker.worker_id] = worker.app
+            self._workers[worker.worker_id] = worker
             if self.refresh_interval is None or self._refresher is not None:
                 return
             self._refresher = _Refresher(self, self.refresh_interval)
         self._refresher.start()
 
-    def on_worker_shutdown(self, worker: Worker) -> None:
+    def on_worker_shutdown(self, worker: WorkerInfo) -> None:
         with self._lock:
             self._workers.pop(worker.worker_id, None)
             refresher = None if self._workers else self._refresher
@@ -192,7 +193,7 @@ class PrometheusPlugin(Plugin):
             return None
         return measured if measured is not None else (time.perf_counter() - started) * 1000
 
-    def _any_app(self) -> App | None:
+    def _any_app(self) -> WorkerInfo | None:
         with self._lock:
             return next(iter(self._workers.values()), None)
 

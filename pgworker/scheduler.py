@@ -145,7 +145,7 @@ class CronScheduler:
         if ts.tzinfo is None or ts != floor_minute(ts):
             raise ValueError(f"cron minutes are timezone-aware whole minutes, got {ts}")
         if not backfilled:
-            self.hooks.notify("on_cron_tick", ts)
+            self.hooks.cron_tick(ts)
         return self._schedule([item for item in self.items if item.matches(ts)], ts, backfilled)
 
     def _schedule(self, due: Sequence[CronItem], ts: datetime, backfilled: bool) -> list[str]:
@@ -170,7 +170,7 @@ class CronScheduler:
             rows = conn.execute(self.store.queries["schedule_cron_jobs"], params).fetchall()
         scheduled = [identifier for identifier, _ in rows]
         for identifier, job_id in rows:
-            self.hooks.notify("on_cron_job_scheduled", identifier, ts, job_id)
+            self.hooks.cron_job_scheduled(identifier, ts, job_id)
         logger.debug(
             "cron scheduled %d of %d due job(s) for %s",
             len(scheduled),

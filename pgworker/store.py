@@ -14,6 +14,7 @@ from .errors import DatabaseUnavailableError, JobNotCreatedError, PgWorkerError
 from .job import Job, job_from_row
 from .queries import Queries
 from .spec import JobSpec
+from .store_recovery import RegistryStatements
 
 #: Connections from psycopg_pool, with tuple rows.
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -37,7 +38,7 @@ class NewJob(msgspec.Struct, frozen=True):
     spec: JobSpec
 
 
-class Store:
+class Store(RegistryStatements):
     """Runs pgworker's statements against one schema.
 
     Methods that change jobs on behalf of a caller take an optional ``conn`` so that they
@@ -238,25 +239,27 @@ class Store:
         worker_id: str,
         delay: float = 0.0,
         message: str | None = None,
+        conn: Connection | None = None,
     ) -> None:
         """Give back jobs without counting the attempt; see ``return_jobs`` in
         queries.sql for what ``delay`` and ``message`` change."""
-        self._execute(
-            self.queries["return_jobs"],
-            {"job_ids": list(job_ids), "worker_id": worker_id, "delay": delay, "message": message},
-        )
+        params = {
+            "job_ids": list(job_ids),
+            "worker_id": worker_id,
+            "delay": delay,
+            "message": message,
+        }
+        with self.connection(conn) as c:
+            c.execute(self.queries["return_jobs"], params)
 
-    def unlock_worker(self, worker_id: str) -> None:
+    def unlock_worker(self, worker_id: str, *, conn: Connection | None = None) -> None:
         """Release anything still locked by ``worker_id``."""
-        self._execute(self.queries["unlock_worker"], {"worker_id": worker_id})
+        with self.connection(conn) as c:
+            c.execute(self.queries["unlock_worker"], {"worker_id": worker_id})
 
-    def reset_stale_locks(self) -> None:
-        """Unlock jobs and queues locked more than four hours ago."""
-        self._execute(self.queries["reset_stale_locks"], None)
-
-    def _execute(self, query: bytes, params: dict[str, Any] | None) -> None:
-        with self.connection() as conn:
-            conn.execute(query, params)
+    def listen(self, conn: Connection) -> None:
+        """Subscribe ``conn`` to graphile-worker's channels."""
+        conn.execute(self.queries["listen"])
 
 
 def _spec_record(new: NewJob) -> dict[str, Any]:

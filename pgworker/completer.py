@@ -1,0 +1,147 @@
+"""Completer: writes job outcomes in batches, then tells the plugins."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from .connections import OwnConnection, backoff_delay
+from .hooks import Hooks
+from .inflight import InFlight
+from .outcome import Outcome
+from .store import Connection, Store
+
+logger = logging.getLogger(__name__)
+
+#: Upper bound on one batch of completions or failures written in a single statement.
+MAX_OUTCOME_BATCH = 1000
+#: How often an idle completer looks at the stop signal.
+IDLE_CHECK = 0.2
+
+
+class Completer:
+    """Takes outcomes from the executors and records them, as many per statement as are
+    waiting. A batch that hits a lost connection is retried until it is written: an
+    outcome is never dropped while the process lives (if it exits first, the job is
+    given back and runs again). After a stop it goes on until every claimed job is
+    settled, so a job still running then is recorded when it returns."""
+
+    def __init__(
+        self,
+        store: Store,
+        conninfo: str,
+        worker_id: str,
+        hooks: Hooks,
+        inflight: InFlight,
+        *,
+        on_settled: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.hooks = hooks
+        self.inflight = inflight
+        self.on_settled = on_settled
+        self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._conn = OwnConnection(conninfo)
+
+    def put(self, outcome: Outcome) -> None:
+        """Queue an outcome for writing."""
+        self.outcomes.put(outcome)
+
+    def run(self, stop: threading.Event) -> None:
+        """Write outcomes until ``stop`` is set and every claimed job is settled."""
+        try:
+            while True:
+                try:
+                    first = self.outcomes.get(timeout=IDLE_CHECK)
+                except queue.Empty:
+                    if stop.is_set() and not self.inflight.unsettled:
+                        return
+                    continue
+                batch = [first]
+                # Whatever else is already waiting goes in the same statement: no delay
+                # when idle, large batches under load.
+                while len(batch) < MAX_OUTCOME_BATCH:
+                    try:
+                        batch.append(self.outcomes.get_nowait())
+                    except queue.Empty:
+                        break
+                try:
+                    self._write(batch)
+                except Exception:  # the completer must outlive any one batch
+                    logger.exception("Recording %d job outcome(s) failed", len(batch))
+                finally:
+                    # Wake the fetcher before counting the batch settled: a run-once
+                    # fetcher that sees nothing unsettled then also sees the wake-up (a
+                    # queue this batch unlocked may hold a runnable job).
+                    self.on_settled()
+                    self.inflight.settled([o.job.id for o in batch])
+                # Plugins hear of outcomes once they are recorded and settled, so a slow
+                # hook delays no bookkeeping.
+                for outcome in batch:
+                    self._report(outcome)
+        finally:
+            self._conn.close()
+
+    def _write(self, batch: list[Outcome]) -> None:
+        """Write a batch, retrying while the database is unreachable. A batch the database
+        refuses outright is written one outcome at a time, so one bad row (an error text
+        it won't store) cannot hold back the others."""
+        attempt = 0
+        while True:
+            try:
+                self._write_batch(batch, self._conn.get())
+                return
+            except psycopg.OperationalError as exc:
+                delay = backoff_delay(attempt)
+                attempt += 1
+                logger.warning(
+                    "Recording %d job outcome(s) failed (%s); retrying in %.1f s",
+                    len(batch),
+                    exc,
+                    delay,
+                )
+                time.sleep(delay)
+            except psycopg.Error as exc:
+                if len(batch) == 1:
+                    self._write_fallback(batch[0], exc)
+                    return
+                for outcome in batch:
+                    self._write([outcome])
+                return
+
+    def _write_batch(self, batch: list[Outcome], conn: Connection) -> None:
+        successes = [o.job.id for o in batch if o.error is None]
+        failures = [(o.job.id, o.error, o.permanent) for o in batch if o.error is not None]
+        if successes:
+            self.store.complete_jobs(successes, worker_id=self.worker_id, conn=conn)
+        if failures:
+            self.store.fail_jobs(failures, worker_id=self.worker_id, conn=conn)
+        for outcome in batch:
+            outcome.log()
+
+    def _write_fallback(self, outcome: Outcome, exc: psycopg.Error) -> None:
+        """Record a failure whose own text the database refused, with a plain message."""
+        logger.error("The database refused the outcome of job %d: %s", outcome.job.id, exc)
+        replacement = Outcome(
+            outcome.job,
+            outcome.duration_ms,
+            f"pgworker could not store this job's error ({type(exc).__name__})",
+        )
+        self._write_batch([replacement], self._conn.get())
+
+    def _report(self, outcome: Outcome) -> None:
+        """Tell the plugins how a recorded job ended."""
+        hooks, job, error = self.hooks, outcome.job, outcome.error
+        if error is None:
+            hooks.job_completed(job, outcome.duration_ms)
+            return
+        final = outcome.permanent or job.attempts >= job.max_attempts
+        hooks.job_failed(job, error, will_retry=not final)
+        if final:
+            hooks.job_permanently_failed(job, error)

@@ -1,0 +1,217 @@
+"""Recovery: a worker's heartbeat, the dead-worker sweep and the 4-hour stale-lock reset."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from .connections import OwnConnection
+from .errors import ConfigurationError
+from .hooks import Hooks
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+#: How long a Rust worker's heartbeat may be silent before it counts as dead: the Rust
+#: crate's own default sweep threshold, never pgworker's shorter one.
+RUST_STALE_AFTER = 300.0
+#: graphile-worker's schedule for the 4-hour stale-lock reset: first within a minute of
+#: start, then every 8 to 10 minutes.
+FIRST_RESET_WITHIN = 60.0
+RESET_INTERVAL = (480.0, 600.0)
+#: A heartbeat must be at most this fraction of the stale threshold: one late or failed
+#: beat must never make a live worker look dead.
+MAX_HEARTBEAT_SHARE = 1 / 3
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """How workers notice each other's death and give a dead worker's jobs back
+    (``App(recovery=Recovery(...))``; ``Recovery(enabled=False)`` turns it off).
+
+    Every worker heartbeats into the worker registry every ``heartbeat_interval``
+    seconds; every ``sweep_interval`` seconds one worker (an advisory lock picks it)
+    gives back the jobs of pgworker workers silent for more than ``stale_after`` seconds,
+    refunding the attempt. A job whose worker died with it more than ``max_recoveries``
+    times in a row is failed instead. With the defaults a crashed worker's jobs run again
+    within a minute of the crash.
+
+    The heartbeat is a thread: C code that holds the GIL for longer than ``stale_after``
+    (a long computation in an extension that doesn't release it) silences it, and the
+    worker's jobs may then be given to others while they still run.
+    """
+
+    enabled: bool = True
+    heartbeat_interval: float = 10.0
+    stale_after: float = 45.0
+    sweep_interval: float = 15.0
+    max_recoveries: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_interval", "stale_after", "sweep_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"Recovery.{name} must be positive")
+        if self.heartbeat_interval > self.stale_after * MAX_HEARTBEAT_SHARE:
+            raise ConfigurationError(
+                f"Recovery.stale_after ({self.stale_after} s) must be at least three "
+                f"heartbeat intervals ({self.heartbeat_interval} s), so that one late "
+                "heartbeat never makes a live worker look dead"
+            )
+        if self.max_recoveries < 0:
+            raise ConfigurationError("Recovery.max_recoveries must be >= 0")
+
+
+def worker_metadata(worker_id: str, tasks: Sequence[str], version: str) -> dict[str, Any]:
+    """What a pgworker worker says about itself in the registry. ``runtime`` is how
+    sweepers tell pgworker's rows (pgworker's threshold) from Rust's (Rust's)."""
+    return {
+        "runtime": "pgworker",
+        "version": version,
+        "worker_id": worker_id,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "tasks": sorted(tasks),
+    }
+
+
+class Heartbeat:
+    """Keeps this worker's registry row fresh while it fetches, and afterwards for as
+    long as any of its jobs still runs in this process (``still_running``)."""
+
+    def __init__(
+        self,
+        store: Store,
+        conninfo: str,
+        worker_id: str,
+        metadata: dict[str, Any],
+        interval: float,
+        *,
+        still_running: Callable[[float], bool],
+    ) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.metadata = metadata
+        self.interval = interval
+        self.still_running = still_running
+        self._conn = OwnConnection(conninfo)
+        self.beats = 0
+
+    def register(self) -> None:
+        """The first beat, at start: raises if the registry can't be written."""
+        self.store.heartbeat(self.worker_id, self.metadata, conn=self._conn.get())
+        self.beats = 1
+
+    def run(self, stop: threading.Event) -> None:
+        """Beat every ``interval`` until ``stop`` and nothing of ours is running."""
+        try:
+            while True:
+                if stop.is_set():
+                    # still_running waits up to the interval for the last job to return.
+                    if not self.still_running(self.interval):
+                        return
+                elif stop.wait(self.interval):
+                    continue
+                self._beat()
+        finally:
+            self._conn.close()
+
+    def _beat(self) -> None:
+        try:
+            created = self.store.heartbeat(self.worker_id, self.metadata, conn=self._conn.get())
+        except Exception as exc:  # the heartbeat must outlive any one failure
+            logger.warning("Heartbeat of %s failed (%s); retrying", self.worker_id, exc)
+            return
+        if created and self.beats:
+            logger.error(
+                "Worker %s was taken for dead (no heartbeat for too long: a paused process, "
+                "or C code holding the GIL?); the jobs it held were given to other workers",
+                self.worker_id,
+            )
+        self.beats += 1
+
+
+class Sweeper:
+    """Gives back the jobs of dead workers (every ``sweep_interval``, one sweeper at a
+    time across the fleet) and runs graphile-worker's 4-hour reset for lock owners that
+    never heartbeat (every 8 to 10 minutes)."""
+
+    def __init__(self, store: Store, conninfo: str, recovery: Recovery, hooks: Hooks) -> None:
+        self.store = store
+        self.recovery = recovery
+        self.hooks = hooks
+        self._conn = OwnConnection(conninfo)
+        self.sweeps = 0
+
+    def run(self, stop: threading.Event) -> None:
+        """Sweep and reset on their schedules until ``stop`` is set."""
+        interval = self.recovery.sweep_interval
+        # Random first delays spread a fleet that started together.
+        until_sweep = random.uniform(0, interval) if self.recovery.enabled else float("inf")
+        until_reset = random.uniform(0, FIRST_RESET_WITHIN)
+        try:
+            while not stop.wait(min(until_sweep, until_reset)):
+                elapsed = min(until_sweep, until_reset)
+                until_sweep -= elapsed
+                until_reset -= elapsed
+                if until_sweep <= 0:
+                    self.sweep()
+                    until_sweep = interval * random.uniform(0.8, 1.2)
+                if until_reset <= 0:
+                    self.reset_stale_locks()
+                    until_reset = random.uniform(*RESET_INTERVAL)
+        finally:
+            self._conn.close()
+
+    def sweep(self) -> None:
+        """One sweep; errors are logged, never raised."""
+        try:
+            result = self.store.sweep_dead_workers(
+                threshold=self.recovery.stale_after,
+                foreign_threshold=RUST_STALE_AFTER,
+                max_recoveries=self.recovery.max_recoveries,
+                conn=self._conn.get(),
+            )
+        except Exception as exc:
+            log = logger.warning if isinstance(exc, psycopg.Error) else logger.exception
+            log("Sweeping for dead workers failed: %s", exc)
+            return
+        if result is None:
+            logger.debug("Another worker is sweeping")
+            return
+        self.sweeps += 1
+        if not result.dead:
+            return
+        for dead in result.dead:
+            jobs = [r for r in result.recovered if r.worker_id == dead.worker_id]
+            logger.warning(
+                "Worker %s is dead (no heartbeat for %.0f s): gave back %d job(s)%s",
+                dead.worker_id,
+                dead.heartbeat_age,
+                len(jobs),
+                "".join(f" #{r.job_id}" for r in jobs[:20]),
+            )
+        for failed in (r for r in result.recovered if r.failed):
+            logger.error(
+                "Job #%d failed for good: its worker died while running it more than %d "
+                "times in a row",
+                failed.job_id,
+                self.recovery.max_recoveries,
+            )
+        self.hooks.workers_recovered(
+            [d.worker_id for d in result.dead], [r.job_id for r in result.recovered]
+        )
+
+    def reset_stale_locks(self) -> None:
+        """graphile-worker's 4-hour reset; errors are logged, never raised."""
+        try:
+            self.store.reset_stale_locks(conn=self._conn.get())
+        except psycopg.Error as exc:
+            logger.warning("Resetting stale locks failed: %s", exc)

@@ -1,0 +1,143 @@
+"""The store's statements for the worker registry: heartbeats, sweeps and stale locks."""
+
+from __future__ import annotations
+
+import json
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from .queries import Queries
+
+#: The Rust crate's advisory lock for its sweeper ("GWRS", "SWEP"): taking the same one
+#: means a pgworker and a Rust sweeper never run at the same time.
+SWEEP_LOCK = (0x4757_5253, 0x5357_4550)
+
+Connection = Any  # a psycopg connection; typed as the store's in store.py
+
+
+class DeadWorker(msgspec.Struct, frozen=True):
+    """A registered worker whose heartbeat was too old: ``heartbeat_age`` seconds."""
+
+    worker_id: str
+    heartbeat_age: float
+
+
+class RecoveredJob(msgspec.Struct, frozen=True):
+    """A job a sweep took back from a dead worker; ``failed`` when it used up its
+    recoveries and was failed for good instead."""
+
+    job_id: int
+    worker_id: str
+    failed: bool
+
+
+class SweepResult(msgspec.Struct, frozen=True):
+    """What one sweep found and did."""
+
+    dead: list[DeadWorker]
+    recovered: list[RecoveredJob]
+
+
+class RegisteredWorker(msgspec.Struct, frozen=True):
+    """A lock owner as ``pgworker workers`` lists it: a registry row, or an owner with
+    locks and no row (``registered`` False: a Node worker, or one swept while alive)."""
+
+    worker_id: str
+    registered: bool
+    started_at: datetime | None
+    last_heartbeat_at: datetime | None
+    heartbeat_age: float | None
+    metadata: dict[str, Any] | None
+    jobs_held: int
+    queues_held: int
+
+    @property
+    def runtime(self) -> str:
+        """``pgworker``, ``rust`` (any other registry row) or ``unregistered``."""
+        if not self.registered:
+            return "unregistered"
+        return "pgworker" if (self.metadata or {}).get("runtime") == "pgworker" else "rust"
+
+
+class RegistryStatements:
+    """Mixed into Store: the statements of ``sql/recovery.sql``."""
+
+    queries: Queries
+
+    def connection(self, conn: Connection | None = None) -> AbstractContextManager[Connection]:
+        raise NotImplementedError  # Store provides it
+
+    def heartbeat(self, worker_id: str, metadata: dict[str, Any], *, conn: Connection) -> bool:
+        """Register ``worker_id`` or refresh its heartbeat; True when its row had to be
+        created."""
+        params = {"worker_id": worker_id, "metadata": json.dumps(metadata)}
+        with self.connection(conn) as c:
+            row = c.execute(self.queries["worker_heartbeat"], params).fetchone()
+        return bool(row and row[0])
+
+    def deregister(self, worker_id: str, *, conn: Connection | None = None) -> None:
+        """Remove ``worker_id`` from the registry."""
+        with self.connection(conn) as c:
+            c.execute(self.queries["worker_deregister"], {"worker_id": worker_id})
+
+    def sweep_dead_workers(
+        self,
+        *,
+        threshold: float,
+        foreign_threshold: float,
+        max_recoveries: int,
+        conn: Connection | None = None,
+    ) -> SweepResult | None:
+        """In one transaction under the sweep lock: find registered workers whose
+        heartbeat is older than their threshold, give their jobs and queues back and
+        forget them. None when another sweeper holds the lock."""
+        with self.connection(conn) as c, c.transaction():
+            lock = {"class_id": SWEEP_LOCK[0], "object_id": SWEEP_LOCK[1]}
+            row = c.execute(self.queries["try_sweep_lock"], lock).fetchone()
+            if not (row and row[0]):
+                return None
+            found = c.execute(
+                self.queries["lock_dead_workers"],
+                {"threshold": threshold, "foreign_threshold": foreign_threshold},
+            ).fetchall()
+            dead = [DeadWorker(worker_id, age) for worker_id, age in found]
+            if not dead:
+                return SweepResult([], [])
+            rows = c.execute(
+                self.queries["recover_dead_workers"],
+                {"worker_ids": [d.worker_id for d in dead], "max_recoveries": max_recoveries},
+            ).fetchall()
+        return SweepResult(dead, [RecoveredJob(*row) for row in rows])
+
+    def reset_stale_locks(self, *, conn: Connection | None = None) -> None:
+        """Unlock jobs and queues locked more than four hours ago by owners that are not
+        in the registry (graphile-worker's rule for workers that never heartbeat)."""
+        with self.connection(conn) as c:
+            c.execute(self.queries["reset_stale_locks"])
+
+    def list_workers(self) -> list[RegisteredWorker]:
+        """Every registered worker, and every lock owner missing from the registry."""
+        with self.connection() as c:
+            rows = c.execute(self.queries["list_workers"]).fetchall()
+        return [
+            RegisteredWorker(
+                worker_id=row[0],
+                registered=row[1],
+                started_at=row[2],
+                last_heartbeat_at=row[3],
+                heartbeat_age=row[4],
+                metadata=None if row[5] is None else json.loads(row[5]),
+                jobs_held=row[6],
+                queues_held=row[7],
+            )
+            for row in rows
+        ]
+
+    def unserved_tasks(self) -> dict[str, int]:
+        """Task identifiers with runnable jobs that no registered worker says it runs,
+        with how many jobs each has waiting."""
+        with self.connection() as c:
+            return dict(c.execute(self.queries["unserved_tasks"]).fetchall())
