@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
+from types import MappingProxyType
 
 from psycopg import sql
 
 SCHEMA_TOKEN = ":SCHEMA"
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+#: The files of named statements that ``Queries`` loads; a name is defined in one of them.
+QUERY_FILES: tuple[str, ...] = ("queries.sql",)
 
 
 @cache
@@ -27,6 +32,23 @@ def parse_named_queries(text: str) -> dict[str, str]:
             raise ValueError(f"query {name!r} is defined twice")
         queries[name] = _strip_leading_comments(body)
     return queries
+
+
+@cache
+def load_named_queries(filenames: tuple[str, ...]) -> Mapping[str, str]:
+    """The named statements of several files in ``pgworker/sql``, merged into one mapping;
+    a name defined in two files is an error."""
+    queries: dict[str, str] = {}
+    defined_in: dict[str, str] = {}
+    for filename in filenames:
+        for name, text in parse_named_queries(read_sql_file(filename)).items():
+            if name in defined_in:
+                raise ValueError(
+                    f"query {name!r} is defined in both {defined_in[name]} and {filename}"
+                )
+            defined_in[name] = filename
+            queries[name] = text
+    return MappingProxyType(queries)
 
 
 def _strip_leading_comments(body: str) -> str:
@@ -48,14 +70,16 @@ def bind_schema(text: str, schema: str) -> sql.Composed:
 
 
 class Queries:
-    """The named statements of ``queries.sql``, bound to one schema, built once each."""
+    """The named statements of ``files`` (by default every file of ``QUERY_FILES``), bound
+    to one schema, built once each."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, files: Sequence[str] = QUERY_FILES) -> None:
         self.schema = schema
-        self._texts = parse_named_queries(read_sql_file("queries.sql"))
+        self._texts = load_named_queries(tuple(files))
         self._bound: dict[str, bytes] = {}
 
     def __getitem__(self, name: str) -> bytes:
+        """The statement ``name`` with the schema bound, as bytes ready to execute."""
         # Rendered to bytes once: the hot path then sends the same bytes every time,
         # which also lets psycopg prepare the statement after a few executions.
         bound = self._bound.get(name)
