@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 import msgspec
 
 from .errors import ConfigurationError
-from .job import Job, job_from_row
+from .job import Job
 from .spec import SMALLINT_MAX, SMALLINT_MIN
 from .store import Store
 
@@ -177,15 +177,18 @@ class Admin:
 
     def _changed(self, query: str, params: dict[str, Any]) -> list[Job]:
         with self.store.connection() as conn:
-            rows = conn.execute(self.store.queries[query], params).fetchall()
-            return self.store.jobs_from_rows(rows, conn)
+            rows, reader = self.store.fetch_job_rows(conn, query, params)
+            return self.store.jobs_from_rows(rows, reader, conn)
 
     def _list(self, **filters: Any) -> list[ListedJob]:
         params = {"task": None, "queue": None, "job_key": None, "job_id": None, "state": None}
         params.update(filters)
         with self.store.connection() as conn:
-            rows = conn.execute(self.store.queries["list_jobs"], params).fetchall()
+            rows, reader = self.store.fetch_job_rows(conn, "list_jobs", params)
+        task, queue, state = (
+            reader.positions[c] for c in ("task_identifier", "queue_name", "state")
+        )
         return [
-            ListedJob(job_from_row(row, task_identifier=row[13], queue_name=row[14]), row[15])
+            ListedJob(reader.job(row, task_identifier=row[task], queue_name=row[queue]), row[state])
             for row in rows
         ]

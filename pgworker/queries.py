@@ -10,7 +10,13 @@ from types import MappingProxyType
 
 from psycopg import sql
 
+from .job import JOB_COLUMNS
+
 SCHEMA_TOKEN = ":SCHEMA"
+#: Stands for the columns a Job is read from, taken from a row source named ``jobs``.
+JOB_COLUMNS_TOKEN = ":JOB_COLUMNS"
+# Our own constant column names, not input: spelled into the text as the file would be.
+_JOB_COLUMN_LIST = ", ".join(f"jobs.{name}" for name in JOB_COLUMNS)
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 #: The files of named statements that ``Queries`` loads; a name is defined in one of them.
@@ -36,8 +42,8 @@ def parse_named_queries(text: str) -> dict[str, str]:
 
 @cache
 def load_named_queries(filenames: tuple[str, ...]) -> Mapping[str, str]:
-    """The named statements of several files in ``pgworker/sql``, merged into one mapping;
-    a name defined in two files is an error."""
+    """The named statements of several files in ``pgworker/sql``, merged into one mapping
+    with :JOB_COLUMNS spelled out; a name defined in two files is an error."""
     queries: dict[str, str] = {}
     defined_in: dict[str, str] = {}
     for filename in filenames:
@@ -47,7 +53,7 @@ def load_named_queries(filenames: tuple[str, ...]) -> Mapping[str, str]:
                     f"query {name!r} is defined in both {defined_in[name]} and {filename}"
                 )
             defined_in[name] = filename
-            queries[name] = text
+            queries[name] = text.replace(JOB_COLUMNS_TOKEN, _JOB_COLUMN_LIST)
     return MappingProxyType(queries)
 
 

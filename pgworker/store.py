@@ -11,7 +11,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from .errors import DatabaseUnavailableError, JobNotCreatedError, PgWorkerError
-from .job import Job, job_from_row
+from .job import Job, JobRowReader, job_row_reader
 from .queries import Queries
 from .spec import JobSpec
 
@@ -124,15 +124,13 @@ class Store:
             "job_key_mode": spec.job_key_mode or "replace",
         }
         with self.connection(conn) as c:
-            row = c.execute(self.queries["add_job"], params).fetchone()
-            assert row is not None, "add_job returns a row or raises"
-            if spec.job_key_mode != "unsafe_dedupe" or row[11] == 0:
+            rows, reader = self.fetch_job_rows(c, "add_job", params)
+            assert len(rows) == 1, "add_job returns a row or raises"
+            if spec.job_key_mode != "unsafe_dedupe" or rows[0][reader.positions["revision"]] == 0:
                 # Our own new or updated job: we know its names. (unsafe_dedupe may
                 # return an older job, of another task or queue: those get looked up.)
-                self._task_names[row[13]] = identifier
-                if row[14] is not None and spec.queue is not None:
-                    self._queue_names[row[14]] = spec.queue
-            return self.jobs_from_rows([row], c)[0]
+                self._remember_names(rows[0], reader, identifier, spec.queue)
+            return self.jobs_from_rows(rows, reader, c)[0]
 
     def add_jobs(
         self, jobs: Sequence[NewJob], *, preserve_run_at: bool, conn: Connection | None = None
@@ -143,25 +141,39 @@ class Store:
         specs = msgspec.json.encode([_spec_record(new) for new in jobs]).decode()
         params = {"specs": specs, "preserve_run_at": preserve_run_at}
         with self.connection(conn) as c:
-            rows = c.execute(self.queries["add_jobs"], params).fetchall()
+            rows, reader = self.fetch_job_rows(c, "add_jobs", params)
             if len(rows) != len(jobs):
                 raise JobNotCreatedError(f"add_jobs created {len(rows)} of {len(jobs)} jobs")
             # A batch of one task (or one queue) names all its rows without a lookup.
             identifiers = {new.identifier for new in jobs}
             queues = {new.spec.queue for new in jobs}
-            if len(identifiers) == 1:
-                self._task_names[rows[0][13]] = identifiers.pop()
-            if len(queues) == 1 and rows[0][14] is not None:
-                self._queue_names[rows[0][14]] = str(queues.pop())
-            return self.jobs_from_rows(rows, c)
+            self._remember_names(
+                rows[0],
+                reader,
+                identifiers.pop() if len(identifiers) == 1 else None,
+                queues.pop() if len(queues) == 1 else None,
+            )
+            return self.jobs_from_rows(rows, reader, c)
 
-    def jobs_from_rows(self, rows: Sequence[tuple[Any, ...]], conn: Connection) -> list[Job]:
-        """Jobs from rows of the 13 Job columns plus ``task_id, job_queue_id``, naming
-        tasks and queues from a cache (ids are never reused); unknown ids cost one lookup
-        on ``conn``."""
-        task_ids = list({row[13] for row in rows} - self._task_names.keys())
+    def fetch_job_rows(
+        self, conn: Connection, query: str, params: dict[str, Any] | None = None
+    ) -> tuple[list[tuple[Any, ...]], JobRowReader]:
+        """Run the statement ``query``, which returns job rows; return them with their reader."""
+        cur = conn.execute(self.queries[query], params)
+        rows = cur.fetchall()
+        return rows, job_row_reader(column_names(cur))
+
+    def jobs_from_rows(
+        self, rows: Sequence[tuple[Any, ...]], reader: JobRowReader, conn: Connection
+    ) -> list[Job]:
+        """Jobs from rows of the Job columns plus ``task_id, job_queue_id``, naming tasks
+        and queues from a cache (ids are never reused); unknown ids cost one lookup on
+        ``conn``."""
+        task_id = reader.positions["task_id"]
+        queue_id = reader.positions["job_queue_id"]
+        task_ids = list({row[task_id] for row in rows} - self._task_names.keys())
         queue_ids = list(
-            {row[14] for row in rows if row[14] is not None} - self._queue_names.keys()
+            {row[queue_id] for row in rows if row[queue_id] is not None} - self._queue_names.keys()
         )
         if task_ids or queue_ids:
             found = conn.execute(
@@ -170,13 +182,27 @@ class Store:
             for kind, id_, name in found:
                 (self._task_names if kind == "task" else self._queue_names)[id_] = name
         return [
-            job_from_row(
+            reader.job(
                 row,
-                task_identifier=self._task_names[row[13]],
-                queue_name=None if row[14] is None else self._queue_names[row[14]],
+                task_identifier=self._task_names[row[task_id]],
+                queue_name=None if row[queue_id] is None else self._queue_names[row[queue_id]],
             )
             for row in rows
         ]
+
+    def _remember_names(
+        self,
+        row: tuple[Any, ...],
+        reader: JobRowReader,
+        identifier: str | None,
+        queue: str | None,
+    ) -> None:
+        """Cache the task and queue names of ``row``'s ids, where the caller knows them."""
+        if identifier is not None:
+            self._task_names[row[reader.positions["task_id"]]] = identifier
+        queue_id = row[reader.positions["job_queue_id"]]
+        if queue is not None and queue_id is not None:
+            self._queue_names[queue_id] = queue
 
     def claim_jobs(
         self,
@@ -195,15 +221,19 @@ class Store:
             "forbidden_flags": list(forbidden_flags) if forbidden_flags else None,
         }
         with self.connection(conn) as c:
-            rows = c.execute(self.queries["claim_jobs"], params).fetchall()
-        claimed = []
-        for row in rows:
-            id_, task_id, queue_name, payload, *rest = row
-            job = job_from_row(
-                (id_, *rest), task_identifier=task_names[task_id], queue_name=queue_name
+            rows, reader = self.fetch_job_rows(c, "claim_jobs", params)
+        task_id = reader.positions["task_id"]
+        queue_name = reader.positions["queue_name"]
+        payload = reader.positions["payload"]
+        return [
+            ClaimedJob(
+                reader.job(
+                    row, task_identifier=task_names[row[task_id]], queue_name=row[queue_name]
+                ),
+                row[payload],
             )
-            claimed.append(ClaimedJob(job, payload))
-        return claimed
+            for row in rows
+        ]
 
     def complete_jobs(
         self, job_ids: Sequence[int], *, worker_id: str, conn: Connection | None = None
@@ -257,6 +287,11 @@ class Store:
     def _execute(self, query: bytes, params: dict[str, Any] | None) -> None:
         with self.connection() as conn:
             conn.execute(query, params)
+
+
+def column_names(cur: psycopg.Cursor[Any]) -> tuple[str, ...]:
+    """The names of the columns of ``cur``'s current result."""
+    return tuple(column.name for column in cur.description or ())
 
 
 def _spec_record(new: NewJob) -> dict[str, Any]:

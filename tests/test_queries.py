@@ -38,5 +38,10 @@ def test_a_name_defined_in_two_files_is_an_error_naming_both() -> None:
         Queries("s", files=("one.sql", "clash.sql"))
 
 
-def test_the_shipped_files_define_each_name_once() -> None:
-    assert "claim_jobs" in load_named_queries(QUERY_FILES)
+def test_the_shipped_files_define_each_name_once_with_job_columns_spelled_out() -> None:
+    texts = load_named_queries(QUERY_FILES)
+    assert "claim_jobs" in texts
+    assert not [name for name, text in texts.items() if ":JOB_COLUMNS" in text]
+    assert texts["add_job"].startswith(
+        "select jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, "
+    )
