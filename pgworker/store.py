@@ -1,22 +1,19 @@
-"""Store: every statement that enqueues, claims, completes and fails jobs."""
+"""Store: every statement pgworker runs; the job lifecycle here, the rest in its parts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-import psycopg
-from psycopg_pool import ConnectionPool
 
-from .errors import DatabaseUnavailableError, JobNotCreatedError, PgWorkerError
-from .job import Job, JobRowReader, job_row_reader
-from .queries import Queries
+from .errors import JobNotCreatedError, PgWorkerError
+from .job import Job
 from .spec import JobSpec
+from .store_admin import AdminStatements
+from .store_base import Connection, StoreBase
 
-#: Connections from psycopg_pool, with tuple rows.
-Connection = psycopg.Connection[tuple[Any, ...]]
+__all__ = ["INTERRUPTED_MESSAGE", "ClaimedJob", "Connection", "NewJob", "Store"]
 
 #: last_error of a job given back because a forced stop cut it off (as the Rust port says).
 INTERRUPTED_MESSAGE = "Job recovered after worker interruption"
@@ -37,61 +34,13 @@ class NewJob(msgspec.Struct, frozen=True):
     spec: JobSpec
 
 
-class Store:
-    """Runs pgworker's statements against one schema.
+class Store(AdminStatements, StoreBase):
+    """Runs pgworker's statements against one schema: the job lifecycle here, the admin
+    API's statements from ``AdminStatements``.
 
     Methods that change jobs on behalf of a caller take an optional ``conn`` so that they
     join the caller's transaction; without one they borrow a pool connection.
     """
-
-    def __init__(self, pool: ConnectionPool[Connection] | None, schema: str) -> None:
-        self.pool = pool
-        self.schema = schema
-        self.queries = Queries(schema)
-        # Caches of names by id: ids come from identity sequences and are never reused.
-        self._task_names: dict[int, str] = {}
-        self._queue_names: dict[int, str] = {}
-
-    def require_pool(self) -> ConnectionPool[Connection]:
-        """The pool, or a clear error when the app was never opened."""
-        if self.pool is None:
-            raise PgWorkerError(
-                "the app is not open: call app.open() or use `with app:` first "
-                "(or pass conn= to defer inside your own transaction)"
-            )
-        return self.pool
-
-    @contextmanager
-    def connection(self, conn: Connection | None = None) -> Iterator[Connection]:
-        """Yield ``conn`` if given (the caller's transaction), else a pool connection.
-
-        The driver errors a caller can act on become pgworker errors here.
-        """
-        try:
-            if conn is not None:
-                yield conn
-            else:
-                with self.require_pool().connection() as own:
-                    yield own
-        except (
-            psycopg.errors.InvalidSchemaName,
-            psycopg.errors.UndefinedFunction,
-            psycopg.errors.UndefinedTable,
-        ) as exc:
-            raise PgWorkerError(
-                f"the worker schema {self.schema!r} is not installed in this database: "
-                f"run `pgworker migrate` (or app.migrate()) first ({exc.diag.message_primary})"
-            ) from exc
-        except DatabaseUnavailableError:
-            raise
-        except psycopg.OperationalError as exc:  # PoolTimeout included
-            raise DatabaseUnavailableError(
-                f"the database is unreachable: {str(exc).strip() or type(exc).__name__}"
-            ) from exc
-        except psycopg.Error as exc:
-            if exc.sqlstate == "GWNOR":
-                raise JobNotCreatedError(str(exc).strip()) from exc
-            raise
 
     def schema_revision(self) -> tuple[int, int]:
         """The latest migration in the ledger, and the latest breaking one."""
@@ -124,13 +73,13 @@ class Store:
             "job_key_mode": spec.job_key_mode or "replace",
         }
         with self.connection(conn) as c:
-            rows, reader = self.fetch_job_rows(c, "add_job", params)
+            rows, reader = self._fetch_job_rows(c, "add_job", params)
             assert len(rows) == 1, "add_job returns a row or raises"
             if spec.job_key_mode != "unsafe_dedupe" or rows[0][reader.positions["revision"]] == 0:
                 # Our own new or updated job: we know its names. (unsafe_dedupe may
                 # return an older job, of another task or queue: those get looked up.)
                 self._remember_names(rows[0], reader, identifier, spec.queue)
-            return self.jobs_from_rows(rows, reader, c)[0]
+            return self._jobs_from_rows(rows, reader, c)[0]
 
     def add_jobs(
         self, jobs: Sequence[NewJob], *, preserve_run_at: bool, conn: Connection | None = None
@@ -141,7 +90,7 @@ class Store:
         specs = msgspec.json.encode([_spec_record(new) for new in jobs]).decode()
         params = {"specs": specs, "preserve_run_at": preserve_run_at}
         with self.connection(conn) as c:
-            rows, reader = self.fetch_job_rows(c, "add_jobs", params)
+            rows, reader = self._fetch_job_rows(c, "add_jobs", params)
             if len(rows) != len(jobs):
                 raise JobNotCreatedError(f"add_jobs created {len(rows)} of {len(jobs)} jobs")
             # A batch of one task (or one queue) names all its rows without a lookup.
@@ -153,56 +102,7 @@ class Store:
                 identifiers.pop() if len(identifiers) == 1 else None,
                 queues.pop() if len(queues) == 1 else None,
             )
-            return self.jobs_from_rows(rows, reader, c)
-
-    def fetch_job_rows(
-        self, conn: Connection, query: str, params: dict[str, Any] | None = None
-    ) -> tuple[list[tuple[Any, ...]], JobRowReader]:
-        """Run the statement ``query``, which returns job rows; return them with their reader."""
-        cur = conn.execute(self.queries[query], params)
-        rows = cur.fetchall()
-        return rows, job_row_reader(column_names(cur))
-
-    def jobs_from_rows(
-        self, rows: Sequence[tuple[Any, ...]], reader: JobRowReader, conn: Connection
-    ) -> list[Job]:
-        """Jobs from rows of the Job columns plus ``task_id, job_queue_id``, naming tasks
-        and queues from a cache (ids are never reused); unknown ids cost one lookup on
-        ``conn``."""
-        task_id = reader.positions["task_id"]
-        queue_id = reader.positions["job_queue_id"]
-        task_ids = list({row[task_id] for row in rows} - self._task_names.keys())
-        queue_ids = list(
-            {row[queue_id] for row in rows if row[queue_id] is not None} - self._queue_names.keys()
-        )
-        if task_ids or queue_ids:
-            found = conn.execute(
-                self.queries["names_by_id"], {"task_ids": task_ids, "queue_ids": queue_ids}
-            ).fetchall()
-            for kind, id_, name in found:
-                (self._task_names if kind == "task" else self._queue_names)[id_] = name
-        return [
-            reader.job(
-                row,
-                task_identifier=self._task_names[row[task_id]],
-                queue_name=None if row[queue_id] is None else self._queue_names[row[queue_id]],
-            )
-            for row in rows
-        ]
-
-    def _remember_names(
-        self,
-        row: tuple[Any, ...],
-        reader: JobRowReader,
-        identifier: str | None,
-        queue: str | None,
-    ) -> None:
-        """Cache the task and queue names of ``row``'s ids, where the caller knows them."""
-        if identifier is not None:
-            self._task_names[row[reader.positions["task_id"]]] = identifier
-        queue_id = row[reader.positions["job_queue_id"]]
-        if queue is not None and queue_id is not None:
-            self._queue_names[queue_id] = queue
+            return self._jobs_from_rows(rows, reader, c)
 
     def claim_jobs(
         self,
@@ -221,7 +121,7 @@ class Store:
             "forbidden_flags": list(forbidden_flags) if forbidden_flags else None,
         }
         with self.connection(conn) as c:
-            rows, reader = self.fetch_job_rows(c, "claim_jobs", params)
+            rows, reader = self._fetch_job_rows(c, "claim_jobs", params)
         task_id = reader.positions["task_id"]
         queue_name = reader.positions["queue_name"]
         payload = reader.positions["payload"]
@@ -272,26 +172,17 @@ class Store:
         """Give back jobs without counting the attempt; see ``return_jobs`` in
         queries.sql for what ``delay`` and ``message`` change."""
         self._execute(
-            self.queries["return_jobs"],
+            "return_jobs",
             {"job_ids": list(job_ids), "worker_id": worker_id, "delay": delay, "message": message},
         )
 
     def unlock_worker(self, worker_id: str) -> None:
         """Release anything still locked by ``worker_id``."""
-        self._execute(self.queries["unlock_worker"], {"worker_id": worker_id})
+        self._execute("unlock_worker", {"worker_id": worker_id})
 
     def reset_stale_locks(self) -> None:
         """Unlock jobs and queues locked more than four hours ago."""
-        self._execute(self.queries["reset_stale_locks"], None)
-
-    def _execute(self, query: bytes, params: dict[str, Any] | None) -> None:
-        with self.connection() as conn:
-            conn.execute(query, params)
-
-
-def column_names(cur: psycopg.Cursor[Any]) -> tuple[str, ...]:
-    """The names of the columns of ``cur``'s current result."""
-    return tuple(column.name for column in cur.description or ())
+        self._execute("reset_stale_locks")
 
 
 def _spec_record(new: NewJob) -> dict[str, Any]:
