@@ -12,6 +12,7 @@ from .job import Job
 from .spec import JobSpec
 from .store_admin import AdminStatements
 from .store_base import Connection, StoreBase
+from .store_cron import CronStatements
 
 __all__ = ["INTERRUPTED_MESSAGE", "ClaimedJob", "Connection", "NewJob", "Store"]
 
@@ -34,9 +35,10 @@ class NewJob(msgspec.Struct, frozen=True):
     spec: JobSpec
 
 
-class Store(AdminStatements, StoreBase):
+class Store(AdminStatements, CronStatements, StoreBase):
     """Runs pgworker's statements against one schema: the job lifecycle here, the admin
-    API's statements from ``AdminStatements``.
+    API's statements from ``AdminStatements``, the cron scheduler's from
+    ``CronStatements``.
 
     Methods that change jobs on behalf of a caller take an optional ``conn`` so that they
     join the caller's transaction; without one they borrow a pool connection.
