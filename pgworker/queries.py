@@ -12,6 +12,7 @@ from psycopg import sql
 
 from .job import JOB_COLUMNS
 
+#: Stands for the quoted schema name.
 SCHEMA_TOKEN = ":SCHEMA"
 #: Stands for the columns a Job is read from, taken from a row source named ``jobs``.
 JOB_COLUMNS_TOKEN = ":JOB_COLUMNS"

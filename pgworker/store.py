@@ -41,7 +41,9 @@ class Store(AdminStatements, CronStatements, StoreBase):
     ``CronStatements``.
 
     Methods that change jobs on behalf of a caller take an optional ``conn`` so that they
-    join the caller's transaction; without one they borrow a pool connection.
+    join the caller's transaction; without one they borrow a pool connection. A new group
+    of statements is a ``StoreBase`` subclass added to the bases here, its ``.sql`` file
+    added to ``QUERY_FILES``.
     """
 
     def schema_revision(self) -> tuple[int, int]:
