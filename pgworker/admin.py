@@ -1,18 +1,19 @@
-"""Admin: what an operator does to jobs (remove, complete, fail, reschedule, unlock, clean up)
-and what they read (jobs by state, counts)."""
+"""Admin: what an operator does to jobs (remove, complete, fail, unlock, clean up) and reads."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
 from .errors import ConfigurationError
-from .job import Job, job_from_row
+from .job import Job
 from .spec import SMALLINT_MAX, SMALLINT_MIN
-from .store import Store
+
+if TYPE_CHECKING:  # the store returns this module's values: no import cycle at run time
+    from .store import Store
 
 JobState = Literal["waiting", "scheduled", "running", "retrying", "permanently_failed"]
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
@@ -58,17 +59,16 @@ class Admin:
     def remove_job(self, job_key: str) -> Job | None:
         """Delete the pending job holding ``job_key``; a running one loses its key and will
         not be retried. Returns the job, or None when no job has the key."""
-        jobs = self._changed("remove_job", {"job_key": job_key})
-        return jobs[0] if jobs else None
+        return self.store.remove_job(job_key)
 
     def complete_jobs(self, job_ids: Sequence[int]) -> list[Job]:
         """Delete these jobs as if they had succeeded; returns those deleted."""
-        return self._changed("admin_complete_jobs", {"job_ids": list(job_ids)})
+        return self.store.admin_complete_jobs(job_ids)
 
     def permanently_fail_jobs(self, job_ids: Sequence[int], reason: str | None = None) -> list[Job]:
         """Use up every attempt of these jobs (they stay, never to run), with ``reason`` as
         ``last_error``; returns those changed."""
-        return self._changed("permanently_fail_jobs", {"job_ids": list(job_ids), "reason": reason})
+        return self.store.permanently_fail_jobs(job_ids, reason)
 
     def reschedule_jobs(
         self,
@@ -92,24 +92,15 @@ class Admin:
                 raise ConfigurationError(
                     f"{name} must be between {low} and {SMALLINT_MAX}, got {value}"
                 )
-        params = {
-            "job_ids": list(job_ids),
-            "run_at": run_at,
-            "priority": priority,
-            "attempts": attempts,
-            "max_attempts": max_attempts,
-        }
-        return self._changed("reschedule_jobs", params)
+        return self.store.reschedule_jobs(
+            job_ids, run_at=run_at, priority=priority, attempts=attempts, max_attempts=max_attempts
+        )
 
     def force_unlock_workers(self, worker_ids: Sequence[str]) -> int:
         """Release every job and queue locked by these workers; returns how many jobs they
         held. Only for dead workers: a live one would go on running jobs that others may
         now take too."""
-        with self.store.connection() as conn:
-            row = conn.execute(
-                self.store.queries["force_unlock_workers"], {"worker_ids": list(worker_ids)}
-            ).fetchone()
-        return int(row[0]) if row else 0
+        return self.store.force_unlock_workers(worker_ids)
 
     def cleanup(
         self,
@@ -122,20 +113,12 @@ class Admin:
         """Delete what is no longer needed, in this order: permanently failed jobs, queues
         with no jobs, task identifiers no job uses (unsafe while workers run: they cache
         task ids; keep their identifiers with ``task_identifiers_to_keep``)."""
-        counts: dict[str, int] = {}
-        queries = self.store.queries
-        with self.store.connection() as conn:
-            if delete_permanently_failed_jobs:
-                cur = conn.execute(queries["delete_permanently_failed_jobs"])
-                counts["permanently_failed_jobs"] = cur.rowcount
-            if gc_job_queues:
-                counts["job_queues"] = conn.execute(queries["gc_job_queues"]).rowcount
-            if gc_task_identifiers:
-                keep = list(task_identifiers_to_keep)
-                counts["task_identifiers"] = conn.execute(
-                    queries["gc_task_identifiers"], {"keep": keep}
-                ).rowcount
-        return CleanupResult(**counts)
+        return self.store.cleanup(
+            delete_permanently_failed_jobs=delete_permanently_failed_jobs,
+            gc_job_queues=gc_job_queues,
+            gc_task_identifiers=gc_task_identifiers,
+            task_identifiers_to_keep=task_identifiers_to_keep,
+        )
 
     # -- reads ------------------------------------------------------------------------
 
@@ -153,39 +136,21 @@ class Admin:
             raise ConfigurationError(f"state must be one of {', '.join(JOB_STATES)}, got {state!r}")
         if limit < 1:
             raise ConfigurationError(f"limit must be at least 1, got {limit}")
-        return self._list(task=task, queue=queue, job_key=job_key, state=state, limit=limit)
+        return self.store.list_jobs(
+            task=task, queue=queue, job_key=job_key, state=state, limit=limit
+        )
 
     def job(self, job_id: int) -> ListedJob | None:
         """One job by id, or None."""
-        found = self._list(job_id=job_id, limit=1)
+        found = self.store.list_jobs(job_id=job_id, limit=1)
         return found[0] if found else None
 
     def payload(self, job_id: int) -> Any:
         """The decoded JSON payload of one job, or None if there is no such job."""
-        with self.store.connection() as conn:
-            row = conn.execute(self.store.queries["job_payload"], {"job_id": job_id}).fetchone()
-        return None if row is None else msgspec.json.decode(row[0])
+        payload = self.store.job_payload(job_id)
+        return None if payload is None else msgspec.json.decode(payload)
 
     def stats(self) -> list[StatRow]:
         """Job counts by task, queue and state. Counts every job: fine for an operator,
         too heavy to poll on a large table."""
-        with self.store.connection() as conn:
-            rows = conn.execute(self.store.queries["job_stats"]).fetchall()
-        return [StatRow(task, queue, state, count) for task, queue, state, count in rows]
-
-    # -- helpers ----------------------------------------------------------------------
-
-    def _changed(self, query: str, params: dict[str, Any]) -> list[Job]:
-        with self.store.connection() as conn:
-            rows = conn.execute(self.store.queries[query], params).fetchall()
-            return self.store.jobs_from_rows(rows, conn)
-
-    def _list(self, **filters: Any) -> list[ListedJob]:
-        params = {"task": None, "queue": None, "job_key": None, "job_id": None, "state": None}
-        params.update(filters)
-        with self.store.connection() as conn:
-            rows = conn.execute(self.store.queries["list_jobs"], params).fetchall()
-        return [
-            ListedJob(job_from_row(row, task_identifier=row[13], queue_name=row[14]), row[15])
-            for row in rows
-        ]
+        return self.store.job_stats()

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
+from types import MappingProxyType
 
 from psycopg import sql
 
+from .job import JOB_COLUMNS
+
+#: Stands for the quoted schema name.
 SCHEMA_TOKEN = ":SCHEMA"
-#: The files of named statements, read once into one namespace.
-QUERY_FILES = ("queries.sql", "recovery.sql")
+#: Stands for the columns a Job is read from, taken from a row source named ``jobs``.
+JOB_COLUMNS_TOKEN = ":JOB_COLUMNS"
+# Our own constant column names, not input: spelled into the text as the file would be.
+_JOB_COLUMN_LIST = ", ".join(f"jobs.{name}" for name in JOB_COLUMNS)
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+#: The files of named statements that ``Queries`` loads; a name is defined in one of them.
+QUERY_FILES: tuple[str, ...] = ("queries.sql", "recovery.sql")
 
 
 @cache
@@ -29,6 +39,23 @@ def parse_named_queries(text: str) -> dict[str, str]:
             raise ValueError(f"query {name!r} is defined twice")
         queries[name] = _strip_leading_comments(body)
     return queries
+
+
+@cache
+def load_named_queries(filenames: tuple[str, ...]) -> Mapping[str, str]:
+    """The named statements of several files in ``pgworker/sql``, merged into one mapping
+    with :JOB_COLUMNS spelled out; a name defined in two files is an error."""
+    queries: dict[str, str] = {}
+    defined_in: dict[str, str] = {}
+    for filename in filenames:
+        for name, text in parse_named_queries(read_sql_file(filename)).items():
+            if name in defined_in:
+                raise ValueError(
+                    f"query {name!r} is defined in both {defined_in[name]} and {filename}"
+                )
+            defined_in[name] = filename
+            queries[name] = text.replace(JOB_COLUMNS_TOKEN, _JOB_COLUMN_LIST)
+    return MappingProxyType(queries)
 
 
 def _strip_leading_comments(body: str) -> str:
@@ -50,19 +77,16 @@ def bind_schema(text: str, schema: str) -> sql.Composed:
 
 
 class Queries:
-    """The named statements of ``queries.sql``, bound to one schema, built once each."""
+    """The named statements of ``files`` (by default every file of ``QUERY_FILES``), bound
+    to one schema, built once each."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, files: Sequence[str] = QUERY_FILES) -> None:
         self.schema = schema
-        self._texts: dict[str, str] = {}
-        for filename in QUERY_FILES:
-            for name, text in parse_named_queries(read_sql_file(filename)).items():
-                if name in self._texts:
-                    raise ValueError(f"query {name!r} is defined in two files")
-                self._texts[name] = text
+        self._texts = load_named_queries(tuple(files))
         self._bound: dict[str, bytes] = {}
 
     def __getitem__(self, name: str) -> bytes:
+        """The statement ``name`` with the schema bound, as bytes ready to execute."""
         # Rendered to bytes once: the hot path then sends the same bytes every time,
         # which also lets psycopg prepare the statement after a few executions.
         bound = self._bound.get(name)

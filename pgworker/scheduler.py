@@ -1,9 +1,7 @@
-"""CronScheduler: turns the due minutes of cron items into jobs, by graphile-worker's
-protocol, so that any number of workers make each minute's job once."""
+"""CronScheduler: makes each due minute's cron jobs once, however many workers run it."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -112,15 +110,13 @@ class CronScheduler:
         """Record unknown items as known since ``start``, then make the jobs of the known
         items' missed minutes before ``start``, one statement per minute, in order."""
         identifiers = [item.identifier for item in self.items]
-        queries = self.store.queries
-        with self.store.connection() as conn:
-            rows = conn.execute(queries["known_crontabs"], {"identifiers": identifiers}).fetchall()
-            known = {identifier: last or since for identifier, since, last in rows}
-            unknown = [identifier for identifier in identifiers if identifier not in known]
-            if unknown:
-                conn.execute(
-                    queries["register_crontabs"], {"identifiers": unknown, "known_since": start}
-                )
+        known = {
+            identifier: crontab.last_execution or crontab.known_since
+            for identifier, crontab in self.store.known_crontabs(identifiers).items()
+        }
+        unknown = [identifier for identifier in identifiers if identifier not in known]
+        if unknown:
+            self.store.register_crontabs(unknown, known_since=start)
         # Only items known before this start are backfilled, from their last execution.
         backfills = [
             (item, known[item.identifier]) for item in self.items if item.identifier in known
@@ -151,23 +147,7 @@ class CronScheduler:
     def _schedule(self, due: Sequence[CronItem], ts: datetime, backfilled: bool) -> list[str]:
         if not due:
             return []
-        specs = [
-            {
-                "identifier": item.identifier,
-                "task": item.task,
-                "payload": item.job_payload(ts, backfilled=backfilled),
-                "queue_name": item.queue,
-                "max_attempts": item.max_attempts,
-                "priority": item.priority,
-                "job_key": item.job_key,
-                "job_key_mode": item.job_key_mode,
-            }
-            for item in due
-        ]
-        # Compact, like JSON.stringify: a job reads the same whichever worker made it.
-        params = {"specs": json.dumps(specs, separators=(",", ":"), ensure_ascii=False), "ts": ts}
-        with self.store.connection() as conn:
-            rows = conn.execute(self.store.queries["schedule_cron_jobs"], params).fetchall()
+        rows = self.store.schedule_cron_jobs(due, ts, backfilled=backfilled)
         scheduled = [identifier for identifier, _ in rows]
         for identifier, job_id in rows:
             self.hooks.cron_job_scheduled(identifier, ts, job_id)

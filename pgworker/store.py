@@ -1,23 +1,21 @@
-"""Store: every statement that enqueues, claims, completes and fails jobs."""
+"""Store: every statement pgworker runs; the job lifecycle here, the rest in its parts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-import psycopg
-from psycopg_pool import ConnectionPool
 
-from .errors import DatabaseUnavailableError, JobNotCreatedError, PgWorkerError
-from .job import Job, job_from_row
-from .queries import Queries
+from .errors import JobNotCreatedError, PgWorkerError
+from .job import Job
 from .spec import JobSpec
+from .store_admin import AdminStatements
+from .store_base import Connection, StoreBase
+from .store_cron import CronStatements
 from .store_recovery import RegistryStatements
 
-#: Connections from psycopg_pool, with tuple rows.
-Connection = psycopg.Connection[tuple[Any, ...]]
+__all__ = ["INTERRUPTED_MESSAGE", "ClaimedJob", "Connection", "NewJob", "Store"]
 
 #: last_error of a job given back because a forced stop cut it off (as the Rust port says).
 INTERRUPTED_MESSAGE = "Job recovered after worker interruption"
@@ -38,61 +36,16 @@ class NewJob(msgspec.Struct, frozen=True):
     spec: JobSpec
 
 
-class Store(RegistryStatements):
-    """Runs pgworker's statements against one schema.
+class Store(AdminStatements, CronStatements, RegistryStatements, StoreBase):
+    """Runs pgworker's statements against one schema: the job lifecycle here, the admin
+    API's statements from ``AdminStatements``, the cron scheduler's from
+    ``CronStatements``, the worker registry's from ``RegistryStatements``.
 
     Methods that change jobs on behalf of a caller take an optional ``conn`` so that they
-    join the caller's transaction; without one they borrow a pool connection.
+    join the caller's transaction; without one they borrow a pool connection. A new group
+    of statements is a ``StoreBase`` subclass added to the bases here, its ``.sql`` file
+    added to ``QUERY_FILES``.
     """
-
-    def __init__(self, pool: ConnectionPool[Connection] | None, schema: str) -> None:
-        self.pool = pool
-        self.schema = schema
-        self.queries = Queries(schema)
-        # Caches of names by id: ids come from identity sequences and are never reused.
-        self._task_names: dict[int, str] = {}
-        self._queue_names: dict[int, str] = {}
-
-    def require_pool(self) -> ConnectionPool[Connection]:
-        """The pool, or a clear error when the app was never opened."""
-        if self.pool is None:
-            raise PgWorkerError(
-                "the app is not open: call app.open() or use `with app:` first "
-                "(or pass conn= to defer inside your own transaction)"
-            )
-        return self.pool
-
-    @contextmanager
-    def connection(self, conn: Connection | None = None) -> Iterator[Connection]:
-        """Yield ``conn`` if given (the caller's transaction), else a pool connection.
-
-        The driver errors a caller can act on become pgworker errors here.
-        """
-        try:
-            if conn is not None:
-                yield conn
-            else:
-                with self.require_pool().connection() as own:
-                    yield own
-        except (
-            psycopg.errors.InvalidSchemaName,
-            psycopg.errors.UndefinedFunction,
-            psycopg.errors.UndefinedTable,
-        ) as exc:
-            raise PgWorkerError(
-                f"the worker schema {self.schema!r} is not installed in this database: "
-                f"run `pgworker migrate` (or app.migrate()) first ({exc.diag.message_primary})"
-            ) from exc
-        except DatabaseUnavailableError:
-            raise
-        except psycopg.OperationalError as exc:  # PoolTimeout included
-            raise DatabaseUnavailableError(
-                f"the database is unreachable: {str(exc).strip() or type(exc).__name__}"
-            ) from exc
-        except psycopg.Error as exc:
-            if exc.sqlstate == "GWNOR":
-                raise JobNotCreatedError(str(exc).strip()) from exc
-            raise
 
     def schema_revision(self) -> tuple[int, int]:
         """The latest migration in the ledger, and the latest breaking one."""
@@ -125,15 +78,13 @@ class Store(RegistryStatements):
             "job_key_mode": spec.job_key_mode or "replace",
         }
         with self.connection(conn) as c:
-            row = c.execute(self.queries["add_job"], params).fetchone()
-            assert row is not None, "add_job returns a row or raises"
-            if spec.job_key_mode != "unsafe_dedupe" or row[11] == 0:
+            rows, reader = self._fetch_job_rows(c, "add_job", params)
+            assert len(rows) == 1, "add_job returns a row or raises"
+            if spec.job_key_mode != "unsafe_dedupe" or rows[0][reader.positions["revision"]] == 0:
                 # Our own new or updated job: we know its names. (unsafe_dedupe may
                 # return an older job, of another task or queue: those get looked up.)
-                self._task_names[row[13]] = identifier
-                if row[14] is not None and spec.queue is not None:
-                    self._queue_names[row[14]] = spec.queue
-            return self.jobs_from_rows([row], c)[0]
+                self._remember_names(rows[0], reader, identifier, spec.queue)
+            return self._jobs_from_rows(rows, reader, c)[0]
 
     def add_jobs(
         self, jobs: Sequence[NewJob], *, preserve_run_at: bool, conn: Connection | None = None
@@ -144,40 +95,19 @@ class Store(RegistryStatements):
         specs = msgspec.json.encode([_spec_record(new) for new in jobs]).decode()
         params = {"specs": specs, "preserve_run_at": preserve_run_at}
         with self.connection(conn) as c:
-            rows = c.execute(self.queries["add_jobs"], params).fetchall()
+            rows, reader = self._fetch_job_rows(c, "add_jobs", params)
             if len(rows) != len(jobs):
                 raise JobNotCreatedError(f"add_jobs created {len(rows)} of {len(jobs)} jobs")
             # A batch of one task (or one queue) names all its rows without a lookup.
             identifiers = {new.identifier for new in jobs}
             queues = {new.spec.queue for new in jobs}
-            if len(identifiers) == 1:
-                self._task_names[rows[0][13]] = identifiers.pop()
-            if len(queues) == 1 and rows[0][14] is not None:
-                self._queue_names[rows[0][14]] = str(queues.pop())
-            return self.jobs_from_rows(rows, c)
-
-    def jobs_from_rows(self, rows: Sequence[tuple[Any, ...]], conn: Connection) -> list[Job]:
-        """Jobs from rows of the 13 Job columns plus ``task_id, job_queue_id``, naming
-        tasks and queues from a cache (ids are never reused); unknown ids cost one lookup
-        on ``conn``."""
-        task_ids = list({row[13] for row in rows} - self._task_names.keys())
-        queue_ids = list(
-            {row[14] for row in rows if row[14] is not None} - self._queue_names.keys()
-        )
-        if task_ids or queue_ids:
-            found = conn.execute(
-                self.queries["names_by_id"], {"task_ids": task_ids, "queue_ids": queue_ids}
-            ).fetchall()
-            for kind, id_, name in found:
-                (self._task_names if kind == "task" else self._queue_names)[id_] = name
-        return [
-            job_from_row(
-                row,
-                task_identifier=self._task_names[row[13]],
-                queue_name=None if row[14] is None else self._queue_names[row[14]],
+            self._remember_names(
+                rows[0],
+                reader,
+                identifiers.pop() if len(identifiers) == 1 else None,
+                queues.pop() if len(queues) == 1 else None,
             )
-            for row in rows
-        ]
+            return self._jobs_from_rows(rows, reader, c)
 
     def claim_jobs(
         self,
@@ -196,15 +126,19 @@ class Store(RegistryStatements):
             "forbidden_flags": list(forbidden_flags) if forbidden_flags else None,
         }
         with self.connection(conn) as c:
-            rows = c.execute(self.queries["claim_jobs"], params).fetchall()
-        claimed = []
-        for row in rows:
-            id_, task_id, queue_name, payload, *rest = row
-            job = job_from_row(
-                (id_, *rest), task_identifier=task_names[task_id], queue_name=queue_name
+            rows, reader = self._fetch_job_rows(c, "claim_jobs", params)
+        task_id = reader.positions["task_id"]
+        queue_name = reader.positions["queue_name"]
+        payload = reader.positions["payload"]
+        return [
+            ClaimedJob(
+                reader.job(
+                    row, task_identifier=task_names[row[task_id]], queue_name=row[queue_name]
+                ),
+                row[payload],
             )
-            claimed.append(ClaimedJob(job, payload))
-        return claimed
+            for row in rows
+        ]
 
     def complete_jobs(
         self, job_ids: Sequence[int], *, worker_id: str, conn: Connection | None = None
@@ -249,17 +183,15 @@ class Store(RegistryStatements):
             "delay": delay,
             "message": message,
         }
-        with self.connection(conn) as c:
-            c.execute(self.queries["return_jobs"], params)
+        self._execute("return_jobs", params, conn=conn)
 
     def unlock_worker(self, worker_id: str, *, conn: Connection | None = None) -> None:
         """Release anything still locked by ``worker_id``."""
-        with self.connection(conn) as c:
-            c.execute(self.queries["unlock_worker"], {"worker_id": worker_id})
+        self._execute("unlock_worker", {"worker_id": worker_id}, conn=conn)
 
     def listen(self, conn: Connection) -> None:
         """Subscribe ``conn`` to graphile-worker's channels."""
-        conn.execute(self.queries["listen"])
+        self._execute("listen", conn=conn)
 
 
 def _spec_record(new: NewJob) -> dict[str, Any]:

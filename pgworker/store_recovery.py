@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from .queries import Queries
+from .store_base import Connection, StoreBase
 
 #: The Rust crate's advisory lock for its sweeper ("GWRS", "SWEP"): taking the same one
 #: means a pgworker and a Rust sweeper never run at the same time.
 SWEEP_LOCK = (0x4757_5253, 0x5357_4550)
-
-Connection = Any  # a psycopg connection; typed as the store's in store.py
 
 
 class DeadWorker(msgspec.Struct, frozen=True):
@@ -62,13 +59,8 @@ class RegisteredWorker(msgspec.Struct, frozen=True):
         return "pgworker" if (self.metadata or {}).get("runtime") == "pgworker" else "rust"
 
 
-class RegistryStatements:
-    """Mixed into Store: the statements of ``sql/recovery.sql``."""
-
-    queries: Queries
-
-    def connection(self, conn: Connection | None = None) -> AbstractContextManager[Connection]:
-        raise NotImplementedError  # Store provides it
+class RegistryStatements(StoreBase):
+    """The statements of ``sql/recovery.sql``, for the Store."""
 
     def heartbeat(self, worker_id: str, metadata: dict[str, Any], *, conn: Connection) -> bool:
         """Register ``worker_id`` or refresh its heartbeat; True when its row had to be
@@ -80,8 +72,7 @@ class RegistryStatements:
 
     def deregister(self, worker_id: str, *, conn: Connection | None = None) -> None:
         """Remove ``worker_id`` from the registry."""
-        with self.connection(conn) as c:
-            c.execute(self.queries["worker_deregister"], {"worker_id": worker_id})
+        self._execute("worker_deregister", {"worker_id": worker_id}, conn=conn)
 
     def sweep_dead_workers(
         self,
@@ -115,8 +106,7 @@ class RegistryStatements:
     def reset_stale_locks(self, *, conn: Connection | None = None) -> None:
         """Unlock jobs and queues locked more than four hours ago by owners that are not
         in the registry (graphile-worker's rule for workers that never heartbeat)."""
-        with self.connection(conn) as c:
-            c.execute(self.queries["reset_stale_locks"])
+        self._execute("reset_stale_locks", conn=conn)
 
     def list_workers(self) -> list[RegisteredWorker]:
         """Every registered worker, and every lock owner missing from the registry."""

@@ -1,6 +1,7 @@
 -- Every statement pgworker runs, by name. Each block starts with "-- name: NAME" and a
--- line saying what it does. :SCHEMA stands for the quoted schema name; values are
--- always passed as %(named)s parameters.
+-- line saying what it does. :SCHEMA stands for the quoted schema name; :JOB_COLUMNS for
+-- the columns a Job is read from (jobs.id, jobs.priority, ... jobs.flags: JOB_COLUMNS in
+-- job.py), which the store reads by name. Values are always passed as %(named)s parameters.
 
 -- name: server_version
 -- The server's version as an integer (150004 for 15.4).
@@ -66,10 +67,7 @@ where identifier = any(%(identifiers)s::text[])
 -- Add one job through the add_job function, which also sends the jobs:insert notification.
 -- (Task and queue names are not read back here: rows that add_job inserts are invisible
 -- to the rest of this statement.)
-select
-  jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
-  jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
-  jobs.flags, jobs.task_id, jobs.job_queue_id
+select :JOB_COLUMNS, jobs.task_id, jobs.job_queue_id
 from :SCHEMA.add_job(
   identifier => %(identifier)s,
   payload => %(payload)s::json,
@@ -85,10 +83,7 @@ from :SCHEMA.add_job(
 -- name: add_jobs
 -- Add a batch of jobs in one statement through the add_jobs function. Rows do not
 -- necessarily come back in the order of the specs (older add_jobs versions join first).
-select
-  jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
-  jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
-  jobs.flags, jobs.task_id, jobs.job_queue_id
+select :JOB_COLUMNS, jobs.task_id, jobs.job_queue_id
 from :SCHEMA.add_jobs(
   array(select json_populate_recordset(null:::SCHEMA.job_spec, %(specs)s::json)),
   %(preserve_run_at)s
@@ -151,9 +146,7 @@ from chosen
 left join locked_queues on locked_queues.id = chosen.job_queue_id
 where jobs.id = chosen.id
 returning
-  jobs.id, jobs.task_id, locked_queues.queue_name, jobs.payload::text, jobs.priority,
-  jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error, jobs.created_at,
-  jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision, jobs.flags
+  :JOB_COLUMNS, jobs.task_id, locked_queues.queue_name, jobs.payload::text as payload
 
 -- name: complete_jobs
 -- Delete finished jobs still locked by this worker and unlock their queues.
@@ -225,35 +218,23 @@ select :SCHEMA.force_unlock_workers(array[%(worker_id)s::text])
 
 -- name: remove_job
 -- Admin: delete the pending job with this key, or stop a running one from retrying.
-select
-  jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
-  jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
-  jobs.flags, jobs.task_id, jobs.job_queue_id
+select :JOB_COLUMNS, jobs.task_id, jobs.job_queue_id
 from :SCHEMA.remove_job(%(job_key)s) as jobs
 where jobs.id is not null
 
 -- name: admin_complete_jobs
 -- Admin: delete these jobs, unless locked in the last 4 hours.
-select
-  jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
-  jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
-  jobs.flags, jobs.task_id, jobs.job_queue_id
+select :JOB_COLUMNS, jobs.task_id, jobs.job_queue_id
 from :SCHEMA.complete_jobs(%(job_ids)s::bigint[]) as jobs
 
 -- name: permanently_fail_jobs
 -- Admin: use up every attempt of these jobs, with a reason, unless locked in the last 4 hours.
-select
-  jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
-  jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
-  jobs.flags, jobs.task_id, jobs.job_queue_id
+select :JOB_COLUMNS, jobs.task_id, jobs.job_queue_id
 from :SCHEMA.permanently_fail_jobs(%(job_ids)s::bigint[], %(reason)s) as jobs
 
 -- name: reschedule_jobs
 -- Admin: change run_at, priority, attempts or max_attempts (null keeps the value).
-select
-  jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
-  jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
-  jobs.flags, jobs.task_id, jobs.job_queue_id
+select :JOB_COLUMNS, jobs.task_id, jobs.job_queue_id
 from :SCHEMA.reschedule_jobs(
   %(job_ids)s::bigint[],
   run_at => %(run_at)s,
@@ -295,9 +276,7 @@ and not exists (select 1 from :SCHEMA._private_jobs as jobs where jobs.task_id =
 -- retrying (failed before), scheduled (run_at ahead) or waiting.
 select * from (
   select
-    jobs.id, jobs.priority, jobs.run_at, jobs.attempts, jobs.max_attempts, jobs.last_error,
-    jobs.created_at, jobs.updated_at, jobs.key, jobs.locked_at, jobs.locked_by, jobs.revision,
-    jobs.flags, jobs.task_identifier, jobs.queue_name,
+    :JOB_COLUMNS, jobs.task_identifier, jobs.queue_name,
     case
       when jobs.locked_at is not null then 'running'
       when jobs.attempts >= jobs.max_attempts then 'permanently_failed'

@@ -1,0 +1,134 @@
+"""StoreBase: the pool, error translation and job-row decoding every store part shares."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from .errors import DatabaseUnavailableError, JobNotCreatedError, PgWorkerError
+from .job import Job, JobRowReader, job_row_reader
+from .queries import Queries
+
+#: Connections from psycopg_pool, with tuple rows.
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+class StoreBase:
+    """What the statement groups of ``Store`` share: the pool, the named statements of one
+    schema, the translation of driver errors, and the caches that name jobs' tasks and
+    queues."""
+
+    def __init__(self, pool: ConnectionPool[Connection] | None, schema: str) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.queries = Queries(schema)
+        # Caches of names by id: ids come from identity sequences and are never reused.
+        self._task_names: dict[int, str] = {}
+        self._queue_names: dict[int, str] = {}
+
+    def require_pool(self) -> ConnectionPool[Connection]:
+        """The pool, or a clear error when the app was never opened."""
+        if self.pool is None:
+            raise PgWorkerError(
+                "the app is not open: call app.open() or use `with app:` first "
+                "(or pass conn= to defer inside your own transaction)"
+            )
+        return self.pool
+
+    @contextmanager
+    def connection(self, conn: Connection | None = None) -> Iterator[Connection]:
+        """Yield ``conn`` if given (the caller's transaction), else a pool connection.
+
+        The driver errors a caller can act on become pgworker errors here.
+        """
+        try:
+            if conn is not None:
+                yield conn
+            else:
+                with self.require_pool().connection() as own:
+                    yield own
+        except (
+            psycopg.errors.InvalidSchemaName,
+            psycopg.errors.UndefinedFunction,
+            psycopg.errors.UndefinedTable,
+        ) as exc:
+            raise PgWorkerError(
+                f"the worker schema {self.schema!r} is not installed in this database: "
+                f"run `pgworker migrate` (or app.migrate()) first ({exc.diag.message_primary})"
+            ) from exc
+        except DatabaseUnavailableError:
+            raise
+        except psycopg.OperationalError as exc:  # PoolTimeout included
+            raise DatabaseUnavailableError(
+                f"the database is unreachable: {str(exc).strip() or type(exc).__name__}"
+            ) from exc
+        except psycopg.Error as exc:
+            if exc.sqlstate == "GWNOR":
+                raise JobNotCreatedError(str(exc).strip()) from exc
+            raise
+
+    def _fetch_job_rows(
+        self, conn: Connection, query: str, params: dict[str, Any] | None = None
+    ) -> tuple[list[tuple[Any, ...]], JobRowReader]:
+        """Run the statement ``query``, which returns job rows; return them with their reader."""
+        cur = conn.execute(self.queries[query], params)
+        rows = cur.fetchall()
+        return rows, job_row_reader(column_names(cur))
+
+    def _jobs_from_rows(
+        self, rows: Sequence[tuple[Any, ...]], reader: JobRowReader, conn: Connection
+    ) -> list[Job]:
+        """Jobs from rows of the Job columns plus ``task_id, job_queue_id``, naming tasks
+        and queues from a cache (ids are never reused); unknown ids cost one lookup on
+        ``conn``."""
+        task_id = reader.positions["task_id"]
+        queue_id = reader.positions["job_queue_id"]
+        task_ids = list({row[task_id] for row in rows} - self._task_names.keys())
+        queue_ids = list(
+            {row[queue_id] for row in rows if row[queue_id] is not None} - self._queue_names.keys()
+        )
+        if task_ids or queue_ids:
+            found = conn.execute(
+                self.queries["names_by_id"], {"task_ids": task_ids, "queue_ids": queue_ids}
+            ).fetchall()
+            for kind, id_, name in found:
+                (self._task_names if kind == "task" else self._queue_names)[id_] = name
+        return [
+            reader.job(
+                row,
+                task_identifier=self._task_names[row[task_id]],
+                queue_name=None if row[queue_id] is None else self._queue_names[row[queue_id]],
+            )
+            for row in rows
+        ]
+
+    def _remember_names(
+        self,
+        row: tuple[Any, ...],
+        reader: JobRowReader,
+        identifier: str | None,
+        queue: str | None,
+    ) -> None:
+        """Cache the task and queue names of ``row``'s ids, where the caller knows them."""
+        if identifier is not None:
+            self._task_names[row[reader.positions["task_id"]]] = identifier
+        queue_id = row[reader.positions["job_queue_id"]]
+        if queue is not None and queue_id is not None:
+            self._queue_names[queue_id] = queue
+
+    def _execute(
+        self, query: str, params: dict[str, Any] | None = None, *, conn: Connection | None = None
+    ) -> int:
+        """Run the statement ``query`` on ``conn`` (default: a pool connection); return how
+        many rows it changed."""
+        with self.connection(conn) as c:
+            return c.execute(self.queries[query], params).rowcount
+
+
+def column_names(cur: psycopg.Cursor[Any]) -> tuple[str, ...]:
+    """The names of the columns of ``cur``'s current result."""
+    return tuple(column.name for column in cur.description or ())
