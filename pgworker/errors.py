@@ -43,3 +43,14 @@ class JobNotCreatedError(PgWorkerError):
 
 class UnknownExtensionError(PgWorkerError, LookupError):
     """No extension of the requested type is registered on the app."""
+
+
+class JobTimeoutError(PgWorkerError, TimeoutError):
+    """A job ran longer than its timeout and was cancelled (also a ``TimeoutError``).
+
+    ``timeout`` is the limit in seconds.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"timed out after {timeout:g} s")
+        self.timeout = timeout
