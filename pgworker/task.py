@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from .context import JobContext
-from .errors import ConfigurationError
+from .errors import ConfigurationError, PgWorkerError
 from .job import Job
 from .payload import PayloadCodec
 from .spec import JobKeyMode, JobSpec, RawJob
@@ -27,7 +28,8 @@ class Task(Generic[T, P, R]):
     """A task: call it like the function it wraps, or ``defer`` it to run on a worker.
 
     The annotation of the function's first parameter is the payload type; a second
-    parameter, if there is one, receives the JobContext.
+    parameter, if there is one, receives the JobContext. The function may be an
+    ``async def`` (``is_async``): a worker then awaits it on its event loop.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class Task(Generic[T, P, R]):
         self.identifier = identifier
         self.fn = fn
         self.defaults = defaults.validate()
+        self.is_async = _check_runnable(identifier, fn)
         payload_type, self.takes_context = _inspect_signature(identifier, fn)
         self.codec: PayloadCodec[T] = PayloadCodec(payload_type)
         self.__doc__ = fn.__doc__
@@ -54,7 +57,11 @@ class Task(Generic[T, P, R]):
         return self.codec.payload_type
 
     def __call__(self, payload: T, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call the function directly: no job, no database (for tests and scripts)."""
+        """Call the function directly: no job, no database (for tests and scripts).
+
+        Like the function itself, an async task returns a coroutine: ``await`` it (or
+        ``asyncio.run`` it).
+        """
         return self.fn(payload, *args, **kwargs)
 
     def defer(
@@ -119,8 +126,40 @@ class Task(Generic[T, P, R]):
         return self.app.defer_raw(jobs, conn=conn)
 
     def call(self, payload: T, ctx: JobContext) -> R:
-        """Call the function as a worker does: with the context if it takes one."""
-        call: Callable[..., R] = self.fn
+        """Call a sync task's function as a worker does: with the context if it takes one.
+
+        Raises PgWorkerError, without calling anything, for an async task, and
+        ConfigurationError if the function, though not an ``async def``, returned a
+        coroutine (a sync decorator around an async function): the work did not happen.
+        """
+        if self.is_async:
+            raise PgWorkerError(
+                f"task {self.identifier!r} is an async def: a worker must await call_async() "
+                "on its event loop, not call()"
+            )
+        result: R = self._invoke(payload, ctx)
+        if inspect.iscoroutine(result):
+            result.close()
+            raise ConfigurationError(
+                f"task {self.identifier!r}: {_describe(self.fn)} returned a coroutine, which "
+                "was not run. Is it a sync decorator around an async def? Make the wrapper "
+                "an async def too"
+            )
+        return result
+
+    def call_async(self, payload: T, ctx: JobContext) -> Awaitable[Any]:
+        """Call an async task's function as a worker does and return its coroutine, for
+        the worker's event loop to await. Raises PgWorkerError for a sync task."""
+        if not self.is_async:
+            raise PgWorkerError(
+                f"task {self.identifier!r} is not an async def: a worker must run call() "
+                "in an executor thread, not call_async()"
+            )
+        result: Awaitable[Any] = self._invoke(payload, ctx)
+        return result
+
+    def _invoke(self, payload: T, ctx: JobContext) -> Any:
+        call: Callable[..., Any] = self.fn
         if self.takes_context:
             return call(payload, ctx)
         return call(payload)
@@ -129,11 +168,59 @@ class Task(Generic[T, P, R]):
         return f"<Task {self.identifier!r} payload={self.codec.payload_type!r}>"
 
 
+def _check_runnable(identifier: str, fn: object) -> bool:
+    """Refuse what a worker could call without running any work; return whether ``fn``
+    is async (an ``async def``, a partial of one, or an object whose ``__call__`` is one)."""
+    if not callable(fn):
+        raise ConfigurationError(
+            f"task {identifier!r}: {fn!r} is not callable; register a function"
+        )
+    target = _call_target(fn)
+    if inspect.isclass(target):
+        raise ConfigurationError(
+            f"task {identifier!r}: {_describe(fn)} is a class, and calling it would only "
+            "build an instance; register a function, or an instance whose __call__ does "
+            "the work"
+        )
+    if inspect.isasyncgenfunction(target):
+        raise ConfigurationError(
+            f"task {identifier!r}: {_describe(fn)} is an async generator function (an "
+            "async def with yield): calling it runs none of its body. Drop the yield"
+        )
+    if inspect.isgeneratorfunction(target):
+        raise ConfigurationError(
+            f"task {identifier!r}: {_describe(fn)} is a generator function (a def with "
+            "yield): calling it runs none of its body. Drop the yield"
+        )
+    return inspect.iscoroutinefunction(target)
+
+
+def _call_target(fn: object) -> object:
+    """What calling ``fn`` really calls: through partials, to ``__call__`` of an instance."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isroutine(fn) or inspect.isclass(fn):
+        return fn
+    return type(fn).__call__
+
+
+def _describe(fn: object) -> str:
+    name = getattr(fn, "__qualname__", None)
+    return name if isinstance(name, str) else repr(fn)
+
+
 def _inspect_signature(identifier: str, fn: Callable[..., Any]) -> tuple[Any, bool]:
     """Return the payload type and whether ``fn`` takes a context argument."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"task {identifier!r}: cannot read the signature of {_describe(fn)}: {exc}; "
+            "wrap it in a def"
+        ) from exc
     params = [
         p
-        for p in inspect.signature(fn).parameters.values()
+        for p in signature.parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     if not params or len(params) > 2:
@@ -142,7 +229,7 @@ def _inspect_signature(identifier: str, fn: Callable[..., Any]) -> tuple[Any, bo
             f"not {len(params)} positional parameters"
         )
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(_call_target(fn))
     except Exception as exc:
         raise ConfigurationError(
             f"task {identifier!r}: cannot resolve the annotations of {fn!r}: {exc}"
