@@ -149,7 +149,10 @@ class AsyncRunner:
         are cancelled and get CANCEL_GRACE seconds to unwind. The handles of any that
         ignore cancellation fail with PgWorkerError. Returns True if every coroutine ended
         before the timeout and the thread was joined; calling it again does nothing more.
+        Not from the loop thread (a coroutine or a done callback): it would wait on itself.
         """
+        if self._thread is not None and threading.current_thread() is self._thread:
+            raise RuntimeError("AsyncRunner.stop() was called on its own loop thread")
         with self._lock:
             if self._state is _State.NEW:
                 self._state = _State.STOPPED
@@ -179,7 +182,8 @@ class AsyncRunner:
         assert loop is not None
         self._stop_requested = True
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(None if timeout is None else CANCEL_GRACE)
+        # The thread still finalizes async generators for up to CANCEL_GRACE.
+        thread.join(None if timeout is None else 2 * CANCEL_GRACE)
         if thread.is_alive():
             logger.error(
                 "the async loop thread did not exit: a coroutine is blocking it "

@@ -163,10 +163,12 @@ def test_a_coroutine_that_catches_cancellation_reports_what_it_did(runner: Async
 
 
 def test_a_cancel_before_the_coroutine_starts_never_creates_it(runner: AsyncRunner) -> None:
+    blocking = threading.Event()
     gate = threading.Event()
     created: list[str] = []
 
     async def blocks_the_loop() -> None:
+        blocking.set()
         gate.wait(5)  # deliberately synchronous: nothing else runs on the loop meanwhile
 
     async def never() -> None:
@@ -177,6 +179,7 @@ def test_a_cancel_before_the_coroutine_starts_never_creates_it(runner: AsyncRunn
         return never()
 
     first = run(runner, blocks_the_loop)
+    assert blocking.wait(5)
     second = run(runner, make_never)
     assert runner.cancel(second)
     gate.set()
@@ -277,7 +280,7 @@ def test_waiting_coroutines_hold_no_thread_200_sleeps_take_about_a_second() -> N
         began = time.monotonic()
         assert runner.try_acquire(200) == 200
         handles = [runner.submit(functools.partial(sleep_one_second, i)) for i in range(200)]
-        assert threading.active_count() == threads_before
+        assert threading.active_count() <= threads_before  # no thread per coroutine
         results = [handle.result(timeout=10) for handle in handles]
         elapsed = time.monotonic() - began
     assert results == list(range(200))
@@ -377,6 +380,35 @@ def test_stop_gives_up_on_a_coroutine_that_ignores_cancellation(
     assert finalized.is_set()
     assert "still running 0.1 s after stop" in caplog.text
     assert not loop_threads(runner)
+
+
+def test_stop_from_the_loop_thread_is_refused_rather_than_deadlocking(
+    runner: AsyncRunner,
+) -> None:
+    gate = threading.Event()
+    threads: list[str] = []
+    errors: list[RuntimeError] = []
+    called = threading.Event()
+
+    async def waits_for_the_callback() -> None:
+        await asyncio.to_thread(gate.wait, 5)
+
+    def stop_from_callback(handle: AsyncHandle[object]) -> None:
+        threads.append(threading.current_thread().name)
+        try:
+            runner.stop()
+        except RuntimeError as exc:
+            errors.append(exc)
+        called.set()
+
+    handle = run(runner, waits_for_the_callback)
+    handle.add_done_callback(stop_from_callback)
+    gate.set()
+    assert called.wait(5)
+    assert threads == [runner.name]
+    assert len(errors) == 1
+    assert "called on its own loop thread" in str(errors[0])
+    assert runner.free_slots == 10
 
 
 def test_a_runner_starts_once_and_takes_no_work_when_stopped() -> None:
