@@ -29,6 +29,7 @@ from .hooks import (
 )
 from .job import Job
 from .migrate import MigrationOutcome
+from .recovery import Recovery
 from .spec import JobKeyMode, JobSpec, RawJob
 from .task import Task
 
@@ -62,6 +63,7 @@ __all__ = [
     "PgWorkerError",
     "Plugin",
     "RawJob",
+    "Recovery",
     "Reject",
     "RewritePayload",
     "Skip",

@@ -14,6 +14,7 @@ from .spec import SMALLINT_MAX, SMALLINT_MIN
 
 if TYPE_CHECKING:  # the store returns this module's values: no import cycle at run time
     from .store import Store
+    from .store_recovery import RegisteredWorker
 
 JobState = Literal["waiting", "scheduled", "running", "retrying", "permanently_failed"]
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
@@ -154,3 +155,13 @@ class Admin:
         """Job counts by task, queue and state. Counts every job: fine for an operator,
         too heavy to poll on a large table."""
         return self.store.job_stats()
+
+    def workers(self) -> list[RegisteredWorker]:
+        """Every worker in the registry (pgworker and Rust workers register; Node workers
+        don't), and every lock owner missing from it, oldest start first."""
+        return self.store.list_workers()
+
+    def unserved_tasks(self) -> dict[str, int]:
+        """Task identifiers with runnable jobs that no registered worker runs, with how
+        many jobs each has waiting (a Node worker may still run them: it doesn't say)."""
+        return self.store.unserved_tasks()

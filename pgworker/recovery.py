@@ -17,12 +17,10 @@ from .connections import OwnConnection
 from .errors import ConfigurationError
 from .hooks import Hooks
 from .store import Store
+from .store_recovery import RUST_STALE_AFTER
 
 logger = logging.getLogger(__name__)
 
-#: How long a Rust worker's heartbeat may be silent before it counts as dead: the Rust
-#: crate's own default sweep threshold, never pgworker's shorter one.
-RUST_STALE_AFTER = 300.0
 #: graphile-worker's schedule for the 4-hour stale-lock reset: first within a minute of
 #: start, then every 8 to 10 minutes.
 FIRST_RESET_WITHIN = 60.0

@@ -13,6 +13,9 @@ from .store_base import Connection, StoreBase
 #: The Rust crate's advisory lock for its sweeper ("GWRS", "SWEP"): taking the same one
 #: means a pgworker and a Rust sweeper never run at the same time.
 SWEEP_LOCK = (0x4757_5253, 0x5357_4550)
+#: How long a Rust worker's heartbeat may be silent before it counts as dead: the Rust
+#: crate's own default sweep threshold, never pgworker's shorter one.
+RUST_STALE_AFTER = 300.0
 
 
 class DeadWorker(msgspec.Struct, frozen=True):
@@ -50,6 +53,14 @@ class RegisteredWorker(msgspec.Struct, frozen=True):
     metadata: dict[str, Any] | None
     jobs_held: int
     queues_held: int
+
+    def state(self, stale_after: float) -> str:
+        """``live``, ``stale`` (silent for longer than its runtime allows: pgworker's
+        ``stale_after``, or the Rust crate's 5 minutes), or ``unregistered``."""
+        if self.heartbeat_age is None:
+            return "unregistered"
+        limit = stale_after if self.runtime == "pgworker" else RUST_STALE_AFTER
+        return "stale" if self.heartbeat_age > limit else "live"
 
     @property
     def runtime(self) -> str:

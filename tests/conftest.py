@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from processes import WorkerProcess, worker_spawner
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgworker import App
@@ -143,3 +144,12 @@ def example_database(database_url: str) -> Iterator[str]:
     yield make_conninfo(**{k: str(v) for k, v in params.items()})
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'drop database "{name}" with (force)')
+
+
+@pytest.fixture
+def spawn_worker(
+    database_url: str, schema: str, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``pgworker run fault_app:app`` subprocesses (or another ``target``) on this
+    test's schema; every one is killed afterwards."""
+    yield from worker_spawner(database_url, schema, tmp_path)

@@ -8,23 +8,19 @@ no other backend is ever touched. Every wait is bounded.
 
 from __future__ import annotations
 
-import os
-import re
 import secrets
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 import psycopg
 import pytest
+from processes import WorkerProcess, wait_for
 from psycopg.conninfo import make_conninfo
 
 from pgworker import App, WorkerHandle
@@ -32,137 +28,9 @@ from pgworker import App, WorkerHandle
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-TESTS_DIR = Path(__file__).resolve().parent
 RECOVERED = "Job recovered after worker interruption"
 #: Acceptance point 2 of the core issue: a notified job starts within 100 ms.
 NOTIFY_LATENCY = 0.1
-
-
-def _pgworker_script() -> str:
-    script = Path(sys.executable).with_name("pgworker")
-    return str(script) if script.exists() else "pgworker"
-
-
-def wait_for(
-    check: Callable[[], T],
-    timeout: float,
-    what: str,
-    *,
-    detail: Callable[[], str] | None = None,
-    interval: float = 0.02,
-) -> T:
-    """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = f"\n{detail()}" if detail is not None else ""
-            pytest.fail(f"timed out after {timeout:.1f} s waiting for {what}{extra}")
-        time.sleep(interval)
-
-
-# -- subprocess workers ---------------------------------------------------------------
-
-
-class WorkerProcess:
-    """A ``pgworker run fault_app:app`` subprocess, its log file and its marker files."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], log: Path, markers: Path) -> None:
-        self.proc = proc
-        self.log_path = log
-        self.markers = markers
-
-    def log(self) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return f"--- worker log (pid {self.proc.pid}) ---\n{text[-6000:]}"
-
-    def running(self) -> bool:
-        """True while the process lives; fails the test (with its log) if it died."""
-        if self.proc.poll() is not None:
-            pytest.fail(f"worker exited early with code {self.proc.returncode}\n{self.log()}")
-        return True
-
-    def worker_id(self, timeout: float = 15.0) -> str:
-        """The lock-owner id, from the worker's 'started' log line."""
-
-        def started() -> str | None:
-            self.running()
-            found = re.search(r"Worker (pgworker-\S+) started", self.log_path.read_text())
-            return found.group(1) if found else None
-
-        return wait_for(started, timeout, "the worker to start", detail=self.log)
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"worker did not exit within {timeout:.1f} s\n{self.log()}")
-
-    def marker(self, job_id: int, attempt: int, event: str) -> str | None:
-        """The worker id in a marker file, or None if the task has not written it."""
-        path = self.markers / f"{job_id}-{attempt}-{event}"
-        return path.read_text() if path.exists() else None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def spawn_worker(
-    database_url: str, schema: str, tmp_path: Path
-) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``pgworker run fault_app:app`` subprocesses; every one is killed afterwards."""
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    started: list[WorkerProcess] = []
-
-    def spawn(**env: str) -> WorkerProcess:
-        log = tmp_path / f"worker-{len(started)}.log"
-        environ = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")])
-            ),
-            "FAULT_MARKER_DIR": str(markers),
-            **env,
-        }
-        command = [
-            _pgworker_script(),
-            "run",
-            "fault_app:app",
-            "--database-url",
-            database_url,
-            "--schema",
-            schema,
-            "--poll-interval",
-            "0.2",
-        ]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                command,
-                cwd=TESTS_DIR,
-                env=environ,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        worker = WorkerProcess(proc, log, markers)
-        started.append(worker)
-        return worker
-
-    try:
-        yield spawn
-    finally:
-        for worker in started:
-            worker.kill()
 
 
 @pytest.fixture
@@ -255,12 +123,14 @@ def test_second_signal_gives_running_jobs_back(
     assert elapsed < 5
 
 
-def test_sigkill_leaves_the_job_locked_until_force_unlock(
+def test_sigkill_job_is_recovered_by_a_live_workers_sweep(
     spawn_worker: Callable[..., WorkerProcess], client: App, db: Conn, schema: str
 ) -> None:
-    # Documented limitation: a killed worker's locks stay until the 4-hour stale-lock
-    # reset or force_unlock_workers (fast crash recovery comes with a later issue).
-    doomed = spawn_worker()
+    """A killed worker's job and queue lock come back once its heartbeat is stale (here
+    1.5 s, swept every 0.3 s), and a live worker runs it: attempt refunded, last_error
+    naming the dead worker."""
+    fast = {"FAULT_RECOVERY": "0.3,1.5,0.3"}
+    doomed = spawn_worker(**fast)
     job = client.defer("sleepy", {"seconds": 30, "retry_seconds": 0.2}, queue="fault-q")
     dead_id = wait_for(
         lambda: doomed.running() and doomed.marker(job.id, 1, "started"),
@@ -270,39 +140,32 @@ def test_sigkill_leaves_the_job_locked_until_force_unlock(
     )
     doomed.proc.kill()  # SIGKILL: no handler, no shutdown, nothing given back
     assert doomed.wait_exit(5) == -signal.SIGKILL
+    killed_at = time.monotonic()
 
-    # A live worker does not take the job while the dead one's lock stands.
-    survivor = spawn_worker()
+    survivor = spawn_worker(**fast)
     survivor_id = survivor.worker_id()
-    time.sleep(0.8)  # four of the survivor's poll intervals
+    # While the dead worker's heartbeat is fresh, its lock stands.
     [row] = job_rows(db, schema)
-    assert row["id"] == job.id
     assert row["locked_by"] == dead_id
-    assert row["locked_at"] is not None
     assert row["attempts"] == 1
-    queue_lock = db.execute(
-        f'select locked_by from "{schema}"._private_job_queues where queue_name = %s',
-        ["fault-q"],
-    ).fetchone()
-    assert queue_lock == (dead_id,)
-    assert survivor.marker(job.id, 2, "started") is None
-
-    db.execute(f'select "{schema}".force_unlock_workers(array[%s::text])', [dead_id])
-    assert not db.execute(
-        f'select 1 from "{schema}"._private_jobs where locked_by = %s', [dead_id]
-    ).fetchall()
 
     ran_by = wait_for(
-        lambda: survivor.running() and survivor.marker(job.id, 2, "done"),
-        10,
+        lambda: survivor.running() and survivor.marker(job.id, 1, "done"),
+        15,
         "the survivor to run the recovered job",
         detail=survivor.log,
     )
     assert ran_by == survivor_id
+    # Stale after 1.5 s, plus at most one 0.3 s (+20 %) sweep interval and the 0.2 s run.
+    assert time.monotonic() - killed_at < 1.5 + 0.36 + 0.2 + 2.0, survivor.log()
+    assert f"Worker {dead_id} is dead" in survivor.log_path.read_text()
     wait_for(lambda: not job_rows(db, schema), 5, "the job to be deleted", detail=survivor.log)
     assert locked_anything(db, schema) == []
+    registry = db.execute(f'select id from "{schema}"._private_workers').fetchall()
+    assert registry == [(survivor_id,)]
     survivor.signal(signal.SIGTERM)
     assert survivor.wait_exit(10) == 0
+    assert db.execute(f'select id from "{schema}"._private_workers').fetchall() == []
 
 
 # -- 4-7: an in-process worker -------------------------------------------------------------

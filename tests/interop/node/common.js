@@ -37,6 +37,12 @@ function makeTaskList(identifiers) {
   const taskList = {};
   for (const identifier of identifiers) {
     taskList[identifier] = async (payload, helpers) => {
+      // A payload with sleep_ms makes a long job: it says when it starts, then sleeps.
+      const sleepMs = payload && payload.sleep_ms;
+      if (sleepMs) {
+        emit({ task: identifier, event: "start", job_id: String(helpers.job.id) });
+        await new Promise((resolve) => setTimeout(resolve, sleepMs));
+      }
       emit({ task: identifier, payload, job_id: String(helpers.job.id) });
     };
   }
