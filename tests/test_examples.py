@@ -186,3 +186,14 @@ def test_hooks_example(example_database: str) -> None:
     assert "Processing value 3" not in output  # failed by it
     assert "rejected by ValidationPlugin" in output
     assert "Metrics: started=2 completed=3 failed=1" in output
+
+
+def test_crash_recovery_example(example_database: str) -> None:
+    proc = run_example("crash_recovery", example_database)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    lines = output.splitlines()
+    assert any(line.endswith("building quarterly (last error: None)") for line in lines), output
+    assert any("(last error: Recovered from dead worker pgworker-" in line for line in lines)
+    assert any(line.endswith("quarterly done") for line in lines), output
+    assert "ran again" in output

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgworker import App
+from pgworker import App, Recovery
 from pgworker.context import JobContext
 from pgworker.job import Job
 from pgworker.migrate import RACE_FIX_MARKER, MigrationOutcome
@@ -414,3 +414,53 @@ def test_mixed_fleet_runs_each_job_once(
     }
     assert on_node, "Node ran none of the jobs"
     assert on_pgworker, "pgworker ran none of the jobs"
+
+
+def test_a_long_node_job_is_never_swept(
+    database_url: str, schema: str, make_app: Callable[..., App], db: Conn
+) -> None:
+    """Node workers don't heartbeat: pgworker's sweep leaves their locks alone long past
+    its own stale threshold (1 s here), and Node runs on the schema pgworker migrated
+    (revision 20, the worker registry)."""
+    fast = Recovery(heartbeat_interval=0.2, stale_after=1.0, sweep_interval=0.2)
+    app = make_app(recovery=fast)
+    ran: list[dict[str, Any]] = []
+
+    @app.task(TASK)
+    def say_hello(payload: dict[str, Any]) -> None:
+        ran.append(payload)
+
+    def node_lines() -> list[dict[str, Any]]:
+        return json_lines("".join(node.stdout))
+
+    with app:
+        assert app.migrate() is MigrationOutcome.INSTALLED
+        job = app.defer(TASK, {"n": 1, "sleep_ms": 6000})
+        node = NodeWorker(database_url, schema, seconds=10)
+        try:
+            deadline = time.monotonic() + 20
+            while not node_lines() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert node_lines() == [{"task": TASK, "event": "start", "job_id": str(job.id)}], (
+                "".join(node.stderr)
+            )
+            handle = app.start()  # sweeps every 0.2 s while Node's job runs for 6 s
+            try:
+                deadline = time.monotonic() + 15
+                while len(node_lines()) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                sweeps = handle.worker.sweeper.sweeps
+            finally:
+                handle.stop()
+            code = node.wait(timeout=30)
+        finally:
+            node.kill()
+
+    assert code == 0, "".join(node.stderr)
+    assert_quiet("".join(node.stderr))
+    assert node_lines()[1:] == [
+        {"task": TASK, "payload": {"n": 1, "sleep_ms": 6000}, "job_id": str(job.id)}
+    ]
+    assert sweeps >= 10
+    assert ran == []
+    assert job_rows(db, schema) == []

@@ -355,6 +355,7 @@ def test_sigkill_chaos_loses_no_job_and_repeats_only_killed_runs(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_default_settings_recover_within_a_minute_and_spare_a_live_long_job(
     spawn_worker: Callable[..., WorkerProcess],
     make_app: Callable[..., App],
