@@ -29,8 +29,7 @@ _COLUMNS = (
     type=click.FloatRange(min=0, min_open=True),
     default=Recovery().stale_after,
     show_default=True,
-    help="Seconds of silence after which a pgworker worker counts as dead "
-    "(Rust workers: 300).",
+    help="Seconds of silence after which a pgworker worker counts as dead (Rust workers: 300).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
 @database_options

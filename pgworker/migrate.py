@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import enum
-import json
 import logging
 
 from .errors import IncompatibleSchemaError, MigrationError
-from .queries import Queries, bind_schema, read_sql_file
-from .store import Connection
+from .store_base import Connection
+from .store_migrate import MigrationStatements
 
 logger = logging.getLogger(__name__)
 
@@ -45,42 +44,35 @@ def migrate(conn: Connection, schema: str) -> MigrationOutcome:
     Safe to run from many processes at once: pgworker processes queue on an advisory
     lock, and a Node worker racing us hits the migrations ledger's primary key.
     """
-    queries = Queries(schema)
-    version = _fetch_value(conn, queries["server_version"])
-    if not isinstance(version, int) or version < MIN_SERVER_VERSION:
+    store = MigrationStatements(None, schema)
+    version = store.server_version(conn)
+    if version < MIN_SERVER_VERSION:
         raise MigrationError(f"pgworker needs PostgreSQL 12 or newer; this server is {version}")
     with conn.transaction():
-        conn.execute(queries["take_migration_lock"], {"schema": schema})
-        row = conn.execute(queries["ledger_exists"], {"schema": schema}).fetchone()
-        assert row is not None
-        has_ledger, has_breaking_column = row
+        store.take_migration_lock(conn)
+        has_ledger, has_breaking_column = store.ledger_exists(conn)
         if not has_ledger:
-            _install(conn, queries, schema)
+            _install(conn, store)
             return MigrationOutcome.INSTALLED
         if not has_breaking_column:
             raise MigrationError(
                 f"schema {schema!r} has a migrations table from graphile-worker older than 0.11; "
                 "upgrade it with graphile-worker 0.17 first (npx graphile-worker --schema-only)"
             )
-        return _upgrade(conn, queries, schema)
+        return _upgrade(conn, store)
 
 
-def _install(conn: Connection, queries: Queries, schema: str) -> None:
-    conn.execute(bind_schema(read_sql_file("schema.sql"), schema))
-    conn.execute(bind_schema(read_sql_file("functions.sql"), schema))
-    conn.execute(bind_schema(read_sql_file("workers.sql"), schema))
-    revisions = list(range(1, SCHEMA_REVISION + 1))
-    conn.execute(
-        queries["record_migrations"],
-        {"ids": revisions, "breaking": [r in BREAKING_REVISIONS for r in revisions]},
-    )
-    logger.info("Installed the worker schema %r at revision %d", schema, SCHEMA_REVISION)
+def _install(conn: Connection, store: MigrationStatements) -> None:
+    for filename in ("schema.sql", "functions.sql", "workers.sql"):
+        store.run_sql_file(conn, filename)
+    revisions = range(1, SCHEMA_REVISION + 1)
+    store.record_migrations(conn, {r: r in BREAKING_REVISIONS for r in revisions})
+    logger.info("Installed the worker schema %r at revision %d", store.schema, SCHEMA_REVISION)
 
 
-def _upgrade(conn: Connection, queries: Queries, schema: str) -> MigrationOutcome:
-    row = conn.execute(queries["ledger_state"]).fetchone()
-    assert row is not None
-    latest, latest_breaking = row
+def _upgrade(conn: Connection, store: MigrationStatements) -> MigrationOutcome:
+    schema = store.schema
+    latest, latest_breaking = store.ledger_revisions(conn)
     if latest_breaking > SCHEMA_REVISION:
         raise IncompatibleSchemaError(
             f"the database's worker schema {schema!r} is at revision {latest}, with breaking "
@@ -111,39 +103,26 @@ def _upgrade(conn: Connection, queries: Queries, schema: str) -> MigrationOutcom
     if latest == OLDEST_ACCEPTED_REVISION:
         # Revision 19 changes no SQL: it marks the switch to one lock owner per pool, so
         # that graphile-worker 0.16 workers (one owner per job slot) refuse to start.
-        conn.execute(queries["record_migrations"], {"ids": [19], "breaking": [True]})
-        conn.execute(
-            queries["notify_migration"],
-            {"payload": json.dumps({"migrationNumber": 19, "breaking": True})},
-        )
+        store.record_migrations(conn, {19: True})
+        store.notify_migration(conn, 19, breaking=True)
         outcome = MigrationOutcome.UPGRADED
     if latest < WORKERS_REVISION:
         # Node graphile-worker 0.17 reads a newer non-breaking revision as a warning and
         # carries on, as it does on a database the Rust port migrated.
-        conn.execute(bind_schema(read_sql_file("workers.sql"), schema))
-        conn.execute(queries["record_migrations"], {"ids": [WORKERS_REVISION], "breaking": [False]})
+        store.run_sql_file(conn, "workers.sql")
+        store.record_migrations(conn, {WORKERS_REVISION: False})
         logger.info("Added the worker registry (revision %d) to %r", WORKERS_REVISION, schema)
         outcome = MigrationOutcome.UPGRADED
-    definition = _fetch_value(conn, queries["add_jobs_definition"], {"schema": schema})
-    source = definition if isinstance(definition, str) else ""
+    source = store.add_jobs_definition(conn)
     # Our functions replace graphile-worker's (same signatures and semantics, plus the
     # #580 fix) on every revision we know; past those, only when the fix is missing.
     outdated = FUNCTIONS_MARKER not in source and (
         latest <= NEWEST_KNOWN_REVISION or RACE_FIX_MARKER not in source
     )
     if outdated:
-        conn.execute(bind_schema(read_sql_file("functions.sql"), schema))
+        store.run_sql_file(conn, "functions.sql")
         logger.info(
             "Installed pgworker's SQL functions (with the keyed-add race fix) in %r", schema
         )
         outcome = MigrationOutcome.UPGRADED
     return outcome
-
-
-def _fetch_value(
-    conn: Connection,
-    query: bytes,
-    params: dict[str, object] | None = None,
-) -> object:
-    row = conn.execute(query, params).fetchone()
-    return None if row is None else row[0]

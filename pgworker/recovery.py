@@ -208,8 +208,17 @@ class Sweeper:
         )
 
     def reset_stale_locks(self) -> None:
-        """graphile-worker's 4-hour reset; errors are logged, never raised."""
+        """graphile-worker's 4-hour reset, and a warning about jobs that no registered
+        worker runs; errors are logged, never raised."""
         try:
             self.store.reset_stale_locks(conn=self._conn.get())
+            unserved = self.store.unserved_tasks(conn=self._conn.get())
         except psycopg.Error as exc:
             logger.warning("Resetting stale locks failed: %s", exc)
+            return
+        if unserved:
+            logger.warning(
+                "Jobs wait for tasks that no registered worker runs (a Node worker may: it "
+                "doesn't register): %s",
+                ", ".join(f"{task} ({count})" for task, count in unserved.items()),
+            )

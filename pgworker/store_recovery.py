@@ -137,8 +137,8 @@ class RegistryStatements(StoreBase):
             for row in rows
         ]
 
-    def unserved_tasks(self) -> dict[str, int]:
+    def unserved_tasks(self, *, conn: Connection | None = None) -> dict[str, int]:
         """Task identifiers with runnable jobs that no registered worker says it runs,
         with how many jobs each has waiting."""
-        with self.connection() as c:
+        with self.connection(conn) as c:
             return dict(c.execute(self.queries["unserved_tasks"]).fetchall())

@@ -400,3 +400,25 @@ def test_default_settings_recover_within_a_minute_and_spare_a_live_long_job(
     assert live.events(long_job.id, "started") == [live_id]
     assert job_row(db, schema, long_job.id) is None
     client.close()
+
+
+def test_jobs_no_registered_worker_runs_are_reported(
+    make_app: Callable[..., App], db: Conn, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(recovery=FAST)
+
+    @app.task("here")
+    def here(payload: dict[str, Any]) -> None:
+        pass
+
+    with app:
+        handle = app.start()
+        try:
+            app.defer("nobody_runs_this", {})
+            app.defer("nobody_runs_this", {})
+            handle.worker.sweeper.reset_stale_locks()
+        finally:
+            handle.stop()
+    assert "Jobs wait for tasks that no registered worker runs" in caplog.text
+    assert "nobody_runs_this (2)" in caplog.text
+    assert "here (" not in caplog.text
