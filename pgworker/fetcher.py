@@ -45,7 +45,10 @@ class Fetcher:
     free event-loop slots and handed to ``async_lane``: one claim statement for each kind
     that has room (a worker without async tasks makes one, as it always did). A named
     queue stays serial across both kinds: a claim locks the queue of the job it takes,
-    and the next claim, of either kind, skips locked queues.
+    and the next claim, of either kind, skips locked queues. But each claim sees only its
+    own kind's jobs, so in a queue that mixes sync and async tasks a job may run before
+    an earlier job of the other kind (as between graphile-workers with different task
+    lists).
     """
 
     def __init__(
