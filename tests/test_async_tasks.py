@@ -4,16 +4,20 @@ shutdown, and the awaitable defer."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import psycopg
 import pytest
+from click.testing import CliRunner
 
-from pgworker import App, Job, JobContext, JobResult, Plugin
+from pgworker import App, ConfigurationError, Job, JobContext, JobResult, Plugin, Skip
+from pgworker.cli import cli
 from pgworker.hooks import BeforeRun
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -42,19 +46,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_an_async_task_is_awaited_on_the_event_loop(opened: App, db: Conn, schema: str) -> None:
-    seen: list[tuple[str, int, int, str]] = []
+    seen: list[tuple[object, int, int, str]] = []
 
     @opened.task("greet")
     async def greet(payload: Greeting, ctx: JobContext) -> None:
         await asyncio.sleep(0.01)
-        assert isinstance(payload, Greeting)  # decoded into the payload type
-        seen.append((payload.message * payload.times, ctx.job.id, ctx.job.attempts, ""))
-        seen[-1] = (*seen[-1][:3], threading.current_thread().name)
+        thread = threading.current_thread().name
+        seen.append((payload, ctx.job.id, ctx.job.attempts, thread))
 
     job = greet.defer(Greeting(message="hi", times=2))
     opened.run_once()
-    [(text, job_id, attempts, thread)] = seen
-    assert (text, job_id, attempts) == ("hihi", job.id, 1)
+    [(payload, job_id, attempts, thread)] = seen
+    assert (payload, job_id, attempts) == (Greeting(message="hi", times=2), job.id, 1)
     assert thread.endswith("-async-loop")
     assert job_rows(db, schema) == []
 
@@ -74,7 +77,8 @@ def test_a_failing_async_task_is_retried_like_a_sync_one(
         f'select extract(epoch from run_at - now()) from "{schema}"._private_jobs where id = %s',
         (job.id,),
     ).fetchone()
-    assert delay is not None and 1.0 < float(delay[0]) <= 2.72  # exp(1): graphile's backoff
+    assert delay is not None
+    assert 1.0 < float(delay[0]) <= 2.72  # exp(1): graphile-worker's backoff
 
 
 class Recorder(Plugin):
@@ -182,7 +186,8 @@ def test_a_mixed_app_drains_sync_and_async_jobs(make_app: Callable[..., App]) ->
         async_job.defer_many([{"n": n} for n in range(20)])
         app.run_once()
         assert app.admin.jobs() == []
-    assert sorted(done) == sorted([f"sync-{n}" for n in range(20)] + [f"async-{n}" for n in range(20)])
+    expected = [f"{kind}-{n}" for kind in ("sync", "async") for n in range(20)]
+    assert sorted(done) == sorted(expected)
 
 
 def test_a_named_queue_stays_serial_across_async_and_sync_jobs(
@@ -299,13 +304,13 @@ def test_a_forced_stop_keeps_a_still_running_coroutine_locked(
         first = app.start()
         assert started.wait(5)
         first.stop(force=True)
-        assert job_rows(db, schema)[0][4] == first.worker_id  # still ours
+        # Cancelled, but still unwinding: still locked by its worker.
+        assert job_rows(db, schema) == [(job.id, "stubborn", 1, None, first.worker_id)]
         app.run_once()  # another worker: the job is locked, so it does not run
         assert runs == [first.worker_id]
         assert first.worker.wait_finished(10)
     # It returned normally after the cancellation: recorded as completed.
     assert job_rows(db, schema) == []
-    assert job.id
 
 
 def test_adefer_enqueues_from_async_code(opened: App, db: Conn, schema: str) -> None:
@@ -332,3 +337,66 @@ def test_adefer_enqueues_from_async_code(opened: App, db: Conn, schema: str) -> 
     opened.run_once()
     assert sorted(done) == ["after web", "by name"]
     assert job_rows(db, schema) == []
+
+
+class SkipAll(Plugin):
+    def before_job_run(self, job: Job, payload: Any) -> BeforeRun:
+        return Skip()
+
+
+def test_a_job_a_plugin_skips_frees_its_loop_slot(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    app = make_app(plugins=[SkipAll()], async_concurrency=1)
+    called: list[int] = []
+
+    @app.task("skipped")
+    async def skipped(payload: dict[str, int]) -> None:
+        called.append(payload["n"])
+
+    with app:
+        app.migrate()
+        skipped.defer_many([{"n": n} for n in range(3)])
+        app.run_once()  # with a leaked slot, the second job would never be claimed
+    assert called == []
+    assert job_rows(db, schema) == []
+
+
+def test_async_concurrency_is_validated_and_configurable() -> None:
+    with pytest.raises(ConfigurationError, match="async_concurrency must be positive"):
+        App(async_concurrency=0)
+    app = App()
+    assert app.async_concurrency == 100
+    assert app.configure(async_concurrency=7).async_concurrency == 7
+    with pytest.raises(ConfigurationError, match="async_concurrency must be positive"):
+        app.configure(async_concurrency=-1)
+
+
+def test_the_cli_sets_async_concurrency(
+    database_url: str,
+    schema: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = f"async_cli_app_{schema}"
+    (tmp_path / f"{module}.py").write_text(
+        "import asyncio\n"
+        "from pgworker import App\n"
+        "app = App()\n"
+        "seen = []\n"
+        "@app.task('nap')\n"
+        "async def nap(payload: dict) -> None:\n"
+        "    await asyncio.sleep(0)\n"
+        "    seen.append(app.async_concurrency)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = ["--database-url", database_url, "--schema", schema]
+    runner = CliRunner()
+    assert runner.invoke(cli, ["migrate", *common]).exit_code == 0
+    assert runner.invoke(cli, ["defer", "nap", "{}", *common]).exit_code == 0
+    result = runner.invoke(
+        cli, ["run", f"{module}:app", "--once", "--async-concurrency", "3", *common]
+    )
+    assert result.exit_code == 0, result.output
+    assert importlib.import_module(module).seen == [3]
