@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import enum
 import functools
 import inspect
@@ -249,12 +250,15 @@ class AsyncRunner:
         *,
         timeout: float | None = None,
         name: str | None = None,
+        context: contextvars.Context | None = None,
     ) -> AsyncHandle[R]:
         """Run ``make_coro()`` on the loop in a slot reserved with ``try_acquire``.
 
         ``make_coro`` is called on the loop thread, so the coroutine is created where it
         runs. After ``timeout`` seconds (counted from its start) it is cancelled and its
         handle fails with JobTimeoutError. ``name`` labels the asyncio task and the logs.
+        With ``context`` (``contextvars.copy_context()`` of the submitting thread), the
+        coroutine runs in it, seeing the context variables set there (a tracing span).
         The slot is freed when the coroutine has finished.
         """
         if timeout is not None and not timeout > 0:
@@ -270,7 +274,7 @@ class AsyncRunner:
             self._reserved -= 1
             self._handles.add(handle)
             self._idle.clear()
-            loop.call_soon_threadsafe(self._start, handle, make_coro)
+            loop.call_soon_threadsafe(self._start, handle, make_coro, context)
         return handle
 
     def cancel(self, handle: AsyncHandle[Any]) -> bool:
@@ -336,13 +340,18 @@ class AsyncRunner:
         finally:
             loop.close()
 
-    def _start(self, handle: AsyncHandle[R], make_coro: Callable[[], Awaitable[R]]) -> None:
+    def _start(
+        self,
+        handle: AsyncHandle[R],
+        make_coro: Callable[[], Awaitable[R]],
+        context: contextvars.Context | None,
+    ) -> None:
         try:
             if handle._cancel_requested:
                 self._settle(handle, cancelled=True)
                 return
             try:
-                awaitable = make_coro()
+                awaitable = make_coro() if context is None else context.run(make_coro)
                 if not inspect.isawaitable(awaitable):
                     raise TypeError(
                         f"{make_coro!r} returned {type(awaitable).__name__}, not an awaitable"
@@ -351,7 +360,9 @@ class AsyncRunner:
                 self._settle(handle, exc=exc)
                 return
             loop = asyncio.get_running_loop()
-            task = loop.create_task(_run_guarded(awaitable, handle.timeout), name=handle.name)
+            task = loop.create_task(
+                _run_guarded(awaitable, handle.timeout), name=handle.name, context=context
+            )
             handle._task = task
             task.add_done_callback(functools.partial(self._task_done, handle))
         except Exception as exc:

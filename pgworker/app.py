@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -57,7 +58,10 @@ class App:
       (the ``PG*`` environment variables). The CLI fills it in from ``--database-url``
       or ``DATABASE_URL``.
     - ``schema``: the worker schema, shared with any Node or Rust worker on the database.
-    - ``concurrency``: how many jobs run at once, each on its own thread.
+    - ``concurrency``: how many jobs of sync tasks run at once, each on its own thread.
+    - ``async_concurrency``: how many jobs of ``async def`` tasks run at once, on the
+      worker's one event loop (a job awaiting I/O holds no thread); counted apart from
+      ``concurrency``.
     - ``poll_interval``: seconds between polls when no notification arrives.
     - ``pool``: a psycopg_pool ConnectionPool you own; the app uses it and never closes it.
     - ``max_pool_size``: the size of the pool the app makes (default concurrency + 4).
@@ -83,6 +87,7 @@ class App:
         database_url: str | None = None,
         schema: str = DEFAULT_SCHEMA,
         concurrency: int = 4,
+        async_concurrency: int = 100,
         poll_interval: float = 2.0,
         pool: ConnectionPool[Connection] | None = None,
         max_pool_size: int | None = None,
@@ -98,6 +103,7 @@ class App:
     ) -> None:
         _check_schema(schema)
         _check_positive("concurrency", concurrency)
+        _check_positive("async_concurrency", async_concurrency)
         _check_positive("poll_interval", poll_interval)
         _check_not_negative("prefetch", prefetch)
         if shutdown_grace_period < 0 or interrupted_retry_delay < 0:
@@ -107,6 +113,7 @@ class App:
         self.database_url = database_url
         self.schema = schema
         self.concurrency = concurrency
+        self.async_concurrency = async_concurrency
         self.poll_interval = poll_interval
         self.max_pool_size = max_pool_size or concurrency + 4
         self.shutdown_grace_period = shutdown_grace_period
@@ -136,6 +143,7 @@ class App:
         database_url: str | None = None,
         schema: str | None = None,
         concurrency: int | None = None,
+        async_concurrency: int | None = None,
         poll_interval: float | None = None,
         prefetch: int | None = None,
     ) -> App:
@@ -156,6 +164,9 @@ class App:
             _check_positive("concurrency", concurrency)
             self.concurrency = concurrency
             self.max_pool_size = max(self.max_pool_size, concurrency + 4)
+        if async_concurrency is not None:
+            _check_positive("async_concurrency", async_concurrency)
+            self.async_concurrency = async_concurrency
         if poll_interval is not None:
             _check_positive("poll_interval", poll_interval)
             self.poll_interval = poll_interval
@@ -341,6 +352,38 @@ class App:
         )
         return self.add_job(identifier, payload, spec, conn=conn)
 
+    async def adefer(
+        self,
+        identifier: str,
+        payload: Any = None,
+        *,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        job_key: str | None = None,
+        job_key_mode: JobKeyMode | None = None,
+        flags: Sequence[str] | None = None,
+    ) -> Job:
+        """``defer`` for async code (an async task, an async web handler): awaitable,
+        without blocking the event loop.
+
+        It runs ``defer`` in a thread (``asyncio.to_thread``), which borrows a connection
+        from the app's pool for the length of the insert: under heavy use, size the pool
+        (``max_pool_size``) for it. It cannot join your transaction: use ``defer`` with
+        ``conn=`` for that.
+        """
+        spec = JobSpec(
+            queue=queue,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            job_key=job_key,
+            job_key_mode=job_key_mode,
+            flags=flags,
+        )
+        return await asyncio.to_thread(self.add_job, identifier, payload, spec)
+
     def add_job(
         self, identifier: str, payload: Any, spec: JobSpec, *, conn: Connection | None = None
     ) -> Job:
@@ -460,6 +503,7 @@ class App:
             shutdown_grace_period=self.shutdown_grace_period,
             interrupted_retry_delay=self.interrupted_retry_delay,
             recovery=self.recovery,
+            async_concurrency=self.async_concurrency,
             once=once,
         )
         return Worker(

@@ -48,7 +48,14 @@ def cli(log_level: str, log_format: str) -> None:
 @cli.command()
 @click.argument("target", metavar="MODULE:ATTR")
 @click.option("--once", is_flag=True, help="Run the jobs runnable now, then exit.")
-@click.option("-j", "--concurrency", type=click.IntRange(min=1), help="Jobs run at once.")
+@click.option(
+    "-j", "--concurrency", type=click.IntRange(min=1), help="Jobs of sync tasks run at once."
+)
+@click.option(
+    "--async-concurrency",
+    type=click.IntRange(min=1),
+    help="Jobs of async def tasks run at once on the event loop (default 100).",
+)
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0.01),
@@ -75,6 +82,7 @@ def run(
     target: str,
     once: bool,
     concurrency: int | None,
+    async_concurrency: int | None,
     poll_interval: float | None,
     prefetch: int | None,
     crontab_file: str | None,
@@ -91,6 +99,7 @@ def run(
             database_url=url,
             schema=schema,
             concurrency=concurrency,
+            async_concurrency=async_concurrency,
             poll_interval=poll_interval,
             prefetch=prefetch,
         )

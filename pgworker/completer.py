@@ -14,7 +14,7 @@ from .connections import OwnConnection, backoff_delay
 from .hooks import Hooks
 from .inflight import InFlight
 from .outcome import Outcome
-from .store import Connection, Store
+from .store import INTERRUPTED_MESSAGE, Connection, Store
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,14 @@ class Completer:
         inflight: InFlight,
         *,
         on_settled: Callable[[], None],
+        interrupted_retry_delay: float = 0.0,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
         self.hooks = hooks
         self.inflight = inflight
         self.on_settled = on_settled
+        self.interrupted_retry_delay = interrupted_retry_delay
         self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._conn = OwnConnection(conninfo)
 
@@ -117,11 +119,24 @@ class Completer:
 
     def _write_batch(self, batch: list[Outcome], conn: Connection) -> None:
         successes = [o.job.id for o in batch if o.error is None]
-        failures = [(o.job.id, o.error, o.permanent) for o in batch if o.error is not None]
+        failures = [
+            (o.job.id, o.error, o.permanent)
+            for o in batch
+            if o.error is not None and not o.interrupted
+        ]
+        interrupted = [o.job.id for o in batch if o.interrupted]
         if successes:
             self.store.complete_jobs(successes, worker_id=self.worker_id, conn=conn)
         if failures:
             self.store.fail_jobs(failures, worker_id=self.worker_id, conn=conn)
+        if interrupted:
+            self.store.return_jobs(
+                interrupted,
+                worker_id=self.worker_id,
+                delay=self.interrupted_retry_delay,
+                message=INTERRUPTED_MESSAGE,
+                conn=conn,
+            )
         for outcome in batch:
             outcome.log()
 
@@ -138,6 +153,8 @@ class Completer:
     def _report(self, outcome: Outcome) -> None:
         """Tell the plugins how a recorded job ended."""
         hooks, job, error = self.hooks, outcome.job, outcome.error
+        if outcome.interrupted:
+            return  # the shutdown told the plugins (on_job_interrupted)
         if error is None:
             hooks.job_completed(job, outcome.duration_ms)
             return

@@ -5,22 +5,51 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import psycopg
 
 from .connections import OwnConnection, backoff_delay
 from .hooks import Hooks
-from .inflight import InFlight
+from .inflight import InFlight, Room
 from .store import ClaimedJob, Store
 
 logger = logging.getLogger(__name__)
+
+
+class AsyncLane(Protocol):
+    """Where the fetcher sends the jobs of async tasks (``AsyncJobs``): claimed against
+    slots reserved on the event loop, one of which each job handed out takes."""
+
+    def reserve(self, n: int) -> int:
+        """Reserve up to ``n`` free slots; return how many were reserved."""
+        ...
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` reserved slots that no job took."""
+        ...
+
+    def submit(self, claimed: ClaimedJob) -> None:
+        """Run a claimed job in one of the reserved slots."""
+        ...
 
 
 class Fetcher:
     """The claim loop. With a prefetch buffer it claims only once there is room for a
     whole batch (fewer, larger claims); without one, as soon as an executor is free.
     Between claims that find nothing it sleeps until ``wake()`` (a notification, or a
-    settled outcome that may have unlocked a queue) or the poll interval."""
+    settled outcome that may have unlocked a queue) or the poll interval.
+
+    The jobs of sync tasks (``task_names``) are claimed against free executor slots and
+    handed to ``hand_out``; those of async tasks (``async_task_names``), if any, against
+    free event-loop slots and handed to ``async_lane``: one claim statement for each kind
+    that has room (a worker without async tasks makes one, as it always did). A named
+    queue stays serial across both kinds: a claim locks the queue of the job it takes,
+    and the next claim, of either kind, skips locked queues. But each claim sees only its
+    own kind's jobs, so in a queue that mixes sync and async tasks a job may run before
+    an earlier job of the other kind (as between graphile-workers with different task
+    lists).
+    """
 
     def __init__(
         self,
@@ -35,6 +64,8 @@ class Fetcher:
         poll_interval: float,
         forbidden_flags: Callable[[], Sequence[str] | None],
         hand_out: Callable[[ClaimedJob], None],
+        async_task_names: dict[int, str] | None = None,
+        async_lane: AsyncLane | None = None,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
@@ -45,6 +76,8 @@ class Fetcher:
         self.poll_interval = poll_interval
         self.forbidden_flags = forbidden_flags
         self.hand_out = hand_out
+        self.async_task_names = async_task_names or {}
+        self.async_lane = async_lane
         self._conn = OwnConnection(conninfo)
         self._wake = threading.Event()
 
@@ -58,18 +91,12 @@ class Fetcher:
         attempt = 0
         try:
             while not stop.is_set():
-                limit = self.inflight.room(self.batch, stop)
+                room = self.inflight.room(self.batch, stop)
                 if stop.is_set():
                     return
                 self._wake.clear()
                 try:
-                    claimed = self.store.claim_jobs(
-                        worker_id=self.worker_id,
-                        task_names=self.task_names,
-                        limit=limit,
-                        forbidden_flags=self.forbidden_flags(),
-                        conn=self._conn.get(),
-                    )
+                    claimed, more = self._claim(room)
                 except Exception as exc:  # the loop must outlive any one failure
                     delay = backoff_delay(attempt)
                     attempt += 1
@@ -78,11 +105,7 @@ class Fetcher:
                     stop.wait(delay)
                     continue
                 attempt = 0
-                self._hand_out(claimed)
-                if len(claimed) == limit or any(c.job.queue_name for c in claimed):
-                    # There may be more: a full batch, or one cut short because it holds
-                    # a queue's next job in place of the rest of that queue's backlog
-                    # (locked now, so the next claim looks past it).
+                if more:
                     continue
                 if once and not claimed and not self.inflight.unsettled:
                     if not self._wake.is_set():
@@ -92,11 +115,56 @@ class Fetcher:
         finally:
             self._conn.close()
 
-    def _hand_out(self, claimed: list[ClaimedJob]) -> None:
+    def _claim(self, room: Room) -> tuple[int, bool]:
+        """Claim for each kind with room; return how many jobs were claimed, and whether
+        there may be more to claim right away."""
+        claimed, more = 0, False
+        if room.sync and self.task_names:
+            jobs = self._claim_jobs(self.task_names, room.sync)
+            self._hand_out(jobs, self.hand_out, is_async=False)
+            claimed += len(jobs)
+            more = more or _may_be_more(jobs, room.sync)
+        lane = self.async_lane
+        if room.async_ and lane is not None and self.async_task_names:
+            reserved = lane.reserve(room.async_)
+            if reserved:
+                jobs = []
+                try:
+                    jobs = self._claim_jobs(self.async_task_names, reserved)
+                finally:
+                    lane.release(reserved - len(jobs))
+                self._hand_out(jobs, lane.submit, is_async=True)
+                claimed += len(jobs)
+                more = more or _may_be_more(jobs, reserved)
+        return claimed, more
+
+    def _claim_jobs(self, task_names: dict[int, str], limit: int) -> list[ClaimedJob]:
+        return self.store.claim_jobs(
+            worker_id=self.worker_id,
+            task_names=task_names,
+            limit=limit,
+            forbidden_flags=self.forbidden_flags(),
+            conn=self._conn.get(),
+        )
+
+    def _hand_out(
+        self,
+        claimed: list[ClaimedJob],
+        hand_out: Callable[[ClaimedJob], None],
+        *,
+        is_async: bool,
+    ) -> None:
         # The claim's rows come back in no particular order; run them in the fetch order
         # (it matters with a prefetch buffer).
         claimed.sort(key=lambda c: (c.job.priority, c.job.run_at))
-        self.inflight.claimed(claimed)
+        self.inflight.claimed(claimed, is_async=is_async)
         for job in claimed:
             self.hooks.job_fetched(job.job)
-            self.hand_out(job)
+            hand_out(job)
+
+
+def _may_be_more(claimed: list[ClaimedJob], limit: int) -> bool:
+    """Whether a claim may have left runnable jobs behind: a full batch, or one cut short
+    because it holds a queue's next job in place of the rest of that queue's backlog
+    (locked now, so the next claim looks past it)."""
+    return len(claimed) == limit or any(c.job.queue_name for c in claimed)

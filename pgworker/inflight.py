@@ -5,44 +5,63 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from .job import Job
 from .store import ClaimedJob
 
 
-class InFlight:
-    """What the fetcher, the executors, the completer and the shutdown share.
+class Room(NamedTuple):
+    """How many jobs of each kind the worker can take on now."""
 
-    A claimed job is *waiting* until an executor starts it, then *running* until its
-    code returns; from claim until its outcome is written it is *unsettled*. At most
-    ``capacity`` jobs are waiting or running at once. ``close()`` takes the waiting
-    jobs out (to give back): an executor that picks one of them up later finds it gone.
+    sync: int
+    async_: int
+
+
+class InFlight:
+    """What the fetcher, the executors, the async jobs, the completer and the shutdown
+    share.
+
+    A claimed job is *waiting* until an executor (or the async jobs' thread) starts it,
+    then *running* until its code returns; from claim until its outcome is written it is
+    *unsettled*. Jobs of both kinds are counted alike, but only sync jobs take up the
+    ``capacity`` (executor slots plus prefetch): async jobs take the slots of the event
+    loop, which ``async_room`` reports. ``close()`` takes the waiting jobs out (to give
+    back): whoever picks one of them up later finds it gone.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, async_room: Callable[[], int] | None = None) -> None:
         self.capacity = capacity
+        self.async_room = async_room
         self._changed = threading.Condition()
         self._waiting: dict[int, ClaimedJob] = {}
         self._running: dict[int, Job] = {}
         self._unsettled: set[int] = set()
+        self._async: set[int] = set()  # the waiting or running jobs that are async
 
-    def room(self, need: int, stop: threading.Event) -> int:
-        """Wait until at least ``need`` slots are free; return how many are (0 once
-        ``stop`` is set)."""
+    def room(self, need: int, stop: threading.Event) -> Room:
+        """Wait until at least ``need`` sync slots or one async slot are free; return
+        how many of each the worker can take (sync slots only if ``need`` are free;
+        nothing once ``stop`` is set)."""
         with self._changed:
             while not stop.is_set():
-                free = self.capacity - len(self._waiting) - len(self._running)
-                if free >= need:
-                    return free
+                held = len(self._waiting) + len(self._running) - len(self._async)
+                free = self.capacity - held
+                sync = free if free >= need else 0
+                async_ = self.async_room() if self.async_room is not None else 0
+                if sync or async_:
+                    return Room(sync, async_)
                 self._changed.wait()
-        return 0
+        return Room(0, 0)
 
-    def claimed(self, jobs: list[ClaimedJob]) -> None:
+    def claimed(self, jobs: list[ClaimedJob], *, is_async: bool = False) -> None:
         """Record newly claimed jobs as waiting."""
         with self._changed:
             for claimed in jobs:
                 self._waiting[claimed.job.id] = claimed
                 self._unsettled.add(claimed.job.id)
+                if is_async:
+                    self._async.add(claimed.job.id)
 
     def start(self, job_id: int) -> bool:
         """Move a waiting job to running; False if a stop gave it back first."""
@@ -57,6 +76,7 @@ class InFlight:
         """The job's code returned: its slot is free (its outcome is not written yet)."""
         with self._changed:
             self._running.pop(job_id, None)
+            self._async.discard(job_id)
             self._changed.notify_all()
 
     def settled(self, job_ids: list[int]) -> None:
@@ -72,6 +92,7 @@ class InFlight:
             waiting = list(self._waiting.values())
             self._waiting.clear()
             self._unsettled.difference_update(c.job.id for c in waiting)
+            self._async.difference_update(c.job.id for c in waiting)
             self._changed.notify_all()
             return waiting
 

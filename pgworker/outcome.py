@@ -16,6 +16,8 @@ logger = logging.getLogger("pgworker.worker")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 #: graphile-worker's backoff stops growing after this many attempts (about 6 hours).
 RETRY_BACKOFF_CAP_ATTEMPTS = 10
+#: The error of a job whose coroutine a shutdown cancelled (it is given back, not failed).
+INTERRUPTED_ERROR = "interrupted by shutdown"
 
 
 def retry_delay(attempts: int) -> float:
@@ -34,13 +36,18 @@ def describe_error(exc: BaseException) -> str:
 
 class Outcome(msgspec.Struct, frozen=True):
     """What running one job came to; the completer writes it to the database, then logs
-    it (one thread logging keeps the executors clear of the log handler's lock)."""
+    it (one thread logging keeps the executors clear of the log handler's lock).
+
+    An ``interrupted`` job (an async job cancelled by a shutdown) is neither completed nor
+    failed: it goes back to the queue with its attempt refunded.
+    """
 
     job: Job
     duration_ms: float
     error: str | None = None
     permanent: bool = False
     traceback: str | None = None
+    interrupted: bool = False
 
     @classmethod
     def failure(
@@ -54,6 +61,8 @@ class Outcome(msgspec.Struct, frozen=True):
         """INFO for a success, WARNING for a failure that will be retried, ERROR else."""
         if self.error is None:
             return logging.INFO
+        if self.interrupted:
+            return logging.WARNING
         if self.permanent or self.job.attempts >= self.job.max_attempts:
             return logging.ERROR
         return logging.WARNING
@@ -76,6 +85,9 @@ class Outcome(msgspec.Struct, frozen=True):
         attempt = f"attempt {job.attempts} of {job.max_attempts}"
         if self.error is None:
             logger.info("Completed %s (%s)", head, attempt, extra=extra)
+            return
+        if self.interrupted:
+            logger.warning("Gave back %s (%s): %s", head, attempt, self.error, extra=extra)
             return
         if self.permanent:
             fate = "permanently"

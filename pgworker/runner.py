@@ -7,6 +7,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -16,7 +17,7 @@ from .errors import PayloadError
 from .hooks import Complete, Fail, Hooks, JobResult, Skip
 from .inflight import InFlight
 from .job import Job
-from .outcome import Outcome
+from .outcome import INTERRUPTED_ERROR, Outcome
 from .store import ClaimedJob
 from .task import Task
 
@@ -26,8 +27,23 @@ logger = logging.getLogger(__name__)
 IDLE_CHECK = 0.2
 
 
+@dataclass(frozen=True, slots=True)
+class StartedJob:
+    """A job whose plugins let it run and were told it started: what is left is to call
+    its task (``task.call`` in a thread, or ``task.call_async`` on the event loop)."""
+
+    job: Job
+    task: Task[Any, Any, Any]
+    payload: Any
+    started: float
+
+
 class JobRunner:
-    """Runs one claimed job: decode its payload, ask the plugins, call the task."""
+    """Runs one claimed job: decode its payload, ask the plugins, call the task.
+
+    ``begin`` and ``end`` are the steps around the task call that sync and async jobs
+    share; they call plugin hooks, which may block, so they never run on the event loop.
+    """
 
     def __init__(
         self,
@@ -40,45 +56,69 @@ class JobRunner:
         self.make_context = make_context
 
     def run(self, claimed: ClaimedJob) -> Outcome:
-        """What running ``claimed`` came to; never raises."""
+        """What running ``claimed`` (a sync task's job) came to; never raises."""
         started = time.perf_counter()
         try:
-            return self._run(claimed, started)
+            step = self.begin(claimed, started)
+            if isinstance(step, Outcome):
+                return step
+            raised: BaseException | None = None
+            try:
+                step.task.call(step.payload, self.make_context(step.job))
+            except BaseException as exc:
+                raised = exc
+            return self.end(step, raised)
         except BaseException as exc:  # never let a job take the thread down
-            logger.exception("Unexpected error running job %d", claimed.job.id)
-            return Outcome.failure(claimed.job, _ms_since(started), exc)
+            return self.unexpected(claimed.job, started, exc)
 
-    def _run(self, claimed: ClaimedJob, started: float) -> Outcome:
+    def begin(self, claimed: ClaimedJob, started: float) -> StartedJob | Outcome:
+        """Decode the payload, ask ``before_job_run``, report ``on_job_started``: the job
+        to call, or its outcome if it ends here (a payload that never decodes, a plugin
+        that skips or fails it)."""
         job, hooks = claimed.job, self.hooks
         task = self.tasks[job.task_identifier]
         try:
             payload = task.codec.decode(claimed.payload)
         except PayloadError as exc:
             # The payload will never decode, however often we retry: fail it for good.
-            return Outcome.failure(job, _ms_since(started), exc, permanent=True)
+            return Outcome.failure(job, ms_since(started), exc, permanent=True)
         if hooks.intercepts_run:
             before = hooks.before_job_run(job, msgspec.json.decode(claimed.payload))
             if isinstance(before, Skip):
-                return Outcome(job, _ms_since(started))
+                return Outcome(job, ms_since(started))
             if isinstance(before, Fail):
-                return Outcome(job, _ms_since(started), before.message)
+                return Outcome(job, ms_since(started), before.message)
         hooks.job_started(job)
-        raised: BaseException | None = None
-        try:
-            task.call(payload, self.make_context(job))
-        except BaseException as exc:
-            raised = exc
-        duration = _ms_since(started)
-        outcome = (
-            Outcome(job, duration) if raised is None else Outcome.failure(job, duration, raised)
-        )
+        return StartedJob(job, task, payload, started)
+
+    def end(
+        self, step: StartedJob, raised: BaseException | None, *, interrupted: bool = False
+    ) -> Outcome:
+        """The outcome of a called task: how it ended, as ``after_job_run`` sees it. An
+        ``interrupted`` job (cancelled by a shutdown) is given back whatever the plugins
+        say."""
+        job, hooks = step.job, self.hooks
+        duration = ms_since(step.started)
+        if interrupted:
+            outcome = Outcome(job, duration, INTERRUPTED_ERROR, interrupted=True)
+        elif raised is None:
+            outcome = Outcome(job, duration)
+        else:
+            outcome = Outcome.failure(job, duration, raised)
         if hooks.inspects_result:
             after = hooks.after_job_run(job, JobResult(duration, outcome.error, raised))
+            if interrupted:
+                return outcome
             if isinstance(after, Complete):
                 return Outcome(job, duration)
             if isinstance(after, Fail):
                 return Outcome(job, duration, after.message)
         return outcome
+
+    def unexpected(self, job: Job, started: float, exc: BaseException) -> Outcome:
+        """The outcome of a job whose running failed in pgworker (or a plugin) itself."""
+        logger.exception("Unexpected error running job %d", job.id)
+        return Outcome.failure(job, ms_since(started), exc)
 
 
 class Executors:
@@ -116,5 +156,5 @@ class Executors:
             self.record(outcome)
 
 
-def _ms_since(started: float) -> float:
+def ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000

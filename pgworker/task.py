@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import typing
@@ -93,6 +94,36 @@ class Task(Generic[T, P, R]):
             flags=flags,
         )
         return self.app.add_job(self.identifier, payload, spec, conn=conn)
+
+    async def adefer(
+        self,
+        payload: T | Mapping[str, Any],
+        *,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        job_key: str | None = None,
+        job_key_mode: JobKeyMode | None = None,
+        flags: Sequence[str] | None = None,
+    ) -> Job:
+        """``defer`` for async code (an async task, an async web handler): awaitable,
+        without blocking the event loop.
+
+        It runs ``defer`` in a thread (``asyncio.to_thread``), which borrows a connection
+        from the app's pool for the length of the insert. The payload is checked as by
+        ``defer``; it cannot join a transaction (use ``defer`` with ``conn=`` for that).
+        """
+        spec = JobSpec(
+            queue=queue,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            job_key=job_key,
+            job_key_mode=job_key_mode,
+            flags=flags,
+        )
+        return await asyncio.to_thread(self.app.add_job, self.identifier, payload, spec)
 
     def defer_many(
         self,

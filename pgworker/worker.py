@@ -8,8 +8,15 @@ thread         owns                            stops
 =============  ==============================  ==========================================
 caller's       ``Fetcher``: claims jobs into   on stop (``run()`` then shuts down)
                ``InFlight``, hands them out
-executor-N     ``Executors``: run one job at   on stop, once its queue is empty; a job
-               a time (``JobRunner``)          that is running finishes first
+executor-N     ``Executors``: run one sync     on stop, once its queue is empty; a job
+               job at a time (``JobRunner``)   that is running finishes first
+async-steps    ``AsyncJobs``: the steps of an  on stop, once every async job it took is
+               async job around its coroutine done with (only with async tasks)
+               (decoding, plugin hooks)
+async-loop     ``AsyncRunner``: the event      after the last async job, from the
+               loop the coroutines of async    shutdown (a forced stop cancels them; each
+               jobs run on, ``async_           is given back once it has unwound)
+               concurrency`` at a time
 completer      ``Completer``: writes outcomes  on stop, once every claimed job is settled
                in batches, reports to plugins
 heartbeat      ``Heartbeat``: the registry     on stop, once no job of ours is running
@@ -23,7 +30,8 @@ cron           ``CronScheduler``               on stop
 
 Never twice at once: a job whose code still runs in this process stays locked by this
 worker, heartbeat included, until that code returns and its outcome is recorded. A
-forced stop only stops waiting for it; the process exit path is the one other place
+forced stop only stops waiting for it (and cancels async jobs' coroutines, which give
+their jobs back once they have unwound); the process exit path is the one other place
 that gives such jobs back.
 """
 
@@ -41,6 +49,7 @@ from typing import Any
 import psycopg
 
 from .admin import Admin
+from .async_jobs import AsyncJobs
 from .completer import Completer
 from .connections import backoff_delay, connect
 from .context import JobContext
@@ -78,6 +87,7 @@ class WorkerSettings:
     shutdown_grace_period: float
     interrupted_retry_delay: float
     recovery: Recovery
+    async_concurrency: int = 100
     once: bool = False
 
 
@@ -107,12 +117,31 @@ class Worker:
         self.settings = settings
         self.cron_items = list(cron_items)
         self.forbidden_flags = forbidden_flags
-        self.inflight = InFlight(settings.concurrency + settings.prefetch)
+        self.has_sync_tasks = any(not task.is_async for task in tasks.values())
         self.runner = JobRunner(tasks, hooks, lambda job: make_context(job, self.worker_id))
+        self.inflight = InFlight(
+            settings.concurrency + settings.prefetch if self.has_sync_tasks else 0
+        )
         self.completer = Completer(
-            store, conninfo, self.worker_id, hooks, self.inflight, on_settled=self.wake
+            store,
+            conninfo,
+            self.worker_id,
+            hooks,
+            self.inflight,
+            on_settled=self.wake,
+            interrupted_retry_delay=settings.interrupted_retry_delay,
         )
         self.executors = Executors(self.runner, self.inflight, self.completer.put)
+        self.async_jobs: AsyncJobs | None = None
+        if any(task.is_async for task in tasks.values()):
+            self.async_jobs = AsyncJobs(
+                self.runner,
+                self.inflight,
+                self.completer.put,
+                limit=settings.async_concurrency,
+                name=self.worker_id,
+            )
+            self.inflight.async_room = self.async_jobs.free_slots
         self.fetcher: Fetcher | None = None
         self.heartbeat: Heartbeat | None = None
         self.sweeper = Sweeper(store, conninfo, settings.recovery, hooks)
@@ -213,6 +242,7 @@ class Worker:
             else:
                 item.check_payload(task.codec)
         task_names = self.store.register_tasks(sorted(self.tasks))
+        is_async = {i: self.tasks[name].is_async for i, name in task_names.items()}
         settings = self.settings
         self.fetcher = Fetcher(
             self.store,
@@ -220,11 +250,13 @@ class Worker:
             self.worker_id,
             self.hooks,
             self.inflight,
-            task_names=task_names,
+            task_names={i: name for i, name in task_names.items() if not is_async[i]},
             batch=max(1, settings.prefetch),
             poll_interval=settings.poll_interval,
             forbidden_flags=self.forbidden_flags,
             hand_out=self.executors.submit,
+            async_task_names={i: name for i, name in task_names.items() if is_async[i]},
+            async_lane=self.async_jobs,
         )
         if settings.recovery.enabled:
             metadata = worker_metadata(self.worker_id, list(self.tasks), VERSION)
@@ -254,8 +286,12 @@ class Worker:
             thread.start()
             self._threads.append(thread)
 
-        for i in range(self.settings.concurrency):
-            spawn(f"executor-{i}", self.executors.run)
+        if self.has_sync_tasks:
+            for i in range(self.settings.concurrency):
+                spawn(f"executor-{i}", self.executors.run)
+        if self.async_jobs is not None:
+            self.async_jobs.start()
+            spawn("async-steps", self.async_jobs.run)
         spawn("completer", self.completer.run)
         if self.heartbeat is not None:
             spawn("heartbeat", self.heartbeat.run)
@@ -297,6 +333,8 @@ class Worker:
         if not still_running:
             self._finish()
             return
+        if self.async_jobs is not None:
+            self.async_jobs.cancel_running()
         logger.warning(
             "Stopping without waiting for %d running job(s) (%s): they stay locked by %s, "
             "which keeps its heartbeat, until their code returns, and are given back if "
@@ -318,6 +356,8 @@ class Worker:
             if self._forced.is_set() and time.monotonic() - done_at > FORCED_COMPLETER_WAIT:
                 logger.error("Stopping without the last outcomes: a plugin hook is stuck?")
                 break
+        if self.async_jobs is not None:
+            self.async_jobs.stop()
         for thread in self._threads:
             thread.join(timeout=5.0)
         try:
