@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -18,14 +16,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from .admin import Admin
 from .context import Extensions, JobContext
 from .cron import Cron, CronItem, parse_crontab
-from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError, PayloadError
-from .hooks import DeferSkipped, Hooks, Plugin
-from .job import Job
+from .enqueue import MAX_IDENTIFIER_LENGTH, Enqueueing
+from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError
+from .hooks import Hooks, Plugin
 from .migrate import MigrationOutcome, migrate
-from .payload import PayloadCodec
 from .recovery import Recovery
-from .spec import JobKeyMode, JobSpec, RawJob
-from .store import Connection, NewJob, Store
+from .spec import JobSpec
+from .store import Connection, Store
 from .task import Task
 
 if TYPE_CHECKING:
@@ -41,14 +38,12 @@ R = TypeVar("R")
 DEFAULT_SCHEMA = "graphile_worker"
 #: Task identifiers as graphile-worker's crontab accepts them, slashes included.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_:/.\-]*$")
-MAX_IDENTIFIER_LENGTH = 128
-_RAW_CODEC: PayloadCodec[Any] = PayloadCodec(Any)
 #: Forbidden flags: none, a list, or a function called before each fetch that returns one.
 ForbiddenFlags = Sequence[str] | Callable[[], Sequence[str] | None] | None
 _CONNECT_TIMEOUT = 10.0
 
 
-class App:
+class App(Enqueueing):
     """A pgworker application: tasks are registered on it, jobs deferred and run through it.
 
     Nothing connects until ``open()`` (or ``with app:``); ``run()``, ``run_once()`` and
@@ -319,127 +314,6 @@ class App:
     def pool(self) -> ConnectionPool[Connection]:
         """The connection pool; the app must be open."""
         return self.store.require_pool()
-
-    # -- enqueueing -------------------------------------------------------------------
-
-    def defer(
-        self,
-        identifier: str,
-        payload: Any = None,
-        *,
-        run_at: datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        job_key: str | None = None,
-        job_key_mode: JobKeyMode | None = None,
-        flags: Sequence[str] | None = None,
-        conn: Connection | None = None,
-    ) -> Job:
-        """Enqueue a job by task identifier, without importing the task.
-
-        If the task is registered on this app, its payload type and defaults apply;
-        otherwise the payload goes as given (any JSON value; None means ``{}``).
-        """
-        spec = JobSpec(
-            queue=queue,
-            run_at=run_at,
-            priority=priority,
-            max_attempts=max_attempts,
-            job_key=job_key,
-            job_key_mode=job_key_mode,
-            flags=flags,
-        )
-        return self.add_job(identifier, payload, spec, conn=conn)
-
-    async def adefer(
-        self,
-        identifier: str,
-        payload: Any = None,
-        *,
-        run_at: datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        job_key: str | None = None,
-        job_key_mode: JobKeyMode | None = None,
-        flags: Sequence[str] | None = None,
-    ) -> Job:
-        """``defer`` for async code (an async task, an async web handler): awaitable,
-        without blocking the event loop.
-
-        It runs ``defer`` in a thread (``asyncio.to_thread``), which borrows a connection
-        from the app's pool for the length of the insert: under heavy use, size the pool
-        (``max_pool_size``) for it. It cannot join your transaction: use ``defer`` with
-        ``conn=`` for that.
-        """
-        spec = JobSpec(
-            queue=queue,
-            run_at=run_at,
-            priority=priority,
-            max_attempts=max_attempts,
-            job_key=job_key,
-            job_key_mode=job_key_mode,
-            flags=flags,
-        )
-        return await asyncio.to_thread(self.add_job, identifier, payload, spec)
-
-    def add_job(
-        self, identifier: str, payload: Any, spec: JobSpec, *, conn: Connection | None = None
-    ) -> Job:
-        """Enqueue one job with its options given as a JobSpec (what ``defer`` does).
-
-        A registered task's payload type and default options apply.
-        """
-        task = self.tasks.get(identifier)
-        if task is None:
-            if not 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH:
-                raise ConfigurationError(
-                    f"task identifiers are 1 to {MAX_IDENTIFIER_LENGTH} characters, "
-                    f"got {len(identifier)}"
-                )
-            codec, defaults = _RAW_CODEC, JobSpec()
-            payload = {} if payload is None else payload
-        else:
-            codec, defaults = task.codec, task.defaults
-        spec = defaults.merge(spec)
-        if self.hooks.intercepts_defer:
-            payload = self.hooks.before_defer(identifier, payload, spec)
-        return self.store.add_job(identifier, codec.encode(payload), spec, conn=conn)
-
-    def defer_raw(self, jobs: Iterable[RawJob], *, conn: Connection | None = None) -> list[Job]:
-        """Enqueue a mixed batch (several tasks, each job its own options) in one
-        statement. Payloads of tasks registered on this app are checked first; nothing is
-        written unless every job is valid. Returns the jobs in order, less any that a
-        plugin's ``before_defer`` skipped."""
-        batch: list[NewJob] = []
-        modes: set[str] = set()
-        for raw in jobs:
-            task = self.tasks.get(raw.identifier)
-            codec = task.codec if task is not None else _RAW_CODEC
-            spec = (task.defaults if task is not None else JobSpec()).merge(raw.spec)
-            if spec.job_key_mode == "unsafe_dedupe":
-                raise ConfigurationError("job_key_mode 'unsafe_dedupe' works only with defer()")
-            payload = {} if raw.payload is None and task is None else raw.payload
-            if self.hooks.intercepts_defer:
-                try:
-                    payload = self.hooks.before_defer(raw.identifier, payload, spec)
-                except DeferSkipped:
-                    continue  # a skipped job is left out of the batch
-            if spec.job_key is not None:
-                modes.add(spec.job_key_mode or "replace")
-            encoded = codec.encode(payload)
-            if encoded == "null":
-                raise PayloadError(
-                    f"a batch can't carry a null payload ({raw.identifier!r}): add_jobs would "
-                    "store {} in its place; defer that job on its own"
-                )
-            batch.append(NewJob(raw.identifier, encoded, spec))
-        if len(modes) > 1:
-            raise ConfigurationError(
-                "a batch applies one job_key_mode to all its keyed jobs; split it by mode"
-            )
-        return self.store.add_jobs(batch, preserve_run_at=modes == {"preserve_run_at"}, conn=conn)
 
     # -- running ----------------------------------------------------------------------
 

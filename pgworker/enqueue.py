@@ -1,0 +1,149 @@
+"""Enqueueing by task identifier: the App's defer, adefer, add_job and defer_raw."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from .errors import ConfigurationError, PayloadError
+from .hooks import DeferSkipped, Hooks
+from .job import Job
+from .payload import PayloadCodec
+from .spec import JobKeyMode, JobSpec, RawJob
+from .store import Connection, NewJob, Store
+from .task import Task
+
+#: The longest task identifier graphile-worker's schema accepts.
+MAX_IDENTIFIER_LENGTH = 128
+_RAW_CODEC: PayloadCodec[Any] = PayloadCodec(Any)
+
+
+class Enqueueing:
+    """The App's ways to add jobs by task identifier, without importing the task: a
+    registered task's payload type and defaults apply; any other identifier takes any
+    JSON payload (None means ``{}``)."""
+
+    tasks: dict[str, Task[Any, Any, Any]]
+    hooks: Hooks
+    store: Store
+
+    def defer(
+        self,
+        identifier: str,
+        payload: Any = None,
+        *,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        job_key: str | None = None,
+        job_key_mode: JobKeyMode | None = None,
+        flags: Sequence[str] | None = None,
+        conn: Connection | None = None,
+    ) -> Job:
+        """Enqueue a job by task identifier, without importing the task.
+
+        If the task is registered on this app, its payload type and defaults apply;
+        otherwise the payload goes as given (any JSON value; None means ``{}``).
+        """
+        spec = JobSpec(
+            queue=queue,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            job_key=job_key,
+            job_key_mode=job_key_mode,
+            flags=flags,
+        )
+        return self.add_job(identifier, payload, spec, conn=conn)
+
+    async def adefer(
+        self,
+        identifier: str,
+        payload: Any = None,
+        *,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        job_key: str | None = None,
+        job_key_mode: JobKeyMode | None = None,
+        flags: Sequence[str] | None = None,
+    ) -> Job:
+        """``defer`` for async code (an async task, an async web handler): awaitable,
+        without blocking the event loop.
+
+        It runs ``defer`` in a thread (``asyncio.to_thread``), which borrows a connection
+        from the app's pool for the length of the insert: under heavy use, size the pool
+        (``max_pool_size``) for it. It cannot join your transaction: use ``defer`` with
+        ``conn=`` for that.
+        """
+        spec = JobSpec(
+            queue=queue,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            job_key=job_key,
+            job_key_mode=job_key_mode,
+            flags=flags,
+        )
+        return await asyncio.to_thread(self.add_job, identifier, payload, spec)
+
+    def add_job(
+        self, identifier: str, payload: Any, spec: JobSpec, *, conn: Connection | None = None
+    ) -> Job:
+        """Enqueue one job with its options given as a JobSpec (what ``defer`` does).
+
+        A registered task's payload type and default options apply.
+        """
+        task = self.tasks.get(identifier)
+        if task is None:
+            if not 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH:
+                raise ConfigurationError(
+                    f"task identifiers are 1 to {MAX_IDENTIFIER_LENGTH} characters, "
+                    f"got {len(identifier)}"
+                )
+            codec, defaults = _RAW_CODEC, JobSpec()
+            payload = {} if payload is None else payload
+        else:
+            codec, defaults = task.codec, task.defaults
+        spec = defaults.merge(spec)
+        if self.hooks.intercepts_defer:
+            payload = self.hooks.before_defer(identifier, payload, spec)
+        return self.store.add_job(identifier, codec.encode(payload), spec, conn=conn)
+
+    def defer_raw(self, jobs: Iterable[RawJob], *, conn: Connection | None = None) -> list[Job]:
+        """Enqueue a mixed batch (several tasks, each job its own options) in one
+        statement. Payloads of tasks registered on this app are checked first; nothing is
+        written unless every job is valid. Returns the jobs in order, less any that a
+        plugin's ``before_defer`` skipped."""
+        batch: list[NewJob] = []
+        modes: set[str] = set()
+        for raw in jobs:
+            task = self.tasks.get(raw.identifier)
+            codec = task.codec if task is not None else _RAW_CODEC
+            spec = (task.defaults if task is not None else JobSpec()).merge(raw.spec)
+            if spec.job_key_mode == "unsafe_dedupe":
+                raise ConfigurationError("job_key_mode 'unsafe_dedupe' works only with defer()")
+            payload = {} if raw.payload is None and task is None else raw.payload
+            if self.hooks.intercepts_defer:
+                try:
+                    payload = self.hooks.before_defer(raw.identifier, payload, spec)
+                except DeferSkipped:
+                    continue  # a skipped job is left out of the batch
+            if spec.job_key is not None:
+                modes.add(spec.job_key_mode or "replace")
+            encoded = codec.encode(payload)
+            if encoded == "null":
+                raise PayloadError(
+                    f"a batch can't carry a null payload ({raw.identifier!r}): add_jobs would "
+                    "store {} in its place; defer that job on its own"
+                )
+            batch.append(NewJob(raw.identifier, encoded, spec))
+        if len(modes) > 1:
+            raise ConfigurationError(
+                "a batch applies one job_key_mode to all its keyed jobs; split it by mode"
+            )
+        return self.store.add_jobs(batch, preserve_run_at=modes == {"preserve_run_at"}, conn=conn)
