@@ -14,6 +14,7 @@ from .spec import SMALLINT_MAX, SMALLINT_MIN
 
 if TYPE_CHECKING:  # the store returns this module's values: no import cycle at run time
     from .store import Store
+    from .store_control import CancelOutcome
     from .store_recovery import RegisteredWorker
 
 JobState = Literal["waiting", "scheduled", "running", "retrying", "permanently_failed"]
@@ -165,3 +166,12 @@ class Admin:
         """Task identifiers with runnable jobs that no registered worker runs, with how
         many jobs each has waiting (a Node worker may still run them: it doesn't say)."""
         return self.store.unserved_tasks()
+
+    def cancel(self, job_id: int, reason: str = "cancelled by an operator") -> CancelOutcome:
+        """Cancel a job so that it never runs (again): one that isn't running is deleted
+        (``"removed"``); a running one is asked to stop (``"cancelling"``): an async task
+        is cancelled at once, a sync one sees ``ctx.cancelled``. Either way it then fails
+        with ``Cancelled: <reason>`` and is not retried (unless its code finishes first,
+        when it completes). ``"not_found"`` when there is no such job."""
+        outcome, _ = self.store.request_cancel(job_id, reason)
+        return outcome

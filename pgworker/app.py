@@ -74,6 +74,11 @@ class App(Enqueueing):
     - ``recovery``: how workers heartbeat and give back the jobs of dead ones (on by
       default: a crashed worker's jobs run again within a minute); ``Recovery(enabled=
       False)`` leaves them to graphile-worker's 4-hour rule.
+    - ``default_timeout``: seconds a job of a task without its own ``timeout`` may run
+      (None, the default: no limit). See ``task()``.
+    - ``hard_timeout``: seconds past its timeout after which a job that still runs has
+      overrun it: ``run()`` (and ``pgworker run``) then stops the worker so that a fresh
+      process can take over, failing the job; ``start()`` only logs and tells plugins.
     """
 
     def __init__(
@@ -95,12 +100,17 @@ class App(Enqueueing):
         crontab: str | None = None,
         crontab_file: str | os.PathLike[str] | None = None,
         recovery: Recovery | None = None,
+        default_timeout: float | None = None,
+        hard_timeout: float = 30.0,
     ) -> None:
         _check_schema(schema)
         _check_positive("concurrency", concurrency)
         _check_positive("async_concurrency", async_concurrency)
         _check_positive("poll_interval", poll_interval)
         _check_not_negative("prefetch", prefetch)
+        if default_timeout is not None:
+            _check_positive("default_timeout", default_timeout)
+        _check_positive("hard_timeout", hard_timeout)
         if shutdown_grace_period < 0 or interrupted_retry_delay < 0:
             raise ConfigurationError(
                 "shutdown_grace_period and interrupted_retry_delay must be >= 0"
@@ -115,6 +125,8 @@ class App(Enqueueing):
         self.interrupted_retry_delay = interrupted_retry_delay
         self.prefetch = prefetch
         self.recovery = recovery or Recovery()
+        self.default_timeout = default_timeout
+        self.hard_timeout = hard_timeout
         self.forbidden_flags = forbidden_flags
         self.extensions = Extensions(extensions)
         self.hooks = Hooks(plugins)
@@ -215,11 +227,15 @@ class App(Enqueueing):
         priority: int | None = None,
         max_attempts: int | None = None,
         flags: Sequence[str] | None = None,
+        timeout: float | None = None,
     ) -> Callable[[Callable[Concatenate[T, P], R]], Task[T, P, R]]:
         """Register the decorated function as the task ``identifier``.
 
-        The keyword arguments are defaults for every job of this task; ``defer`` can
-        override each of them.
+        ``queue``, ``priority``, ``max_attempts`` and ``flags`` are defaults for every job
+        of this task; ``defer`` can override each of them. ``timeout`` (seconds; default
+        the app's ``default_timeout``) limits one run: an async task is cancelled at its
+        deadline, a sync one is asked to stop (``ctx.cancelled``, ``ctx.check()``); a job
+        that ends by it fails with "Timed out after N s" and is retried as usual.
         """
         if not _IDENTIFIER.match(identifier) or len(identifier) > MAX_IDENTIFIER_LENGTH:
             raise ConfigurationError(
@@ -228,10 +244,12 @@ class App(Enqueueing):
             )
         if identifier in self.tasks:
             raise ConfigurationError(f"task {identifier!r} is already registered on this app")
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"task {identifier!r}: timeout must be positive seconds")
         defaults = JobSpec(queue=queue, priority=priority, max_attempts=max_attempts, flags=flags)
 
         def register(fn: Callable[Concatenate[T, P], R]) -> Task[T, P, R]:
-            task = Task(self, identifier, fn, defaults=defaults)
+            task = Task(self, identifier, fn, defaults=defaults, timeout=timeout)
             self.tasks[identifier] = task
             return task
 
@@ -342,7 +360,8 @@ class App(Enqueueing):
         """
         with self._opened():
             self.migrate()
-            self._worker().run(install_signal_handlers=install_signal_handlers)
+            worker = self._worker(exit_on_overrun=True)
+            worker.run(install_signal_handlers=install_signal_handlers)
 
     def run_once(self, *, install_signal_handlers: bool = True) -> None:
         """Run every job that is runnable now, including the ones that become runnable
@@ -352,7 +371,8 @@ class App(Enqueueing):
         """
         with self._opened():
             self.migrate()
-            self._worker(once=True).run(install_signal_handlers=install_signal_handlers)
+            worker = self._worker(once=True, exit_on_overrun=True)
+            worker.run(install_signal_handlers=install_signal_handlers)
 
     def start(self) -> WorkerHandle:
         """Start a worker in background threads and return its handle.
@@ -365,7 +385,7 @@ class App(Enqueueing):
         self.migrate()
         return WorkerHandle.start(self._worker())
 
-    def _worker(self, *, once: bool = False) -> Worker:
+    def _worker(self, *, once: bool = False, exit_on_overrun: bool = False) -> Worker:
         """A worker for this app's tasks, plugins and settings."""
         from .worker import Worker, WorkerSettings
 
@@ -378,6 +398,9 @@ class App(Enqueueing):
             interrupted_retry_delay=self.interrupted_retry_delay,
             recovery=self.recovery,
             async_concurrency=self.async_concurrency,
+            default_timeout=self.default_timeout,
+            hard_timeout=self.hard_timeout,
+            exit_on_overrun=exit_on_overrun,
             once=once,
         )
         return Worker(
@@ -386,7 +409,9 @@ class App(Enqueueing):
             tasks=dict(self.tasks),
             hooks=self.hooks,
             settings=settings,
-            make_context=lambda job, worker_id: JobContext(job, self, worker_id),
+            make_context=lambda running, worker_id: JobContext(
+                running.job, self, worker_id, running
+            ),
             forbidden_flags=self.current_forbidden_flags,
             cron_items=self.cron_items,
         )

@@ -113,13 +113,14 @@ class AsyncJobs:
 
     def _begin(self, claimed: ClaimedJob) -> None:
         job = claimed.job
-        if not self.inflight.start(job.id):  # a stop gave it back before it started
+        running = self.inflight.start(job.id, self.runner.timeout_for(job))
+        if running is None:  # a stop gave it back before it started
             self.release(1)
             self._done_with()
             return
         started = time.perf_counter()
         try:
-            step = self.runner.begin(claimed, started)
+            step = self.runner.begin(claimed, started, running)
         except BaseException as exc:
             step = self.runner.unexpected(job, started, exc)
         if isinstance(step, Outcome):  # ended before its task was called
@@ -132,7 +133,7 @@ class AsyncJobs:
         runner = self.runner
         try:
             handle = self.loop.submit(
-                lambda: step.task.call_async(step.payload, runner.make_context(step.job)),
+                lambda: step.task.call_async(step.payload, runner.make_context(running)),
                 name=f"{job.task_identifier}#{job.id}",
                 context=context,
             )
@@ -143,6 +144,11 @@ class AsyncJobs:
         with self._lock:
             self._handles[job.id] = handle
         handle.add_done_callback(lambda h: self.steps.put(_Ended(step, h)))
+        # A deadline or a cancel request cancels the coroutine for real (one that came
+        # before this line is honoured here).
+        running.on_stop = lambda: self.loop.cancel(handle)
+        if running.stop.is_set():
+            self.loop.cancel(handle)
 
     def _end(self, step: StartedJob, handle: AsyncHandle[Any]) -> None:
         job_id = step.job.id

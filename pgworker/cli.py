@@ -21,7 +21,7 @@ from .cli_common import (
     reported_errors,
 )
 from .cli_cron import cron_group
-from .cli_workers import workers_command
+from .cli_workers import cancel_command, workers_command
 from .logs import configure_logging
 
 
@@ -177,6 +177,7 @@ for command in cli_admin.COMMANDS:
     cli.add_command(command)
 cli.add_command(cron_group)
 cli.add_command(workers_command)
+cli.add_command(cancel_command)
 
 
 def main(argv: list[str] | None = None) -> None:

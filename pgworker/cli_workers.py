@@ -1,4 +1,5 @@
-"""``pgworker workers``: the worker registry, what each worker holds, and unserved tasks."""
+"""``pgworker workers`` (the registry, what each worker holds, unserved tasks) and
+``pgworker cancel``."""
 
 from __future__ import annotations
 
@@ -103,3 +104,20 @@ def _as_json(worker: RegisteredWorker, stale_after: float) -> dict[str, Any]:
         "queues_held": worker.queues_held,
         "metadata": worker.metadata,
     }
+
+
+@click.command("cancel")
+@click.argument("job_id", type=int)
+@click.option("--reason", default="cancelled by an operator", show_default=True)
+@database_options
+def cancel_command(job_id: int, reason: str, database_url: str | None, schema: str | None) -> None:
+    """Cancel a job: delete it if it isn't running, else ask its worker to stop it (it then
+    fails with "Cancelled: REASON" and is not retried)."""
+    with opened_app(database_url, schema) as app:
+        outcome = app.admin.cancel(job_id, reason)
+    if outcome == "not_found":
+        raise click.ClickException(f"no job with id {job_id}")
+    if outcome == "removed":
+        click.echo(f"Removed job {job_id} (it wasn't running)")
+    else:
+        click.echo(f"Job {job_id} is running: its worker was asked to stop it")

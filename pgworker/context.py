@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
-from .errors import UnknownExtensionError
+from .errors import JobCancelledError, JobTimeoutError, UnknownExtensionError
 from .job import Job
+from .running import RunningJob
 
 if TYPE_CHECKING:
     from .app import App
@@ -50,12 +52,19 @@ class JobContext:
     ``job`` is the job being run (id, identifier, attempts, queue_name, key, ...),
     ``logger`` logs with the job's id and identifier attached, and ``app`` is the app
     running it, for deferring follow-up jobs.
+
+    A long sync task should look at ``cancelled`` (or call ``check()``) now and then:
+    Python cannot stop a thread, so a timeout or a cancellation only asks it to stop.
+    (An async task is cancelled for real.)
     """
 
-    def __init__(self, job: Job, app: App, worker_id: str) -> None:
+    def __init__(
+        self, job: Job, app: App, worker_id: str, running: RunningJob | None = None
+    ) -> None:
         self.job = job
         self.app = app
         self.worker_id = worker_id
+        self._running = running
         self.logger = logging.LoggerAdapter(
             logging.getLogger(f"pgworker.task.{job.task_identifier}"),
             {"job_id": job.id, "task_identifier": job.task_identifier},
@@ -66,6 +75,34 @@ class JobContext:
         """Borrow a connection from the worker's pool for the task's own queries."""
         with self.app.pool.connection() as conn:
             yield conn
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job should stop now: its timeout passed or it was cancelled."""
+        return self._running is not None and self._running.stop.is_set()
+
+    @property
+    def time_left(self) -> float | None:
+        """Seconds until the job's timeout (negative once past), None without one."""
+        return None if self._running is None else self._running.seconds_left()
+
+    def check(self) -> None:
+        """Raise JobTimeoutError or JobCancelledError if the job should stop; call it
+        between steps of a long task."""
+        running = self._running
+        if running is None or not running.stop.is_set():
+            return
+        if running.cancel_reason is not None:
+            raise JobCancelledError(f"cancelled: {running.cancel_reason}")
+        raise JobTimeoutError(running.timeout or 0.0)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking early if the job should stop; True if it
+        should (a ``time.sleep`` that listens)."""
+        if self._running is None:
+            time.sleep(seconds)
+            return False
+        return self._running.stop.wait(seconds)
 
     def get_ext(self, kind: type[E]) -> E:
         """The app's extension of type ``kind``: application state shared by tasks."""

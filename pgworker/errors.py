@@ -54,3 +54,8 @@ class JobTimeoutError(PgWorkerError, TimeoutError):
     def __init__(self, timeout: float) -> None:
         super().__init__(f"timed out after {timeout:g} s")
         self.timeout = timeout
+
+
+class JobCancelledError(PgWorkerError):
+    """The job was cancelled while it ran (``app.admin.cancel``, ``pgworker cancel``);
+    raised inside a task by ``ctx.check()``. A job that ends with it is not retried."""

@@ -154,6 +154,11 @@ class Plugin:
         by this worker until the code returns (its outcome is then recorded as usual), or
         is given back when the process exits first."""
 
+    def on_job_overran(self, job: Job, timeout: float) -> None:
+        """``job`` still runs long after its timeout (``App(hard_timeout=...)`` seconds
+        past it): its code ignores being asked to stop. A worker run by ``pgworker run``
+        (or ``app.run()``) then stops, so that a fresh process replaces it."""
+
     # -- enqueueing -------------------------------------------------------------------
 
     def before_defer(self, identifier: str, payload: Any, spec: JobSpec) -> BeforeDefer:
@@ -262,6 +267,10 @@ class Hooks:
     def job_interrupted(self, job: Job, reason: str) -> None:
         """Tell the plugins a stop could not wait for ``job``."""
         self._observe("on_job_interrupted", job, reason)
+
+    def job_overran(self, job: Job, timeout: float) -> None:
+        """Tell the plugins ``job`` ignores its timeout."""
+        self._observe("on_job_overran", job, timeout)
 
     # -- cron -------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .job import Job
+from .running import RunningJob
 from .store import ClaimedJob
 
 
@@ -35,7 +35,7 @@ class InFlight:
         self.async_room = async_room
         self._changed = threading.Condition()
         self._waiting: dict[int, ClaimedJob] = {}
-        self._running: dict[int, Job] = {}
+        self._running: dict[int, RunningJob] = {}
         self._unsettled: set[int] = set()
         self._async: set[int] = set()  # the waiting or running jobs that are async
 
@@ -63,14 +63,15 @@ class InFlight:
                 if is_async:
                     self._async.add(claimed.job.id)
 
-    def start(self, job_id: int) -> bool:
-        """Move a waiting job to running; False if a stop gave it back first."""
+    def start(self, job_id: int, timeout: float | None) -> RunningJob | None:
+        """Move a waiting job to running, with its deadline ``timeout`` seconds from now;
+        None if a stop gave it back first."""
         with self._changed:
             claimed = self._waiting.pop(job_id, None)
             if claimed is None:
-                return False
-            self._running[job_id] = claimed.job
-            return True
+                return None
+            running = self._running[job_id] = RunningJob(claimed.job, timeout)
+            return running
 
     def finished(self, job_id: int) -> None:
         """The job's code returned: its slot is free (its outcome is not written yet)."""
@@ -102,7 +103,7 @@ class InFlight:
             self._changed.notify_all()
 
     @property
-    def running(self) -> list[Job]:
+    def running(self) -> list[RunningJob]:
         """The jobs whose code is running now."""
         with self._changed:
             return list(self._running.values())

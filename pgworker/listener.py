@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 #: The channels of queries.sql's "listen" statement.
 JOBS_CHANNEL = "jobs:insert"
 MIGRATE_CHANNEL = "worker:migrate"
+CANCEL_CHANNEL = "pgworker:cancel"
 #: How long one wait for notifications lasts before the stop flag is checked again.
 WAIT_SLICE = 0.5
 #: A quiet connection is checked with a round trip this often, to notice a dead one.
@@ -25,8 +26,9 @@ HEALTH_CHECK_INTERVAL = 10.0
 
 
 class Listener:
-    """Keeps ``LISTEN "jobs:insert"`` (and ``"worker:migrate"``) open, reconnecting after
-    any loss with jittered backoff, and calls ``on_notify`` for each added batch.
+    """Keeps ``LISTEN "jobs:insert"`` (and ``"worker:migrate"``, ``"pgworker:cancel"``)
+    open, reconnecting after any loss with jittered backoff, and calls ``on_notify`` for
+    each added batch, ``on_cancel`` for each cancel request.
 
     After every (re)connection it also calls ``on_notify``: jobs added while it was
     disconnected would otherwise wait for the next poll.
@@ -39,11 +41,13 @@ class Listener:
         *,
         on_notify: Callable[[], None],
         on_breaking: Callable[[int], None],
+        on_cancel: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.conninfo = conninfo
         self.on_notify = on_notify
         self.on_breaking = on_breaking
+        self.on_cancel = on_cancel
         self._connected = threading.Event()
         self.connections = 0
 
@@ -103,6 +107,8 @@ class Listener:
         if channel == JOBS_CHANNEL:
             if _job_count(payload) > 0:
                 self.on_notify()
+        elif channel == CANCEL_CHANNEL:
+            self.on_cancel()
         elif channel == MIGRATE_CHANNEL:
             try:
                 message = json.loads(payload)

@@ -17,7 +17,8 @@ from .errors import PayloadError
 from .hooks import Complete, Fail, Hooks, JobResult, Skip
 from .inflight import InFlight
 from .job import Job
-from .outcome import INTERRUPTED_ERROR, Outcome
+from .outcome import INTERRUPTED_ERROR, Outcome, describe_error
+from .running import CANCEL_FLAG, RunningJob, cancel_reason
 from .store import ClaimedJob
 from .task import Task
 
@@ -36,6 +37,7 @@ class StartedJob:
     task: Task[Any, Any, Any]
     payload: Any
     started: float
+    running: RunningJob
 
 
 class JobRunner:
@@ -49,34 +51,47 @@ class JobRunner:
         self,
         tasks: Mapping[str, Task[Any, Any, Any]],
         hooks: Hooks,
-        make_context: Callable[[Job], JobContext],
+        make_context: Callable[[RunningJob], JobContext],
+        *,
+        default_timeout: float | None = None,
     ) -> None:
         self.tasks = tasks
         self.hooks = hooks
         self.make_context = make_context
+        self.default_timeout = default_timeout
 
-    def run(self, claimed: ClaimedJob) -> Outcome:
+    def timeout_for(self, job: Job) -> float | None:
+        """The job's timeout: its task's own, else the app's default (None: none)."""
+        task = self.tasks[job.task_identifier]
+        return task.timeout if task.timeout is not None else self.default_timeout
+
+    def run(self, claimed: ClaimedJob, running: RunningJob) -> Outcome:
         """What running ``claimed`` (a sync task's job) came to; never raises."""
         started = time.perf_counter()
         try:
-            step = self.begin(claimed, started)
+            step = self.begin(claimed, started, running)
             if isinstance(step, Outcome):
                 return step
             raised: BaseException | None = None
             try:
-                step.task.call(step.payload, self.make_context(step.job))
+                step.task.call(step.payload, self.make_context(running))
             except BaseException as exc:
                 raised = exc
             return self.end(step, raised)
         except BaseException as exc:  # never let a job take the thread down
             return self.unexpected(claimed.job, started, exc)
 
-    def begin(self, claimed: ClaimedJob, started: float) -> StartedJob | Outcome:
+    def begin(
+        self, claimed: ClaimedJob, started: float, running: RunningJob
+    ) -> StartedJob | Outcome:
         """Decode the payload, ask ``before_job_run``, report ``on_job_started``: the job
-        to call, or its outcome if it ends here (a payload that never decodes, a plugin
-        that skips or fails it)."""
+        to call, or its outcome if it ends here (cancelled before it started, a payload
+        that never decodes, a plugin that skips or fails it)."""
         job, hooks = claimed.job, self.hooks
         task = self.tasks[job.task_identifier]
+        if job.flags and CANCEL_FLAG in job.flags:
+            reason = cancel_reason(job.last_error)
+            return Outcome(job, ms_since(started), f"Cancelled: {reason}", permanent=True)
         try:
             payload = task.codec.decode(claimed.payload)
         except PayloadError as exc:
@@ -89,7 +104,7 @@ class JobRunner:
             if isinstance(before, Fail):
                 return Outcome(job, ms_since(started), before.message)
         hooks.job_started(job)
-        return StartedJob(job, task, payload, started)
+        return StartedJob(job, task, payload, started, running)
 
     def end(
         self, step: StartedJob, raised: BaseException | None, *, interrupted: bool = False
@@ -97,12 +112,19 @@ class JobRunner:
         """The outcome of a called task: how it ended, as ``after_job_run`` sees it. An
         ``interrupted`` job (cancelled by a shutdown) is given back whatever the plugins
         say."""
-        job, hooks = step.job, self.hooks
+        job, hooks, running = step.job, self.hooks, step.running
         duration = ms_since(step.started)
         if interrupted:
             outcome = Outcome(job, duration, INTERRUPTED_ERROR, interrupted=True)
         elif raised is None:
             outcome = Outcome(job, duration)
+        elif running.cancel_reason is not None:
+            # Cancelled: never retried, whatever attempts are left.
+            message = f"Cancelled: {running.cancel_reason}"
+            outcome = Outcome(job, duration, message, permanent=True)
+        elif running.timed_out:
+            message = f"Timed out after {running.timeout:g} s ({describe_error(raised)})"
+            outcome = Outcome(job, duration, message)
         else:
             outcome = Outcome.failure(job, duration, raised)
         if hooks.inspects_result:
@@ -149,9 +171,10 @@ class Executors:
                 if stop.is_set():
                     return
                 continue
-            if not self.inflight.start(claimed.job.id):
+            running = self.inflight.start(claimed.job.id, self.runner.timeout_for(claimed.job))
+            if running is None:
                 continue
-            outcome = self.runner.run(claimed)
+            outcome = self.runner.run(claimed, running)
             self.inflight.finished(claimed.job.id)
             self.record(outcome)
 

@@ -12,6 +12,7 @@ from .job import Job
 from .spec import JobSpec
 from .store_admin import AdminStatements
 from .store_base import Connection, StoreBase
+from .store_control import ControlStatements
 from .store_cron import CronStatements
 from .store_recovery import RegistryStatements
 
@@ -36,10 +37,11 @@ class NewJob(msgspec.Struct, frozen=True):
     spec: JobSpec
 
 
-class Store(AdminStatements, CronStatements, RegistryStatements, StoreBase):
+class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatements, StoreBase):
     """Runs pgworker's statements against one schema: the job lifecycle here, the admin
     API's statements from ``AdminStatements``, the cron scheduler's from
-    ``CronStatements``, the worker registry's from ``RegistryStatements``.
+    ``CronStatements``, the worker registry's from ``RegistryStatements``, cancel
+    requests from ``ControlStatements``.
 
     Methods that change jobs on behalf of a caller take an optional ``conn`` so that they
     join the caller's transaction; without one they borrow a pool connection. A new group

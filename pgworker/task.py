@@ -40,11 +40,13 @@ class Task(Generic[T, P, R]):
         fn: Callable[Concatenate[T, P], R],
         *,
         defaults: JobSpec,
+        timeout: float | None = None,
     ) -> None:
         self.app = app
         self.identifier = identifier
         self.fn = fn
         self.defaults = defaults.validate()
+        self.timeout = timeout
         self.is_async = _check_runnable(identifier, fn)
         payload_type, self.takes_context = _inspect_signature(identifier, fn)
         self.codec: PayloadCodec[T] = PayloadCodec(payload_type)

@@ -51,22 +51,24 @@ import psycopg
 from .admin import Admin
 from .async_jobs import AsyncJobs
 from .completer import Completer
-from .connections import backoff_delay, connect
+from .connections import connect
 from .context import JobContext
 from .control import install_stop_signals
 from .cron import CronItem
 from .errors import IncompatibleSchemaError, PgWorkerError
 from .fetcher import Fetcher
+from .giveback import GiveBack
 from .hooks import Hooks, WorkerInfo
 from .inflight import InFlight
-from .job import Job
 from .listener import Listener
 from .migrate import SCHEMA_REVISION
 from .recovery import Heartbeat, Recovery, Sweeper, worker_metadata
 from .runner import Executors, JobRunner
+from .running import RunningJob
 from .scheduler import CronScheduler
-from .store import INTERRUPTED_MESSAGE, Store
+from .store import Store
 from .task import Task
+from .watch import Watch
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,11 @@ class WorkerSettings:
     interrupted_retry_delay: float
     recovery: Recovery
     async_concurrency: int = 100
+    default_timeout: float | None = None
+    #: Seconds past its timeout after which a job that still runs has overrun it.
+    hard_timeout: float = 30.0
+    #: On an overrun, stop the worker (the CLI's process then exits), else only report.
+    exit_on_overrun: bool = False
     once: bool = False
 
 
@@ -103,7 +110,7 @@ class Worker:
         tasks: Mapping[str, Task[Any, Any, Any]],
         hooks: Hooks,
         settings: WorkerSettings,
-        make_context: Callable[[Job, str], JobContext],
+        make_context: Callable[[RunningJob, str], JobContext],
         forbidden_flags: Callable[[], Sequence[str] | None],
         cron_items: Sequence[CronItem] = (),
     ) -> None:
@@ -118,7 +125,12 @@ class Worker:
         self.cron_items = list(cron_items)
         self.forbidden_flags = forbidden_flags
         self.has_sync_tasks = any(not task.is_async for task in tasks.values())
-        self.runner = JobRunner(tasks, hooks, lambda job: make_context(job, self.worker_id))
+        self.runner = JobRunner(
+            tasks,
+            hooks,
+            lambda running: make_context(running, self.worker_id),
+            default_timeout=settings.default_timeout,
+        )
         self.inflight = InFlight(
             settings.concurrency + settings.prefetch if self.has_sync_tasks else 0
         )
@@ -151,7 +163,16 @@ class Worker:
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.exit_reason: str | None = None
+        self.exit_error: PgWorkerError | None = None
+        self.give_back = GiveBack(store, conninfo, self.worker_id, settings.interrupted_retry_delay)
+        self.watch = Watch(
+            store,
+            conninfo,
+            self.inflight,
+            poll_interval=settings.poll_interval,
+            hard_limit=settings.hard_timeout,
+            on_overrun=self._on_overrun,
+        )
 
     # -- public -----------------------------------------------------------------------
 
@@ -193,8 +214,13 @@ class Worker:
                 if restore is not None:
                     restore()
                 self._stopped.set()
-        if self.exit_reason is not None:
-            raise IncompatibleSchemaError(f"the worker stopped: {self.exit_reason}")
+        if self.exit_error is not None:
+            raise self.exit_error
+
+    @property
+    def exit_reason(self) -> str | None:
+        """Why the worker stopped by itself (None if it was asked to)."""
+        return None if self.exit_error is None else str(self.exit_error)
 
     def request_stop(self, *, force: bool = False) -> None:
         """Stop fetching and let running jobs finish; with ``force``, stop waiting for
@@ -293,12 +319,17 @@ class Worker:
             self.async_jobs.start()
             spawn("async-steps", self.async_jobs.run)
         spawn("completer", self.completer.run)
+        spawn("watch", self.watch.run)
         if self.heartbeat is not None:
             spawn("heartbeat", self.heartbeat.run)
         if self.settings.once:
             return
         self.listener = Listener(
-            self.store, self.conninfo, on_notify=self.wake, on_breaking=self._on_breaking
+            self.store,
+            self.conninfo,
+            on_notify=self.wake,
+            on_breaking=self._on_breaking,
+            on_cancel=self.watch.wake,
         )
         spawn("listener", self.listener.run)
         spawn("maintenance", self.sweeper.run)
@@ -312,8 +343,9 @@ class Worker:
         if latest_breaking <= SCHEMA_REVISION:
             logger.info("Ignoring a breaking migration (%d) of another schema", revision)
             return
-        self.exit_reason = f"schema revision {latest} is newer than this pgworker understands"
-        logger.warning("Stopping: %s (migrated by another worker)", self.exit_reason)
+        reason = f"schema revision {latest} is newer than this pgworker understands"
+        logger.warning("Stopping: %s (migrated by another worker)", reason)
+        self.exit_error = IncompatibleSchemaError(f"the worker stopped: {reason}")
         self.request_stop()
 
     # -- shutdown ---------------------------------------------------------------------
@@ -323,7 +355,7 @@ class Worker:
         waiting = self.inflight.close()
         if waiting:  # prefetched, never started: back to the queue as they were
             logger.info("Giving back %d prefetched job(s) that never started", len(waiting))
-            self._give_back([c.job.id for c in waiting], interrupted=False)
+            self.give_back.jobs([c.job.id for c in waiting], interrupted=False)
         deadline = time.monotonic() + self.settings.shutdown_grace_period
         while not self._forced.is_set():
             remaining = deadline - time.monotonic()
@@ -340,11 +372,11 @@ class Worker:
             "which keeps its heartbeat, until their code returns, and are given back if "
             "the process exits first",
             len(still_running),
-            ", ".join(f"#{job.id}" for job in still_running),
+            ", ".join(f"#{running.job.id}" for running in still_running),
             self.worker_id,
         )
-        for job in still_running:
-            self.hooks.job_interrupted(job, "shutdown")
+        for running in still_running:
+            self.hooks.job_interrupted(running.job, "shutdown")
         threading.Thread(target=self._finish, name=f"{self.worker_id}-finish", daemon=True).start()
 
     def _finish(self) -> None:
@@ -375,36 +407,38 @@ class Worker:
 
     def _give_back_at_exit(self) -> None:
         """The process is exiting with jobs not yet recorded: give them back (their code
-        ends with the process) and leave the registry."""
+        ends with the process; one that overran its timeout is failed instead) and
+        leave the registry."""
         try:
-            held = self.inflight.unsettled
+            overran = {
+                r.job.id: f"Timed out after {r.timeout:g} s and overran it: the worker "
+                "exited to free its thread"
+                for r in self.inflight.running
+                if r.overran
+            }
+            if overran:
+                self.give_back.overrun(list(overran.items()))
+            held = [i for i in self.inflight.unsettled if i not in overran]
             if held:
-                self._give_back(held, interrupted=True)
+                self.give_back.jobs(held, interrupted=True)
             if self.heartbeat is not None:
                 with connect(self.conninfo) as conn:
                     self.store.deregister(self.worker_id, conn=conn)
         except Exception as exc:  # nothing may escape an exit hook
             logger.warning("Could not leave the worker registry at exit: %s", exc)
 
-    def _give_back(self, job_ids: list[int], *, interrupted: bool) -> None:
-        ids = ", ".join(f"#{i}" for i in job_ids)
-        delay = self.settings.interrupted_retry_delay if interrupted else 0.0
-        if interrupted:
-            logger.warning(
-                "Giving back %d interrupted job(s) (%s); they run again in %.0f s",
-                len(job_ids),
-                ids,
-                delay,
-            )
-        message = INTERRUPTED_MESSAGE if interrupted else None
-        for attempt in range(5):
-            try:
-                with connect(self.conninfo) as conn:
-                    self.store.return_jobs(
-                        job_ids, worker_id=self.worker_id, delay=delay, message=message, conn=conn
-                    )
-                return
-            except (psycopg.Error, PgWorkerError) as exc:
-                logger.warning("Giving jobs back failed (%s)", exc)
-                time.sleep(backoff_delay(attempt + 1))
-        logger.error("Jobs %s stay locked by %s until a sweep recovers them", ids, self.worker_id)
+    def _on_overrun(self, running: RunningJob) -> None:
+        job = running.job
+        message = (
+            f"job #{job.id} ({job.task_identifier}) still runs {self.settings.hard_timeout:g} s "
+            f"after its timeout of {running.timeout:g} s"
+        )
+        self.hooks.job_overran(job, running.timeout or 0.0)
+        if not self.settings.exit_on_overrun:
+            logger.error("%s: its thread stays busy until it returns", message)
+            return
+        logger.error(
+            "%s: stopping to free its thread (a supervisor should start a new worker)", message
+        )
+        self.exit_error = PgWorkerError(f"the worker stopped: {message}")
+        self.request_stop()

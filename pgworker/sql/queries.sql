@@ -49,7 +49,8 @@ select pg_notify('worker:migrate', %(payload)s)
 -- name: listen
 -- Subscribe to graphile-worker's channels (database-wide, not per schema).
 LISTEN "jobs:insert";
-LISTEN "worker:migrate"
+LISTEN "worker:migrate";
+LISTEN "pgworker:cancel"
 
 -- name: register_tasks
 -- Make sure each task identifier has a row. (Its own statement: a read in the same
