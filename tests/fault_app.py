@@ -10,6 +10,7 @@ database and schema come from the CLI's ``--database-url`` and ``--schema``.
 - ``FAULT_CONCURRENCY``: ``concurrency`` (default 4).
 - ``FAULT_RECOVERY``: ``heartbeat,stale_after,sweep`` seconds for ``Recovery`` (default:
   pgworker's defaults).
+- ``FAULT_HARD_TIMEOUT``: ``hard_timeout`` (default 30 s).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def _recovery() -> Recovery:
 
 app = App(
     recovery=_recovery(),
+    hard_timeout=float(os.environ.get("FAULT_HARD_TIMEOUT", "30")),
     concurrency=int(os.environ.get("FAULT_CONCURRENCY", "4")),
     shutdown_grace_period=float(os.environ.get("FAULT_GRACE", "30")),
     interrupted_retry_delay=float(os.environ.get("FAULT_RETRY_DELAY", "30")),
@@ -86,3 +88,9 @@ def doomed(payload: dict[str, Any], ctx: JobContext) -> None:
     """Kill the worker process running it, every time (out of memory, say)."""
     mark(ctx, "started")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task("stubborn", timeout=1.0)
+def stubborn(nap: Nap, ctx: JobContext) -> None:
+    """Like sleepy, with a 1 s timeout that it ignores."""
+    sleepy(nap, ctx)
