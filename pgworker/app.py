@@ -5,22 +5,25 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from .admin import Admin
 from .context import Extensions, JobContext
 from .cron import Cron, CronItem, parse_crontab
+from .database import open_pool
 from .enqueue import MAX_IDENTIFIER_LENGTH, Enqueueing
 from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError
 from .hooks import Hooks, Plugin
 from .migrate import MigrationOutcome, migrate
 from .recovery import Recovery
+from .settings import check_not_negative, check_positive, check_schema
 from .spec import JobSpec
 from .store import Connection, Store
 from .task import Task
@@ -40,7 +43,6 @@ DEFAULT_SCHEMA = "graphile_worker"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_:/.\-]*$")
 #: Forbidden flags: none, a list, or a function called before each fetch that returns one.
 ForbiddenFlags = Sequence[str] | Callable[[], Sequence[str] | None] | None
-_CONNECT_TIMEOUT = 10.0
 
 
 class App(Enqueueing):
@@ -103,14 +105,14 @@ class App(Enqueueing):
         default_timeout: float | None = None,
         hard_timeout: float = 30.0,
     ) -> None:
-        _check_schema(schema)
-        _check_positive("concurrency", concurrency)
-        _check_positive("async_concurrency", async_concurrency)
-        _check_positive("poll_interval", poll_interval)
-        _check_not_negative("prefetch", prefetch)
+        check_schema(schema)
+        check_positive("concurrency", concurrency)
+        check_positive("async_concurrency", async_concurrency)
+        check_positive("poll_interval", poll_interval)
+        check_not_negative("prefetch", prefetch)
         if default_timeout is not None:
-            _check_positive("default_timeout", default_timeout)
-        _check_positive("hard_timeout", hard_timeout)
+            check_positive("default_timeout", default_timeout)
+        check_positive("hard_timeout", hard_timeout)
         if shutdown_grace_period < 0 or interrupted_retry_delay < 0:
             raise ConfigurationError(
                 "shutdown_grace_period and interrupted_retry_delay must be >= 0"
@@ -164,21 +166,21 @@ class App(Enqueueing):
                 "the database and schema can only change before the app is opened"
             )
         if schema is not None and schema != self.schema:
-            _check_schema(schema)
+            check_schema(schema)
             self.schema = schema
             self.store = Store(None, schema)
         if concurrency is not None:
-            _check_positive("concurrency", concurrency)
+            check_positive("concurrency", concurrency)
             self.concurrency = concurrency
             self.max_pool_size = max(self.max_pool_size, concurrency + 4)
         if async_concurrency is not None:
-            _check_positive("async_concurrency", async_concurrency)
+            check_positive("async_concurrency", async_concurrency)
             self.async_concurrency = async_concurrency
         if poll_interval is not None:
-            _check_positive("poll_interval", poll_interval)
+            check_positive("poll_interval", poll_interval)
             self.poll_interval = poll_interval
         if prefetch is not None:
-            _check_not_negative("prefetch", prefetch)
+            check_not_negative("prefetch", prefetch)
             self.prefetch = prefetch
         if database_url is not None:
             self.database_url = database_url
@@ -272,29 +274,9 @@ class App(Enqueueing):
             return self
         if database_url is not None:
             self.database_url = database_url
-        conninfo = self.database_url or ""
-        try:
-            psycopg.connect(conninfo, connect_timeout=int(_CONNECT_TIMEOUT)).close()
-        except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(f"invalid database URL: {exc}") from exc
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailableError(
-                f"cannot connect to the database ({_describe(conninfo)}): "
-                f"{str(exc).strip() or type(exc).__name__}"
-            ) from exc
-        pool: ConnectionPool[Connection] = ConnectionPool(
-            conninfo,
-            min_size=min(2, self.max_pool_size),
-            max_size=self.max_pool_size,
-            kwargs={"autocommit": True},
-            open=False,
-            name=f"pgworker:{self.schema}",
+        pool = open_pool(
+            self.database_url or "", max_size=self.max_pool_size, name=f"pgworker:{self.schema}"
         )
-        try:
-            pool.open(wait=True, timeout=_CONNECT_TIMEOUT)
-        except PoolTimeout as exc:
-            pool.close()
-            raise DatabaseUnavailableError(f"cannot open a connection pool: {exc}") from exc
         self._pool = self.store.pool = pool
         return self
 
@@ -387,7 +369,8 @@ class App(Enqueueing):
 
     def _worker(self, *, once: bool = False, exit_on_overrun: bool = False) -> Worker:
         """A worker for this app's tasks, plugins and settings."""
-        from .worker import Worker, WorkerSettings
+        from .settings import WorkerSettings
+        from .worker import Worker
 
         settings = WorkerSettings(
             schema=self.schema,
@@ -416,50 +399,14 @@ class App(Enqueueing):
             cron_items=self.cron_items,
         )
 
-    def _opened(self) -> _OpenScope:
-        return _OpenScope(self)
-
-
-class _OpenScope:
-    """Opens the app for the length of a ``with`` block if it was closed before it."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.opened_here = False
-
-    def __enter__(self) -> App:
-        if not self.app.is_open:
-            self.app.open()
-            self.opened_here = True
-        return self.app
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.opened_here:
-            self.app.close()
-
-
-def _check_schema(schema: str) -> None:
-    if not 0 < len(schema) <= 63:
-        raise ConfigurationError(f"schema must be 1 to 63 characters, got {schema!r}")
-
-
-def _check_positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be positive, got {value}")
-
-
-def _check_not_negative(name: str, value: float) -> None:
-    if value < 0:
-        raise ConfigurationError(f"{name} must be >= 0, got {value}")
-
-
-def _describe(conninfo: str) -> str:
-    """Name the database without leaking a password."""
-    if not conninfo:
-        return "libpq defaults from the PG* environment variables"
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
-        return "an unparsable connection string"
-    host = params.get("host") or "localhost"
-    return f"host={host} port={params.get('port') or 5432} dbname={params.get('dbname') or '?'}"
+    @contextmanager
+    def _opened(self) -> Iterator[App]:
+        """The app, opened for the length of the block if it was closed before it."""
+        if self.is_open:
+            yield self
+            return
+        self.open()
+        try:
+            yield self
+        finally:
+            self.close()

@@ -1,4 +1,4 @@
-"""GiveBack: returns a worker's jobs to the queue when it won't finish them."""
+"""GiveBack: returns a worker's jobs to the queue, and leaves the registry, when it stops."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import psycopg
 
 from .connections import backoff_delay, connect
 from .errors import PgWorkerError
+from .inflight import InFlight
 from .store import INTERRUPTED_MESSAGE, Connection, Store
 
 logger = logging.getLogger("pgworker.worker")
@@ -63,6 +64,40 @@ class GiveBack:
                 [(i, m, False) for i, m in failures], worker_id=self.worker_id, conn=conn
             ),
         )
+
+    def at_exit(self, inflight: InFlight, *, registered: bool) -> None:
+        """The process is exiting with jobs not yet recorded: give them back (their code
+        ends with the process; one that overran its timeout is failed instead) and
+        leave the registry. Never raises (an exit hook)."""
+        try:
+            overran = {
+                r.job.id: f"Timed out after {r.timeout:g} s and overran it: the worker "
+                "exited to free its thread"
+                for r in inflight.running
+                if r.overran
+            }
+            if overran:
+                self.overrun(list(overran.items()))
+            held = [i for i in inflight.unsettled if i not in overran]
+            if held:
+                self.jobs(held, interrupted=True)
+            if registered:
+                with connect(self.conninfo) as conn:
+                    self.store.deregister(self.worker_id, conn=conn)
+        except Exception as exc:
+            logger.warning("Could not leave the worker registry at exit: %s", exc)
+
+    def leave(self, *, registered: bool) -> None:
+        """After a clean stop: release anything still locked by this worker (an outcome
+        the database never took) rather than leave it to a sweep, and leave the
+        registry."""
+        try:
+            with connect(self.conninfo) as conn:
+                self.store.unlock_worker(self.worker_id, conn=conn)
+                if registered:
+                    self.store.deregister(self.worker_id, conn=conn)
+        except (psycopg.Error, PgWorkerError) as exc:
+            logger.warning("Could not release the locks of %s: %s", self.worker_id, exc)
 
     def _retrying(self, ids: str, write: Callable[[Connection], None]) -> None:
         for attempt in range(GIVE_BACK_TRIES):

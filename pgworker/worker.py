@@ -19,6 +19,9 @@ async-loop     ``AsyncRunner``: the event      after the last async job, from th
                concurrency`` at a time
 completer      ``Completer``: writes outcomes  on stop, once every claimed job is settled
                in batches, reports to plugins
+watch          ``Watch``: deadlines and        on stop, once no job of ours is running
+               cancel requests of running
+               jobs
 heartbeat      ``Heartbeat``: the registry     on stop, once no job of ours is running
                row of this worker
 listener       ``Listener``: LISTEN, wakes     on stop
@@ -43,15 +46,11 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
-
-import psycopg
 
 from .admin import Admin
 from .async_jobs import AsyncJobs
 from .completer import Completer
-from .connections import connect
 from .context import JobContext
 from .control import install_stop_signals
 from .cron import CronItem
@@ -62,10 +61,11 @@ from .hooks import Hooks, WorkerInfo
 from .inflight import InFlight
 from .listener import Listener
 from .migrate import SCHEMA_REVISION
-from .recovery import Heartbeat, Recovery, Sweeper, worker_metadata
+from .recovery import Heartbeat, Sweeper, worker_metadata
 from .runner import Executors, JobRunner
 from .running import RunningJob
 from .scheduler import CronScheduler
+from .settings import WorkerSettings
 from .store import Store
 from .task import Task
 from .watch import Watch
@@ -76,26 +76,6 @@ logger = logging.getLogger(__name__)
 FORCED_COMPLETER_WAIT = 5.0
 #: pgworker's version, as the registry shows it.
 VERSION = "0.1.0"
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSettings:
-    """What a worker needs to know from its app's settings."""
-
-    schema: str
-    concurrency: int
-    prefetch: int
-    poll_interval: float
-    shutdown_grace_period: float
-    interrupted_retry_delay: float
-    recovery: Recovery
-    async_concurrency: int = 100
-    default_timeout: float | None = None
-    #: Seconds past its timeout after which a job that still runs has overrun it.
-    hard_timeout: float = 30.0
-    #: On an overrun, stop the worker (the CLI's process then exits), else only report.
-    exit_on_overrun: bool = False
-    once: bool = False
 
 
 class Worker:
@@ -392,40 +372,15 @@ class Worker:
             self.async_jobs.stop()
         for thread in self._threads:
             thread.join(timeout=5.0)
-        try:
-            with connect(self.conninfo) as conn:
-                # Anything still locked by us now (an outcome the database never took) is
-                # released rather than left for a sweep.
-                self.store.unlock_worker(self.worker_id, conn=conn)
-                if self.heartbeat is not None:
-                    self.store.deregister(self.worker_id, conn=conn)
-        except (psycopg.Error, PgWorkerError) as exc:
-            logger.warning("Could not release the locks of %s: %s", self.worker_id, exc)
+        self.give_back.leave(registered=self.heartbeat is not None)
         atexit.unregister(self._give_back_at_exit)
         logger.info("Worker %s stopped", self.worker_id)
         self.hooks.worker_shutdown(self.info)
 
     def _give_back_at_exit(self) -> None:
         """The process is exiting with jobs not yet recorded: give them back (their code
-        ends with the process; one that overran its timeout is failed instead) and
-        leave the registry."""
-        try:
-            overran = {
-                r.job.id: f"Timed out after {r.timeout:g} s and overran it: the worker "
-                "exited to free its thread"
-                for r in self.inflight.running
-                if r.overran
-            }
-            if overran:
-                self.give_back.overrun(list(overran.items()))
-            held = [i for i in self.inflight.unsettled if i not in overran]
-            if held:
-                self.give_back.jobs(held, interrupted=True)
-            if self.heartbeat is not None:
-                with connect(self.conninfo) as conn:
-                    self.store.deregister(self.worker_id, conn=conn)
-        except Exception as exc:  # nothing may escape an exit hook
-            logger.warning("Could not leave the worker registry at exit: %s", exc)
+        ends with the process) and leave the registry."""
+        self.give_back.at_exit(self.inflight, registered=self.heartbeat is not None)
 
     def _on_overrun(self, running: RunningJob) -> None:
         job = running.job

@@ -1,0 +1,46 @@
+"""Settings: the checks of the App's settings, and what a worker takes from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigurationError
+from .recovery import Recovery
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """What a worker needs to know from its app's settings."""
+
+    schema: str
+    concurrency: int
+    prefetch: int
+    poll_interval: float
+    shutdown_grace_period: float
+    interrupted_retry_delay: float
+    recovery: Recovery
+    async_concurrency: int = 100
+    default_timeout: float | None = None
+    #: Seconds past its timeout after which a job that still runs has overrun it.
+    hard_timeout: float = 30.0
+    #: On an overrun, stop the worker (the CLI's process then exits), else only report.
+    exit_on_overrun: bool = False
+    once: bool = False
+
+
+def check_schema(schema: str) -> None:
+    """A schema name PostgreSQL takes: 1 to 63 characters."""
+    if not 0 < len(schema) <= 63:
+        raise ConfigurationError(f"schema must be 1 to 63 characters, got {schema!r}")
+
+
+def check_positive(name: str, value: float) -> None:
+    """Refuse a setting that must be positive."""
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be positive, got {value}")
+
+
+def check_not_negative(name: str, value: float) -> None:
+    """Refuse a setting that must be at least 0."""
+    if value < 0:
+        raise ConfigurationError(f"{name} must be >= 0, got {value}")
