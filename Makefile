@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format typecheck bench clean
+.PHONY: demo test test-slow lint format typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,10 @@ demo: $(STAMP)  ## a worker running examples/simple.py (embedded PostgreSQL unle
 	$(BIN)/python examples/simple.py
 
 test: $(STAMP)  ## the test suite (embedded PostgreSQL unless PGWORKER_TEST_DATABASE_URL is set)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)  ## the tests that wait for real minutes (cron with Node, crash recovery); CI runs them
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
