@@ -100,7 +100,7 @@ class Listener:
                     self._handle(notify.channel, notify.payload)
                     last_check = time.monotonic()
                 if time.monotonic() - last_check > HEALTH_CHECK_INTERVAL:
-                    conn.execute("select 1")
+                    self.store.ping(conn)
                     last_check = time.monotonic()
 
     def _handle(self, channel: str, payload: str) -> None:

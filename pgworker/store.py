@@ -192,8 +192,12 @@ class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatemen
         self._execute("unlock_worker", {"worker_id": worker_id}, conn=conn)
 
     def listen(self, conn: Connection) -> None:
-        """Subscribe ``conn`` to graphile-worker's channels."""
+        """Subscribe ``conn`` to graphile-worker's channels (and pgworker's cancels)."""
         self._execute("listen", conn=conn)
+
+    def ping(self, conn: Connection) -> None:
+        """A round trip on ``conn``, to notice a dead connection."""
+        self._execute("ping", conn=conn)
 
 
 def _spec_record(new: NewJob) -> dict[str, Any]:

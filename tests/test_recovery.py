@@ -178,6 +178,11 @@ def test_forced_stop_never_lets_another_worker_start_a_running_job(
         stopping = time.monotonic()
         handle.stop(force=True)
         assert time.monotonic() - stopping < 1.0  # the forced stop did not wait
+        # Still running: the first worker keeps its registry row fresh for it.
+        time.sleep(3 * FAST.heartbeat_interval)
+        [(still_registered, age, _)] = registry(db, schema)
+        assert still_registered == handle.worker_id
+        assert age < 2 * FAST.heartbeat_interval
         other = second.start()
         try:
             wait_for(lambda: len(events) >= 2, 5, "the first run to return")

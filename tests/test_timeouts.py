@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from processes import WorkerProcess, wait_for
 from psycopg.conninfo import make_conninfo
 
-from pgworker import App, JobContext, JobTimeoutError
+from pgworker import App, Job, JobContext, JobTimeoutError, Plugin
 from pgworker.cli import cli
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -312,3 +312,43 @@ def test_timeouts_are_checked(make_app: Callable[..., App]) -> None:
     with pytest.raises(Exception, match="default_timeout must be positive"):
         make_app(default_timeout=-1)
     assert issubclass(JobTimeoutError, TimeoutError)
+
+
+def test_an_overrun_in_process_is_logged_and_reported(
+    make_app: Callable[..., App],
+    db: Conn,
+    schema: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Beside a web server (``app.start()``) an overrun doesn't stop the worker: a log
+    line and the on_job_overran hook say so, and the job keeps its thread until it
+    returns."""
+    overran: list[tuple[int, float]] = []
+
+    class Watcher(Plugin):
+        def on_job_overran(self, job: Job, timeout: float) -> None:
+            overran.append((job.id, timeout))
+
+    app = make_app(hard_timeout=0.3, plugins=[Watcher()])
+
+    @app.task("stubborn", timeout=0.2)
+    def stubborn(payload: dict[str, Any]) -> None:
+        time.sleep(1.0)
+
+    @app.task("quick")
+    def quick(payload: dict[str, Any]) -> None:
+        pass
+
+    with app:
+        handle = app.start()
+        try:
+            job = app.defer("stubborn", {})
+            wait_for(lambda: overran, 5, "the overrun to be reported")
+            follow_up = app.defer("quick", {})
+            wait_for(lambda: job_row(db, schema, follow_up.id) is None, 5, "another job")
+            wait_for(lambda: job_row(db, schema, job.id) is None, 5, "the stubborn job to end")
+        finally:
+            handle.stop()
+    assert overran == [(job.id, 0.2)]
+    assert f"job #{job.id} (stubborn) still runs 0.3 s after its timeout of 0.2 s" in caplog.text
+    assert handle.worker.exit_reason is None

@@ -52,6 +52,10 @@ LISTEN "jobs:insert";
 LISTEN "worker:migrate";
 LISTEN "pgworker:cancel"
 
+-- name: ping
+-- A round trip, to notice a dead connection.
+select 1
+
 -- name: register_tasks
 -- Make sure each task identifier has a row. (Its own statement: a read in the same
 -- statement would not see a row another transaction committed meanwhile.)
