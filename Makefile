@@ -36,4 +36,4 @@ bench: $(STAMP)  ## throughput against Node graphile-worker on the same database
 	$(BIN)/python -m benchmarks.throughput $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pgworker .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

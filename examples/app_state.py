@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from pgworker import App, Cron, JobContext
-from pgworker.embedded import development_database
 
 
 @dataclass
@@ -44,7 +43,7 @@ app.cron(Cron.every_minute(show_run_count).fill(timedelta(hours=1)))
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
-    with development_database() as url, app.open(url):
+    with app:  # DATABASE_URL, PG*, or an embedded development server
         app.migrate()
         show_run_count.defer_many([{}] * 5)
         app.run_once()

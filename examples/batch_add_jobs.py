@@ -10,7 +10,6 @@ import logging
 import msgspec
 
 from pgworker import App, RawJob
-from pgworker.embedded import development_database
 
 app = App(concurrency=1)  # one at a time, so the run order shows the priorities
 
@@ -39,7 +38,7 @@ def process_payment(payload: ProcessPayment) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
-    with development_database() as url, app.open(url):
+    with app:  # DATABASE_URL, PG*, or an embedded development server
         app.migrate()
         # One task, typed payloads: checked first, then one add_jobs statement.
         emails = [

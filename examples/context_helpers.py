@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from pgworker import App, JobContext
-from pgworker.embedded import development_database
 
 app = App(concurrency=2, poll_interval=0.5)
 checked = threading.Event()
@@ -47,7 +46,7 @@ def send_ws(payload: SendWs, ctx: JobContext) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
-    with development_database() as url, app.open(url):
+    with app:  # DATABASE_URL, PG*, or an embedded development server
         app.migrate()
         send_ws.defer(SendWs(request_id="req-1"))
         handle = app.start()

@@ -20,7 +20,6 @@ from pathlib import Path
 import msgspec
 
 from pgworker import App, JobContext, Recovery
-from pgworker.embedded import development_database
 
 #: Heartbeats every 0.5 s, dead after 2 s of silence, sweeps every 0.5 s.
 DEMO_RECOVERY = Recovery(heartbeat_interval=0.5, stale_after=2.0, sweep_interval=0.5)
@@ -42,32 +41,31 @@ def build_report(report: Report, ctx: JobContext) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     root = Path(__file__).resolve().parent.parent
-    with development_database(os.environ.get("DATABASE_URL")) as url:
-        app.configure(database_url=url)
-        with app:
-            app.migrate()
-            job = build_report.defer(Report(name="quarterly"))
-            command = [sys.executable, "-m", "pgworker.cli", "--log-level", "warning", "run"]
-            child = subprocess.Popen(
-                [*command, "examples.crash_recovery:app"],
-                cwd=root,
-                env={**os.environ, "DATABASE_URL": url, "REPORT_SECONDS": "60"},
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert child.stdout is not None
-            print(child.stdout.readline(), end="", flush=True)  # "building quarterly ..."
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            killed = time.monotonic()
-            print(f"killed the worker running job #{job.id}; starting another one here")
-            handle = app.start()
-            try:
-                while app.admin.job(job.id) is not None and time.monotonic() - killed < 30:
-                    time.sleep(0.1)
-            finally:
-                handle.stop()
-            print(f"job #{job.id} ran again {time.monotonic() - killed:.1f} s after the kill")
+    with app:  # DATABASE_URL, PG*, or an embedded development server
+        url = app.conninfo
+        app.migrate()
+        job = build_report.defer(Report(name="quarterly"))
+        command = [sys.executable, "-m", "pgworker.cli", "--log-level", "warning", "run"]
+        child = subprocess.Popen(
+            [*command, "examples.crash_recovery:app"],
+            cwd=root,
+            env={**os.environ, "DATABASE_URL": url, "REPORT_SECONDS": "60"},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        print(child.stdout.readline(), end="", flush=True)  # "building quarterly ..."
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        killed = time.monotonic()
+        print(f"killed the worker running job #{job.id}; starting another one here")
+        handle = app.start()
+        try:
+            while app.admin.job(job.id) is not None and time.monotonic() - killed < 30:
+                time.sleep(0.1)
+        finally:
+            handle.stop()
+        print(f"job #{job.id} ran again {time.monotonic() - killed:.1f} s after the kill")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from datetime import timedelta
 import msgspec
 
 from pgworker import App, Cron
-from pgworker.embedded import development_database
 
 app = App(
     concurrency=2,
@@ -49,7 +48,7 @@ app.cron(
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
-    with development_database() as url, app.open(url):
+    with app:  # DATABASE_URL, PG*, or an embedded development server
         app.run()
 
 

@@ -18,7 +18,6 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProces
 from prometheus_client import generate_latest
 
 from pgworker import App
-from pgworker.embedded import development_database
 from pgworker.otel import OpenTelemetryPlugin
 from pgworker.prometheus import PrometheusPlugin
 
@@ -54,7 +53,7 @@ def charge_card(payload: dict[str, Any]) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     tracer = provider.get_tracer("example")
-    with development_database() as url, app.open(url):
+    with app:  # DATABASE_URL, PG*, or an embedded development server
         app.migrate()
         with tracer.start_as_current_span("POST /upload"):  # a web request, say
             resize_image.defer(Resize(path="cat.png", width=128))

@@ -11,7 +11,6 @@ import logging
 import msgspec
 
 from pgworker import App
-from pgworker.embedded import development_database
 
 app = App(concurrency=4)
 
@@ -28,7 +27,7 @@ def say_hello(payload: SayHello) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
-    with development_database() as url, app.open(url):
+    with app:  # DATABASE_URL, PG*, or an embedded development server
         app.migrate()
         for i in range(10):
             say_hello.defer(SayHello(message=f"job {i}"))

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from pgworker import App, JobContext
-from pgworker.embedded import development_database
 
 app = App(concurrency=2, poll_interval=1.0)
 
@@ -34,7 +33,7 @@ def say_hello(payload: SayHello, ctx: JobContext) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
-    with development_database() as url, app.open(url):
+    with app:  # DATABASE_URL, PG*, or an embedded development server
         app.migrate()
         say_hello.defer(
             SayHello(message="from the future"), run_at=datetime.now(UTC) + timedelta(seconds=10)

@@ -13,7 +13,6 @@ import threading
 import msgspec
 
 from pgworker import App
-from pgworker.embedded import development_database
 
 app = App(concurrency=2)
 welcomed = threading.Semaphore(0)
@@ -45,7 +44,7 @@ def send_welcome(payload: Welcome) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
-    with development_database() as url, app.open(url):
+    with app:  # DATABASE_URL, PG*, or an embedded development server
         app.migrate()
         handle = app.start()  # listening: the trigger's notification wakes it
         with app.pool.connection() as conn:

@@ -8,6 +8,7 @@ then try ``curl -X POST 'localhost:5000/schedule/example?name=a&value=1'``.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +18,6 @@ from flask.typing import ResponseReturnValue
 from psycopg import sql
 
 from pgworker import App, JobContext
-from pgworker.embedded import development_database
 
 app = App(concurrency=2)
 web = Flask(__name__)
@@ -99,13 +99,13 @@ def signup() -> ResponseReturnValue:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
-    with development_database() as url, app.open(url):
+    with app:  # DATABASE_URL, PG*, or an embedded development server
         app.migrate()
         with app.pool.connection() as conn:
             conn.execute(SIGNUPS_TABLE)
         handle = app.start()
         try:
-            web.run(host="127.0.0.1", port=5000)
+            web.run(host="127.0.0.1", port=int(os.environ.get("PORT", "5000")))
         finally:
             handle.stop()
 

@@ -18,6 +18,13 @@ from .admin import Admin
 from .context import Extensions, JobContext
 from .cron import Cron, CronItem, parse_crontab
 from .database import open_pool
+from .embedded import (
+    EmbeddedServer,
+    configured_database_url,
+    embedded_allowed,
+    no_database_error,
+    start_embedded,
+)
 from .enqueue import MAX_IDENTIFIER_LENGTH, Enqueueing
 from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError
 from .hooks import Hooks, Plugin
@@ -51,9 +58,11 @@ class App(Enqueueing):
     Nothing connects until ``open()`` (or ``with app:``); ``run()``, ``run_once()`` and
     ``start()`` open the app themselves when needed.
 
-    - ``database_url``: a libpq connection string or URL; None means libpq's defaults
-      (the ``PG*`` environment variables). The CLI fills it in from ``--database-url``
-      or ``DATABASE_URL``.
+    - ``database_url``: a libpq connection string or URL. Without one, the app follows
+      the database rule when it opens: ``DATABASE_URL``, else libpq's ``PG*`` variables,
+      else an embedded development PostgreSQL (see ``pgworker.embedded``).
+    - ``embedded``: False forbids that embedded fallback (as ``PGWORKER_NO_EMBEDDED=1``
+      does): a missing setting then fails instead of starting a server.
     - ``schema``: the worker schema, shared with any Node or Rust worker on the database.
     - ``concurrency``: how many jobs of sync tasks run at once, each on its own thread.
     - ``async_concurrency``: how many jobs of ``async def`` tasks run at once, on the
@@ -87,6 +96,7 @@ class App(Enqueueing):
         self,
         *,
         database_url: str | None = None,
+        embedded: bool = True,
         schema: str = DEFAULT_SCHEMA,
         concurrency: int = 4,
         async_concurrency: int = 100,
@@ -118,6 +128,8 @@ class App(Enqueueing):
                 "shutdown_grace_period and interrupted_retry_delay must be >= 0"
             )
         self.database_url = database_url
+        self.embedded = embedded
+        self._embedded: EmbeddedServer | None = None
         self.schema = schema
         self.concurrency = concurrency
         self.async_concurrency = async_concurrency
@@ -274,17 +286,32 @@ class App(Enqueueing):
             return self
         if database_url is not None:
             self.database_url = database_url
-        pool = open_pool(
-            self.database_url or "", max_size=self.max_pool_size, name=f"pgworker:{self.schema}"
-        )
+        url = configured_database_url(self.database_url)
+        if url is None:
+            if not (self.embedded and embedded_allowed()):
+                raise no_database_error()
+            self._embedded = start_embedded()
+            url = self._embedded.url
+        try:
+            pool = open_pool(url, max_size=self.max_pool_size, name=f"pgworker:{self.schema}")
+        except BaseException:
+            self._release_embedded()
+            raise
         self._pool = self.store.pool = pool
         return self
 
     def close(self) -> None:
-        """Close the pool the app opened (a pool given to the constructor stays open)."""
+        """Close the pool the app opened (a pool given to the constructor stays open),
+        and let go of the embedded server if the app started one."""
         if self._own_pool and self._pool is not None:
             self._pool.close()
             self._pool = self.store.pool = None
+        self._release_embedded()
+
+    def _release_embedded(self) -> None:
+        if self._embedded is not None:
+            self._embedded.release()
+            self._embedded = None
 
     def __enter__(self) -> App:
         return self.open()

@@ -14,7 +14,6 @@ from typing import Any
 import click
 
 from .app import DEFAULT_SCHEMA, App
-from .embedded import development_database
 from .errors import PgWorkerError
 
 _RELATIVE_TIME = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
@@ -92,16 +91,12 @@ def database_options(fn: Any) -> Any:
 
 @contextmanager
 def app_database(app: App, flag: str | None) -> Iterator[str | None]:
-    """The database the app should use: ``--database-url``, else the app's own
-    ``database_url``, else ``DATABASE_URL`` or ``PG*``, else an embedded server for the
-    length of the block. None when the app already has its pool (``App(pool=...)``)."""
-    if app.is_open:
-        if flag:
-            raise click.UsageError("--database-url can't apply: the app brings its own pool")
-        yield None
-        return
-    with development_database(flag or app.database_url) as url:
-        yield url
+    """The explicit database for the app: ``--database-url``, else None, for the app
+    to apply the database rule when it opens (``pgworker.embedded``). A usage error when
+    the app brings its own pool (``App(pool=...)``)."""
+    if app.is_open and flag:
+        raise click.UsageError("--database-url can't apply: the app brings its own pool")
+    yield flag
 
 
 @contextmanager

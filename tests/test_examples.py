@@ -16,20 +16,25 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_example(name: str, url: str | None, cwd: Path = ROOT) -> subprocess.Popen[str]:
+def run_example(
+    name: str, url: str | None, cwd: Path = ROOT, *, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """Start an example (a file, or a package run with -m); with no ``url``, nothing is
-    configured and it embeds a server."""
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("PG")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = str(ROOT)
+    configured and it embeds a server (give it ``PGWORKER_EMBEDDED_DIR`` in ``env``)."""
+    environ = {
+        k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("PG")
+    }
+    environ.update(env or {})
+    environ["PYTHONUNBUFFERED"] = "1"
+    environ["PYTHONPATH"] = str(ROOT)
     if url is not None:
-        env["DATABASE_URL"] = url
+        environ["DATABASE_URL"] = url
     path = ROOT / "examples" / f"{name}.py"
     target = [str(path)] if path.exists() else ["-m", f"examples.{name}"]
     return subprocess.Popen(
         [sys.executable, *target],
         cwd=cwd,
-        env=env,
+        env=environ,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -52,11 +57,13 @@ def test_simple_example_retries_and_stops_on_sigint(
     database: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """What `make demo` shows: say_hello jobs running and being retried; with no database
-    configured, on an embedded PostgreSQL under .pgworker/ in the working directory."""
+    configured, on an embedded PostgreSQL with its data in PGWORKER_EMBEDDED_DIR."""
+    embedded_dir = tmp_path / "embedded"
     if database == "configured":
         proc = run_example("simple", request.getfixturevalue("example_database"))
     else:
-        proc = run_example("simple", None, cwd=tmp_path)
+        env = {"PGWORKER_EMBEDDED_DIR": str(embedded_dir)}
+        proc = run_example("simple", None, cwd=tmp_path, env=env)
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None
     stdout = proc.stdout
@@ -90,7 +97,8 @@ def test_simple_example_retries_and_stops_on_sigint(
         assert proc.wait(timeout=20) == 0
         if database == "embedded":
             assert "using an embedded PostgreSQL" in "".join(seen)
-            assert (tmp_path / ".pgworker" / "data" / "PG_VERSION").exists()
+            assert (embedded_dir / "data" / "PG_VERSION").exists()
+            assert not (tmp_path / ".pgworker").exists()  # nothing in the working directory
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -197,3 +205,48 @@ def test_crash_recovery_example(example_database: str) -> None:
     assert any("(last error: Recovered from dead worker pgworker-" in line for line in lines)
     assert any(line.endswith("quarterly done") for line in lines), output
     assert "ran again" in output
+
+
+def test_the_embedded_server_stops_when_the_web_example_gets_sigterm(tmp_path: Path) -> None:
+    """No database configured: the web example starts the embedded server, and SIGTERM to
+    the example stops that server too (no postmaster left behind)."""
+    pytest.importorskip("flask")
+    import socket
+    import urllib.request
+
+    embedded_dir = tmp_path / "embedded"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"PGWORKER_EMBEDDED_DIR": str(embedded_dir), "PORT": str(port)}
+    proc = run_example("web_flask", None, cwd=tmp_path, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    if r.read() == b"ok":
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the web example never answered"
+            time.sleep(0.2)
+        postmaster = int((embedded_dir / "data" / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, 0)  # running
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "using an embedded PostgreSQL" in output
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(postmaster, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the embedded server (pid {postmaster}) outlived the example:\n{output}")

@@ -6,7 +6,6 @@ Run it with ``python -m examples.hooks``.
 from __future__ import annotations
 
 from pgworker import App
-from pgworker.embedded import development_database
 
 from .logging_setup import enable_logs
 from .metrics import MetricsPlugin
@@ -19,7 +18,7 @@ register(app)
 
 def main() -> None:
     enable_logs()
-    with development_database() as url, app.open(url):
+    with app:  # DATABASE_URL, PG*, or an embedded development server
         app.migrate()
         for payload in (
             ProcessData(value=1),
