@@ -84,7 +84,7 @@ class Cron:
 
     ``Cron("0 4 * * 1-5", report, id="weekday-report", queue="reports")`` or a named
     constructor such as ``Cron.daily_at(report, 4, 0)``, refined by chaining (each call
-    returns a new builder) and finished with ``build()``::
+    returns a new builder) and finished with ``build()``:
 
         Cron.every_n_minutes(say_hello, 2).fill(timedelta(minutes=10)).payload(hello)
 
