@@ -293,3 +293,43 @@ def test_a_broken_payload_with_trace_is_still_a_payload_error() -> None:
 
     with pytest.raises(PayloadError):
         PayloadCodec(dict[str, int]).decode('{"_trace": ')
+
+
+class Reading(msgspec.Struct):
+    sensor: str
+    score: float | None
+    history: list[float] = []
+
+
+@pytest.mark.parametrize(
+    ("payload", "path"),
+    [
+        ({"score": float("nan")}, "$.score"),
+        ({"score": None, "history": [1.0, float("inf")]}, "$.history[1]"),
+        ({"nested": {"deep": [{"x": float("-inf")}]}}, "$.nested.deep[0].x"),
+    ],
+)
+def test_a_nan_or_infinity_is_refused_not_stored_as_null(
+    opened: App, db: Conn, schema: str, payload: dict[str, Any], path: str
+) -> None:
+    with pytest.raises(PayloadError, match="JSON has no NaN or infinity") as caught:
+        opened.defer("untyped", payload)
+    assert caught.value.path == path
+    assert f"at `{path}`" in str(caught.value)
+    with pytest.raises(PayloadError) as caught:
+        opened.defer_raw([RawJob("untyped", payload)])
+    assert caught.value.path == path
+    assert count_jobs(db, schema) == 0
+
+
+def test_a_nan_in_a_typed_payload_names_its_field(opened: App, db: Conn, schema: str) -> None:
+    @opened.task("reading")
+    def reading(payload: Reading) -> None: ...
+
+    with pytest.raises(PayloadError, match=r"holds nan at `\$\.score`"):
+        reading.defer(Reading("a", float("nan")))
+    with pytest.raises(PayloadError, match=r"holds inf at `\$\.history\[2\]`"):
+        reading.defer_many([Reading("a", 1.0), Reading("b", None, [0.0, 1.5, float("inf")])])
+    assert count_jobs(db, schema) == 0
+    reading.defer(Reading("a", None, [0.5]))  # a real null is fine
+    assert payloads(db, schema) == [{"sensor": "a", "score": None, "history": [0.5]}]
