@@ -144,6 +144,11 @@ class Admin:
         found = self.store.list_jobs(job_id=job_id, limit=1)
         return found[0] if found else None
 
+    def missing_job_ids(self, job_ids: Sequence[int]) -> list[int]:
+        """Those of these ids that name no job, sorted: what a change that left some ids
+        out cannot blame on a lock."""
+        return sorted(set(job_ids) - self.store.existing_job_ids(job_ids))
+
     def payload(self, job_id: int) -> Any:
         """The decoded JSON payload of one job, or None if there is no such job."""
         payload = self.store.job_payload(job_id)

@@ -9,8 +9,8 @@ from typing import Any
 import click
 import msgspec
 
-from .admin import JOB_STATES, ListedJob
-from .cli_common import database_options, opened_app, parse_run_at
+from .admin import JOB_STATES, Admin, ListedJob
+from .cli_common import CliError, database_options, opened_app, parse_run_at
 from .job import Job
 
 #: Columns of `pgworker jobs`: header, width (0: the rest of the line).
@@ -38,15 +38,28 @@ def _job_line(listed: ListedJob) -> str:
     return f"{line} {error[:60]}".rstrip()
 
 
-def _report_changes(verb: str, jobs: Sequence[Job], asked: Sequence[int] | None = None) -> None:
-    """Say what changed, and which of the jobs asked for were left alone."""
+def _missing_ids(admin: Admin, jobs: Sequence[Job], asked: Sequence[int]) -> list[int]:
+    """The ids asked for that a change left out because they name no job."""
+    skipped = set(asked) - {job.id for job in jobs}
+    return admin.missing_job_ids(list(skipped)) if skipped else []
+
+
+def _report_changes(
+    verb: str, jobs: Sequence[Job], asked: Sequence[int], missing: Sequence[int]
+) -> None:
+    """Say what changed and which jobs a lock kept from changing; exit 1 naming the ids
+    that matched no job."""
     ids = [job.id for job in jobs]
     click.echo(f"{verb} {len(ids)} job(s){': ' + ', '.join(map(str, ids)) if ids else ''}")
-    skipped = sorted(set(asked or ()) - set(ids))
-    if skipped:
-        click.echo(
-            f"Left alone (no such job, or locked in the last 4 hours): "
-            f"{', '.join(map(str, skipped))}"
+    left_alone = sorted(set(asked) - set(ids) - set(missing))
+    if left_alone:
+        listed = ", ".join(map(str, left_alone))
+        click.echo(f"Left alone (locked by a worker in the last 4 hours): {listed}")
+    if missing:
+        raise CliError(
+            f"no job with id {missing[0]}"
+            if len(missing) == 1
+            else f"no jobs with ids {', '.join(map(str, missing))}"
         )
 
 
@@ -124,7 +137,8 @@ def complete_command(
     """Delete jobs as if they had succeeded."""
     with opened_app(database_url, schema) as app:
         done = app.admin.complete_jobs(job_ids)
-    _report_changes("Completed", done, job_ids)
+        missing = _missing_ids(app.admin, done, job_ids)
+    _report_changes("Completed", done, job_ids, missing)
 
 
 @click.command("fail")
@@ -137,7 +151,8 @@ def fail_command(
     """Fail jobs permanently: they stay, and never run again."""
     with opened_app(database_url, schema) as app:
         failed = app.admin.permanently_fail_jobs(job_ids, reason)
-    _report_changes("Failed", failed, job_ids)
+        missing = _missing_ids(app.admin, failed, job_ids)
+    _report_changes("Failed", failed, job_ids, missing)
 
 
 @click.command("reschedule")
@@ -166,7 +181,8 @@ def reschedule_command(
         changed = app.admin.reschedule_jobs(
             job_ids, run_at=when, priority=priority, attempts=attempts, max_attempts=max_attempts
         )
-    _report_changes("Rescheduled", changed, job_ids)
+        missing = _missing_ids(app.admin, changed, job_ids)
+    _report_changes("Rescheduled", changed, job_ids, missing)
 
 
 @click.command("force-unlock")
