@@ -10,7 +10,7 @@ import click
 import msgspec
 
 from .admin import JOB_STATES, Admin, ListedJob
-from .cli_common import CliError, database_options, opened_app, parse_run_at
+from .cli_common import CliError, database_options, log_options, opened_app, parse_run_at
 from .job import Job
 
 #: Columns of `pgworker jobs`: header, width (0: the rest of the line).
@@ -71,6 +71,7 @@ def _report_changes(
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @database_options
+@log_options
 def jobs_command(
     task: str | None,
     queue: str | None,
@@ -98,6 +99,7 @@ def jobs_command(
 @click.command("job")
 @click.argument("job_id", type=int)
 @database_options
+@log_options
 def job_command(job_id: int, database_url: str | None, schema: str | None) -> None:
     """Show one job, with its payload, as JSON."""
     with opened_app(database_url, schema) as app:
@@ -116,6 +118,7 @@ def job_command(job_id: int, database_url: str | None, schema: str | None) -> No
 @click.command("remove")
 @click.argument("job_key")
 @database_options
+@log_options
 def remove_command(job_key: str, database_url: str | None, schema: str | None) -> None:
     """Remove the pending job with JOB_KEY (a running one only loses its key)."""
     with opened_app(database_url, schema) as app:
@@ -131,6 +134,7 @@ def remove_command(job_key: str, database_url: str | None, schema: str | None) -
 @click.command("complete")
 @click.argument("job_ids", nargs=-1, type=int, required=True)
 @database_options
+@log_options
 def complete_command(
     job_ids: tuple[int, ...], database_url: str | None, schema: str | None
 ) -> None:
@@ -145,6 +149,7 @@ def complete_command(
 @click.argument("job_ids", nargs=-1, type=int, required=True)
 @click.option("--reason", help="Stored as last_error (default 'Manually marked as failed').")
 @database_options
+@log_options
 def fail_command(
     job_ids: tuple[int, ...], reason: str | None, database_url: str | None, schema: str | None
 ) -> None:
@@ -162,6 +167,7 @@ def fail_command(
 @click.option("--attempts", type=click.IntRange(min=0))
 @click.option("--max-attempts", type=click.IntRange(min=1))
 @database_options
+@log_options
 def reschedule_command(
     job_ids: tuple[int, ...],
     run_at: str | None,
@@ -188,6 +194,7 @@ def reschedule_command(
 @click.command("force-unlock")
 @click.argument("worker_ids", nargs=-1, required=True)
 @database_options
+@log_options
 def force_unlock_command(
     worker_ids: tuple[str, ...], database_url: str | None, schema: str | None
 ) -> None:
@@ -207,6 +214,7 @@ def force_unlock_command(
 )
 @click.option("--keep", "keep", multiple=True, help="A task identifier to keep; repeat.")
 @database_options
+@log_options
 def cleanup_command(
     delete_permafailed: bool,
     gc_job_queues: bool,
@@ -235,6 +243,7 @@ def cleanup_command(
 @click.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @database_options
+@log_options
 def stats_command(as_json: bool, database_url: str | None, schema: str | None) -> None:
     """Count jobs by task, queue and state."""
     with opened_app(database_url, schema) as app:

@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ import click
 from .app import DEFAULT_SCHEMA, App
 from .embedded import development_database
 from .errors import PgWorkerError
+from .logs import configure_logging
 
 _RELATIVE_TIME = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -73,6 +75,47 @@ def reported_errors() -> Iterator[None]:
         yield
     except PgWorkerError as exc:
         raise CliError(str(exc)) from exc
+
+
+#: The shared ``-h``: every command and group takes it as well as ``--help``.
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+
+
+@dataclass
+class LogSettings:
+    """The log level and format, from the options before and after the command name."""
+
+    level: str = "info"
+    format: str = "text"
+
+
+def _set_log_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    settings = ctx.ensure_object(LogSettings)
+    setattr(settings, "level" if param.name == "log_level" else "format", value)
+    # The group has configured logging before a command's options are parsed: redo it.
+    configure_logging(settings.level, settings.format)
+
+
+def log_options(fn: Any) -> Any:
+    """Add --log-level and --log-format, which configure logging as they are parsed, so
+    that they work before the command name and after it."""
+    fn = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        expose_value=False,
+        callback=_set_log_option,
+        help="text (default) or json: one object per line, with job_id, task_identifier...",
+    )(fn)
+    fn = click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        expose_value=False,
+        callback=_set_log_option,
+        help="debug, info (default), warning or error.",
+    )(fn)
+    return fn
 
 
 def database_options(fn: Any) -> Any:

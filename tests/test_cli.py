@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -10,9 +11,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -185,25 +188,43 @@ def test_run_once_stops_gracefully_on_sigterm(
     assert left == (8, 0)  # the two running jobs finished; nothing else is locked
 
 
+def all_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield path
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from all_commands(command, (*path, name))
+        else:
+            yield (*path, name)
+
+
+def test_every_command_and_group_takes_dash_h(runner: CliRunner) -> None:
+    paths = list(all_commands(cli))
+    assert ("cron", "check") in paths
+    assert len(paths) > 15
+    for path in paths:
+        short = invoke(runner, *path, "-h")
+        assert short.exit_code == 0, (path, short.output)
+        assert short.output.startswith(f"Usage: {' '.join(('cli', *path))} [OPTIONS]")
+        assert short.output == invoke(runner, *path, "--help").output
+
+
+@pytest.mark.parametrize(
+    "position", ["before", "after", "both"], ids=["before run", "after run", "both: after wins"]
+)
 def test_json_logs_carry_the_job_fields(
-    runner: CliRunner, database_url: str, schema: str, opened: App
+    runner: CliRunner, database_url: str, schema: str, opened: App, position: str
 ) -> None:
     opened.defer("say_hello", {"message": "json"}, queue="q")
-    result = runner.invoke(
-        cli,
-        [
-            "--log-format",
-            "json",
-            "run",
-            "examples.run_once:app",
-            "--once",
-            "--database-url",
-            database_url,
-            "--schema",
-            schema,
-        ],
-        catch_exceptions=False,
-    )
+    command = ["run", "examples.run_once:app", "--once", "--database-url", database_url]
+    command += ["--schema", schema]
+    if position == "before":
+        args = ["--log-format", "json", *command]
+    elif position == "after":
+        args = [*command, "--log-format", "json"]
+    else:
+        args = ["--log-format", "text", "--log-level", "error", *command, "--log-format", "json"]
+        args += ["--log-level", "info"]
+    result = runner.invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0
     records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     [done] = [r for r in records if r["message"].startswith("Completed say_hello")]
@@ -216,6 +237,25 @@ def test_json_logs_carry_the_job_fields(
     assert done["attempt"] == 1
     assert done["duration_ms"] >= 0
     assert isinstance(done["job_id"], int)
+
+
+def test_log_level_after_the_command(
+    runner: CliRunner, database_url: str, schema: str, opened: App
+) -> None:
+    opened.defer("say_hello", {"message": "quiet"})
+    common = ["--database-url", database_url, "--schema", schema]
+    result = invoke(
+        runner, "run", "examples.run_once:app", "--once", *common, "--log-level", "warning"
+    )
+    assert result.exit_code == 0
+    assert result.stderr == ""  # the job's INFO line is below the level
+    opened.defer("say_hello", {"message": "loud"})
+    result = invoke(
+        runner, "run", "examples.run_once:app", "--once", *common, "--log-level", "debug"
+    )
+    assert "Completed say_hello" in result.stderr
+    assert logging.getLogger().level == logging.DEBUG
+    logging.getLogger().setLevel(logging.INFO)  # as the other CLI tests leave it
 
 
 def test_run_serves_prometheus_metrics(database_url: str, schema: str, opened: App) -> None:
