@@ -6,6 +6,7 @@ import importlib
 import os
 import re
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +31,12 @@ class CliError(click.ClickException):
 
 
 def load_app(target: str) -> App:
-    """Import ``MODULE:ATTR`` and return the App it names; exit 2 with one sentence if not."""
+    """Import ``MODULE:ATTR`` and return the App it names.
+
+    A missing module or attribute, or one that is not an App, is a usage error (exit 2,
+    one sentence). An exception raised while importing the module is the user's own
+    bug: its traceback, without pgworker's and importlib's frames, then exit 1.
+    """
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise click.UsageError(f"expected MODULE:ATTR (like myproject.tasks:app), got {target!r}")
@@ -39,7 +45,11 @@ def load_app(target: str) -> App:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if not _names_the_target(exc, module_name):
+            raise _import_failure(target, exc) from exc
         raise click.UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:
+        raise _import_failure(target, exc) from exc
     try:
         app = getattr(module, attr)
     except AttributeError as exc:
@@ -49,6 +59,51 @@ def load_app(target: str) -> App:
             f"{target} is a {type(app).__name__}, not a pgworker App; point at `app = App(...)`"
         )
     return app
+
+
+def _names_the_target(exc: ModuleNotFoundError, module_name: str) -> bool:
+    """Whether the missing module is the target (or a package of it), not something
+    the target's own code imports."""
+    return exc.name is not None and (module_name + ".").startswith(exc.name + ".")
+
+
+def _import_failure(target: str, exc: BaseException) -> CliError:
+    """Print the traceback of an exception raised while importing ``target``'s module,
+    from the user's frames on; the error that ends the command."""
+    report = traceback.TracebackException.from_exception(exc)
+    _drop_internal_frames(report)
+    click.echo("".join(report.format()).rstrip(), err=True)
+    module_name = target.partition(":")[0]
+    return CliError(
+        f"cannot load {target}: importing {module_name!r} raised "
+        f"{type(exc).__name__} (traceback above)"
+    )
+
+
+def _drop_internal_frames(report: traceback.TracebackException) -> None:
+    """Leave out the frames of ``load_app`` and of the import machinery, in ``report``
+    and the exceptions chained to it: what is left starts in the user's module."""
+    seen: set[int] = set()
+    pending = [report]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = traceback.StackSummary.from_list(
+            [frame for frame in current.stack if not _is_import_machinery(frame.filename)]
+        )
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
+_IMPORTLIB_DIR = os.path.dirname(os.path.abspath(importlib.__file__)) + os.sep
+
+
+def _is_import_machinery(filename: str) -> bool:
+    if filename.startswith("<frozen importlib"):
+        return True
+    path = os.path.abspath(filename)
+    return path == os.path.abspath(__file__) or path.startswith(_IMPORTLIB_DIR)
 
 
 def parse_run_at(value: str | None) -> datetime | None:

@@ -43,6 +43,7 @@ def invoke(runner: CliRunner, *args: str) -> Any:
         ("examples.simple:nope", "has no attribute 'nope'"),
         ("examples.simple:say_hello", "is a Task, not a pgworker App"),
         ("examples.simple", "expected MODULE:ATTR"),
+        ("examples.no_such_example:app", "cannot import 'examples.no_such_example'"),
     ],
 )
 def test_run_with_a_bad_target_is_one_sentence_and_exit_2(
@@ -52,6 +53,44 @@ def test_run_with_a_bad_target_is_one_sentence_and_exit_2(
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+    assert result.stderr.splitlines()[-1].startswith("Error: ")  # one sentence
+
+
+BROKEN_MODULES = {
+    # module: (source, what the traceback ends with)
+    "pgw_raises": ("import pgw_helper\n", "RuntimeError: config file missing"),
+    "pgw_helper": ("def load():\n    raise RuntimeError('config file missing')\nload()\n", ""),
+    "pgw_syntax": ("def broken(:\n    pass\n", "SyntaxError: invalid syntax"),
+    "pgw_needs_dep": (
+        "import pgw_not_installed\n",
+        "ModuleNotFoundError: No module named 'pgw_not_installed'",
+    ),
+    "pgw_import_error": ("from os import nothing_here\n", "ImportError: cannot import name"),
+}
+
+
+@pytest.mark.parametrize(
+    "module", ["pgw_raises", "pgw_syntax", "pgw_needs_dep", "pgw_import_error"]
+)
+def test_an_error_importing_the_users_module_shows_their_traceback_only(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    for name, (source, _) in BROKEN_MODULES.items():
+        (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = invoke(runner, "run", f"{module}:app")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[-1] == (
+        f"Error: cannot load {module}:app: importing {module!r} raised "
+        f"{lines[-2].partition(':')[0]} (traceback above)"
+    )
+    assert lines[-2].startswith(BROKEN_MODULES[module][1])
+    frames = [line for line in lines if line.startswith("  File ")]
+    assert frames  # the user's lines are there...
+    assert all(str(tmp_path) in frame for frame in frames), frames  # ...and only theirs
+    if module == "pgw_raises":
+        assert len(frames) == 3  # pgw_raises.py, then pgw_helper.py twice
 
 
 def test_migrate_defer_and_run_once(
