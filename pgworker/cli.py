@@ -71,7 +71,12 @@ def cli(ctx: click.Context) -> None:
 @click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
-    help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (needs pgworker[prometheus]).",
+    help="Serve Prometheus metrics on HOST:PORT/metrics (needs pgworker[prometheus]).",
+)
+@click.option(
+    "--metrics-host",
+    metavar="HOST",
+    help="The address --metrics-port listens on (default 127.0.0.1; 0.0.0.0 for all).",
 )
 @database_options
 @log_options
@@ -84,12 +89,15 @@ def run(
     prefetch: int | None,
     crontab_file: str | None,
     metrics_port: int | None,
+    metrics_host: str | None,
     database_url: str | None,
     schema: str | None,
 ) -> None:
     """Run a worker for the app at MODULE:ATTR until SIGINT/SIGTERM."""
     if once and crontab_file:
         raise click.UsageError("--crontab needs a running worker: --once schedules no cron")
+    if metrics_host is not None and metrics_port is None:
+        raise click.UsageError("--metrics-host needs --metrics-port")
     app = load_app(target)
     with reported_errors(), app_database(app, database_url) as url, ExitStack() as stack:
         app.configure(
@@ -105,7 +113,10 @@ def run(
         if metrics_port is not None:
             from .prometheus import ensure_prometheus_plugin, serve_metrics
 
-            server = stack.enter_context(serve_metrics(ensure_prometheus_plugin(app), metrics_port))
+            plugin = ensure_prometheus_plugin(app)
+            server = stack.enter_context(
+                serve_metrics(plugin, metrics_port, metrics_host or "127.0.0.1")
+            )
             logging.getLogger(__name__).info("Serving metrics at %s", server.url)
         if once:
             app.run_once()

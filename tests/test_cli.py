@@ -336,3 +336,54 @@ def test_run_serves_prometheus_metrics(database_url: str, schema: str, opened: A
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+SCRAPING_APP = """
+import urllib.request
+from pgworker import App
+
+app = App()
+scraped = []
+
+@app.task("scrape")
+def scrape(payload: dict) -> None:
+    for url in payload["urls"]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                scraped.append(response.read().decode())
+        except OSError as exc:
+            scraped.append(repr(exc))
+"""
+
+
+def test_run_serves_metrics_on_the_host_given(
+    runner: CliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    schema: str,
+    opened: App,
+) -> None:
+    with socket.socket() as probe:  # a free port on another loopback address
+        probe.bind(("127.0.0.2", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "pgw_scraping_app.py").write_text(SCRAPING_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    urls = [f"http://{host}:{port}/metrics" for host in ("127.0.0.2", "127.0.0.1")]
+    opened.defer("scrape", {"urls": urls})
+    result = invoke(
+        runner, "run", "pgw_scraping_app:app", "--once", "--metrics-port", str(port),
+        "--metrics-host", "127.0.0.2", "--database-url", database_url, "--schema", schema,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"Serving metrics at http://127.0.0.2:{port}/metrics" in result.stderr
+    # The job scraped the worker it ran in, on the host given and only there.
+    [text, elsewhere] = sys.modules["pgw_scraping_app"].scraped
+    assert "pgworker_jobs_started_total" in text
+    assert "Connection refused" in elsewhere
+
+
+def test_metrics_host_needs_a_port(runner: CliRunner) -> None:
+    result = invoke(runner, "run", "examples.run_once:app", "--metrics-host", "127.0.0.2")
+    assert result.exit_code == 2
+    assert "--metrics-host needs --metrics-port" in result.output
