@@ -35,7 +35,7 @@ def load_app(target: str) -> App:
 
     A missing module or attribute, or one that is not an App, is a usage error (exit 2,
     one sentence). An exception raised while importing the module is the user's own
-    bug: its traceback, without pgworker's and importlib's frames, then exit 1.
+    bug: its traceback from their module on (no import machinery), then exit 1.
     """
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
