@@ -7,6 +7,7 @@ from .control import WorkerHandle
 from .cron import Cron, CronItem, CrontabError, Weekday
 from .errors import (
     ConfigurationError,
+    DatabaseError,
     DatabaseUnavailableError,
     IncompatibleSchemaError,
     JobNotCreatedError,
@@ -42,6 +43,7 @@ __all__ = [
     "Cron",
     "CronItem",
     "CrontabError",
+    "DatabaseError",
     "DatabaseUnavailableError",
     "DeferRejected",
     "DeferSkipped",

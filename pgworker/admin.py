@@ -10,7 +10,7 @@ import msgspec
 
 from .errors import ConfigurationError
 from .job import Job
-from .spec import SMALLINT_MAX, SMALLINT_MIN
+from .spec import SMALLINT_MIN, check_run_at, check_smallint
 
 if TYPE_CHECKING:  # the store returns this module's values: no import cycle at run time
     from .store import Store
@@ -83,17 +83,15 @@ class Admin:
     ) -> list[Job]:
         """Change these jobs' run_at, priority, attempts or max_attempts; None keeps a
         value, and 0 is a value. Returns the jobs changed."""
-        if run_at is not None and run_at.tzinfo is None:
-            raise ConfigurationError("run_at must be timezone-aware")
+        if run_at is not None:
+            check_run_at(run_at)
         for name, value, low in (
             ("priority", priority, SMALLINT_MIN),
             ("attempts", attempts, 0),
             ("max_attempts", max_attempts, 1),
         ):
-            if value is not None and not low <= value <= SMALLINT_MAX:
-                raise ConfigurationError(
-                    f"{name} must be between {low} and {SMALLINT_MAX}, got {value}"
-                )
+            if value is not None:
+                check_smallint(name, value, low)
         return self.store.reschedule_jobs(
             job_ids, run_at=run_at, priority=priority, attempts=attempts, max_attempts=max_attempts
         )
@@ -146,6 +144,11 @@ class Admin:
         """One job by id, or None."""
         found = self.store.list_jobs(job_id=job_id, limit=1)
         return found[0] if found else None
+
+    def missing_job_ids(self, job_ids: Sequence[int]) -> list[int]:
+        """Those of these ids that name no job, sorted: what a change that left some ids
+        out cannot blame on a lock."""
+        return sorted(set(job_ids) - self.store.existing_job_ids(job_ids))
 
     def payload(self, job_id: int) -> Any:
         """The decoded JSON payload of one job, or None if there is no such job."""

@@ -25,13 +25,13 @@ from .embedded import (
     no_database_error,
     start_embedded,
 )
-from .enqueue import MAX_IDENTIFIER_LENGTH, Enqueueing
+from .enqueue import Enqueueing
 from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError
 from .hooks import Hooks, Plugin
 from .migrate import MigrationOutcome, migrate
 from .recovery import Recovery
 from .settings import check_not_negative, check_positive, check_schema
-from .spec import JobSpec
+from .spec import MAX_IDENTIFIER_LENGTH, JobSpec
 from .store import Connection, Store
 from .task import Task
 

@@ -13,9 +13,12 @@ import msgspec
 
 from . import cli_admin
 from .cli_common import (
+    CONTEXT_SETTINGS,
+    LogSettings,
     app_database,
     database_options,
     load_app,
+    log_options,
     opened_app,
     parse_run_at,
     reported_errors,
@@ -25,24 +28,17 @@ from .cli_workers import cancel_command, workers_command
 from .logs import configure_logging
 
 
-@click.group()
+@click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="pgworker")
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: one object per line, with job_id, task_identifier, duration_ms...",
-)
-def cli(log_level: str, log_format: str) -> None:
-    """pgworker: a PostgreSQL job queue that speaks graphile-worker's protocol."""
-    configure_logging(log_level, log_format)
+@log_options
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """pgworker: a PostgreSQL job queue that speaks graphile-worker's protocol.
+
+    --log-level and --log-format go before or after the command name.
+    """
+    settings = ctx.ensure_object(LogSettings)
+    configure_logging(settings.level, settings.format)
 
 
 @cli.command()
@@ -75,9 +71,15 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
-    help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (needs pgworker[prometheus]).",
+    help="Serve Prometheus metrics on HOST:PORT/metrics (needs pgworker[prometheus]).",
+)
+@click.option(
+    "--metrics-host",
+    metavar="HOST",
+    help="The address --metrics-port listens on (default 127.0.0.1; 0.0.0.0 for all).",
 )
 @database_options
+@log_options
 def run(
     target: str,
     once: bool,
@@ -87,12 +89,15 @@ def run(
     prefetch: int | None,
     crontab_file: str | None,
     metrics_port: int | None,
+    metrics_host: str | None,
     database_url: str | None,
     schema: str | None,
 ) -> None:
     """Run a worker for the app at MODULE:ATTR until SIGINT/SIGTERM."""
     if once and crontab_file:
         raise click.UsageError("--crontab needs a running worker: --once schedules no cron")
+    if metrics_host is not None and metrics_port is None:
+        raise click.UsageError("--metrics-host needs --metrics-port")
     app = load_app(target)
     with reported_errors(), app_database(app, database_url) as url, ExitStack() as stack:
         app.configure(
@@ -108,7 +113,10 @@ def run(
         if metrics_port is not None:
             from .prometheus import ensure_prometheus_plugin, serve_metrics
 
-            server = stack.enter_context(serve_metrics(ensure_prometheus_plugin(app), metrics_port))
+            plugin = ensure_prometheus_plugin(app)
+            server = stack.enter_context(
+                serve_metrics(plugin, metrics_port, metrics_host or "127.0.0.1")
+            )
             logging.getLogger(__name__).info("Serving metrics at %s", server.url)
         if once:
             app.run_once()
@@ -119,6 +127,7 @@ def run(
 @cli.command()
 @click.option("--app", "target", metavar="MODULE:ATTR", help="Use this app's schema.")
 @database_options
+@log_options
 def migrate(target: str | None, database_url: str | None, schema: str | None) -> None:
     """Install or upgrade the worker schema, then exit."""
     with opened_app(database_url, schema, target) as app:
@@ -138,6 +147,7 @@ def migrate(target: str | None, database_url: str | None, schema: str | None) ->
 @click.option("--job-key-mode", type=click.Choice(["replace", "preserve_run_at", "unsafe_dedupe"]))
 @click.option("--flag", "flags", multiple=True, help="A flag; repeat for more.")
 @database_options
+@log_options
 def defer(
     identifier: str,
     payload: str | None,

@@ -9,8 +9,8 @@ from typing import Any
 import click
 import msgspec
 
-from .admin import JOB_STATES, ListedJob
-from .cli_common import database_options, opened_app, parse_run_at
+from .admin import JOB_STATES, Admin, ListedJob
+from .cli_common import CliError, database_options, log_options, opened_app, parse_run_at
 from .job import Job
 
 #: Columns of `pgworker jobs`: header, width (0: the rest of the line).
@@ -38,15 +38,28 @@ def _job_line(listed: ListedJob) -> str:
     return f"{line} {error[:60]}".rstrip()
 
 
-def _report_changes(verb: str, jobs: Sequence[Job], asked: Sequence[int] | None = None) -> None:
-    """Say what changed, and which of the jobs asked for were left alone."""
+def _missing_ids(admin: Admin, jobs: Sequence[Job], asked: Sequence[int]) -> list[int]:
+    """The ids asked for that a change left out because they name no job."""
+    skipped = set(asked) - {job.id for job in jobs}
+    return admin.missing_job_ids(list(skipped)) if skipped else []
+
+
+def _report_changes(
+    verb: str, jobs: Sequence[Job], asked: Sequence[int], missing: Sequence[int]
+) -> None:
+    """Say what changed and which jobs a lock kept from changing; exit 1 naming the ids
+    that matched no job."""
     ids = [job.id for job in jobs]
     click.echo(f"{verb} {len(ids)} job(s){': ' + ', '.join(map(str, ids)) if ids else ''}")
-    skipped = sorted(set(asked or ()) - set(ids))
-    if skipped:
-        click.echo(
-            f"Left alone (no such job, or locked in the last 4 hours): "
-            f"{', '.join(map(str, skipped))}"
+    left_alone = sorted(set(asked) - set(ids) - set(missing))
+    if left_alone:
+        listed = ", ".join(map(str, left_alone))
+        click.echo(f"Left alone (locked by a worker in the last 4 hours): {listed}")
+    if missing:
+        raise CliError(
+            f"no job with id {missing[0]}"
+            if len(missing) == 1
+            else f"no jobs with ids {', '.join(map(str, missing))}"
         )
 
 
@@ -58,6 +71,7 @@ def _report_changes(verb: str, jobs: Sequence[Job], asked: Sequence[int] | None 
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @database_options
+@log_options
 def jobs_command(
     task: str | None,
     queue: str | None,
@@ -85,6 +99,7 @@ def jobs_command(
 @click.command("job")
 @click.argument("job_id", type=int)
 @database_options
+@log_options
 def job_command(job_id: int, database_url: str | None, schema: str | None) -> None:
     """Show one job, with its payload, as JSON."""
     with opened_app(database_url, schema) as app:
@@ -103,6 +118,7 @@ def job_command(job_id: int, database_url: str | None, schema: str | None) -> No
 @click.command("remove")
 @click.argument("job_key")
 @database_options
+@log_options
 def remove_command(job_key: str, database_url: str | None, schema: str | None) -> None:
     """Remove the pending job with JOB_KEY (a running one only loses its key)."""
     with opened_app(database_url, schema) as app:
@@ -118,26 +134,30 @@ def remove_command(job_key: str, database_url: str | None, schema: str | None) -
 @click.command("complete")
 @click.argument("job_ids", nargs=-1, type=int, required=True)
 @database_options
+@log_options
 def complete_command(
     job_ids: tuple[int, ...], database_url: str | None, schema: str | None
 ) -> None:
     """Delete jobs as if they had succeeded."""
     with opened_app(database_url, schema) as app:
         done = app.admin.complete_jobs(job_ids)
-    _report_changes("Completed", done, job_ids)
+        missing = _missing_ids(app.admin, done, job_ids)
+    _report_changes("Completed", done, job_ids, missing)
 
 
 @click.command("fail")
 @click.argument("job_ids", nargs=-1, type=int, required=True)
 @click.option("--reason", help="Stored as last_error (default 'Manually marked as failed').")
 @database_options
+@log_options
 def fail_command(
     job_ids: tuple[int, ...], reason: str | None, database_url: str | None, schema: str | None
 ) -> None:
     """Fail jobs permanently: they stay, and never run again."""
     with opened_app(database_url, schema) as app:
         failed = app.admin.permanently_fail_jobs(job_ids, reason)
-    _report_changes("Failed", failed, job_ids)
+        missing = _missing_ids(app.admin, failed, job_ids)
+    _report_changes("Failed", failed, job_ids, missing)
 
 
 @click.command("reschedule")
@@ -147,6 +167,7 @@ def fail_command(
 @click.option("--attempts", type=click.IntRange(min=0))
 @click.option("--max-attempts", type=click.IntRange(min=1))
 @database_options
+@log_options
 def reschedule_command(
     job_ids: tuple[int, ...],
     run_at: str | None,
@@ -166,12 +187,14 @@ def reschedule_command(
         changed = app.admin.reschedule_jobs(
             job_ids, run_at=when, priority=priority, attempts=attempts, max_attempts=max_attempts
         )
-    _report_changes("Rescheduled", changed, job_ids)
+        missing = _missing_ids(app.admin, changed, job_ids)
+    _report_changes("Rescheduled", changed, job_ids, missing)
 
 
 @click.command("force-unlock")
 @click.argument("worker_ids", nargs=-1, required=True)
 @database_options
+@log_options
 def force_unlock_command(
     worker_ids: tuple[str, ...], database_url: str | None, schema: str | None
 ) -> None:
@@ -191,6 +214,7 @@ def force_unlock_command(
 )
 @click.option("--keep", "keep", multiple=True, help="A task identifier to keep; repeat.")
 @database_options
+@log_options
 def cleanup_command(
     delete_permafailed: bool,
     gc_job_queues: bool,
@@ -219,6 +243,7 @@ def cleanup_command(
 @click.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @database_options
+@log_options
 def stats_command(as_json: bool, database_url: str | None, schema: str | None) -> None:
     """Count jobs by task, queue and state."""
     with opened_app(database_url, schema) as app:

@@ -6,8 +6,10 @@ import importlib
 import os
 import re
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +17,7 @@ import click
 
 from .app import DEFAULT_SCHEMA, App
 from .errors import PgWorkerError
+from .logs import configure_logging
 
 _RELATIVE_TIME = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -27,7 +30,12 @@ class CliError(click.ClickException):
 
 
 def load_app(target: str) -> App:
-    """Import ``MODULE:ATTR`` and return the App it names; exit 2 with one sentence if not."""
+    """Import ``MODULE:ATTR`` and return the App it names.
+
+    A missing module or attribute, or one that is not an App, is a usage error (exit 2,
+    one sentence). An exception raised while importing the module is the user's own
+    bug: its traceback from their module on (no import machinery), then exit 1.
+    """
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise click.UsageError(f"expected MODULE:ATTR (like myproject.tasks:app), got {target!r}")
@@ -36,7 +44,11 @@ def load_app(target: str) -> App:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if not _names_the_target(exc, module_name):
+            raise _import_failure(target, exc) from exc
         raise click.UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:
+        raise _import_failure(target, exc) from exc
     try:
         app = getattr(module, attr)
     except AttributeError as exc:
@@ -46,6 +58,51 @@ def load_app(target: str) -> App:
             f"{target} is a {type(app).__name__}, not a pgworker App; point at `app = App(...)`"
         )
     return app
+
+
+def _names_the_target(exc: ModuleNotFoundError, module_name: str) -> bool:
+    """Whether the missing module is the target (or a package of it), not something
+    the target's own code imports."""
+    return exc.name is not None and (module_name + ".").startswith(exc.name + ".")
+
+
+def _import_failure(target: str, exc: BaseException) -> CliError:
+    """Print the traceback of an exception raised while importing ``target``'s module,
+    from the user's frames on; the error that ends the command."""
+    report = traceback.TracebackException.from_exception(exc)
+    _drop_internal_frames(report)
+    click.echo("".join(report.format()).rstrip(), err=True)
+    module_name = target.partition(":")[0]
+    return CliError(
+        f"cannot load {target}: importing {module_name!r} raised "
+        f"{type(exc).__name__} (traceback above)"
+    )
+
+
+def _drop_internal_frames(report: traceback.TracebackException) -> None:
+    """Leave out the frames of ``load_app`` and of the import machinery, in ``report``
+    and the exceptions chained to it: what is left starts in the user's module."""
+    seen: set[int] = set()
+    pending = [report]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = traceback.StackSummary.from_list(
+            [frame for frame in current.stack if not _is_import_machinery(frame.filename)]
+        )
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
+_IMPORTLIB_DIR = os.path.dirname(os.path.abspath(importlib.__file__)) + os.sep
+
+
+def _is_import_machinery(filename: str) -> bool:
+    if filename.startswith("<frozen importlib"):
+        return True
+    path = os.path.abspath(filename)
+    return path == os.path.abspath(__file__) or path.startswith(_IMPORTLIB_DIR)
 
 
 def parse_run_at(value: str | None) -> datetime | None:
@@ -72,6 +129,47 @@ def reported_errors() -> Iterator[None]:
         yield
     except PgWorkerError as exc:
         raise CliError(str(exc)) from exc
+
+
+#: The shared ``-h``: every command and group takes it as well as ``--help``.
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+
+
+@dataclass
+class LogSettings:
+    """The log level and format, from the options before and after the command name."""
+
+    level: str = "info"
+    format: str = "text"
+
+
+def _set_log_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    settings = ctx.ensure_object(LogSettings)
+    setattr(settings, "level" if param.name == "log_level" else "format", value)
+    # The group has configured logging before a command's options are parsed: redo it.
+    configure_logging(settings.level, settings.format)
+
+
+def log_options(fn: Any) -> Any:
+    """Add --log-level and --log-format, which configure logging as they are parsed, so
+    that they work before the command name and after it."""
+    fn = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        expose_value=False,
+        callback=_set_log_option,
+        help="text (default) or json: one object per line, with job_id, task_identifier...",
+    )(fn)
+    fn = click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        expose_value=False,
+        callback=_set_log_option,
+        help="debug, info (default), warning or error.",
+    )(fn)
+    return fn
 
 
 def database_options(fn: Any) -> Any:

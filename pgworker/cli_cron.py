@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import load_app, reported_errors
+from .cli_common import load_app, log_options, reported_errors
 from .cron import CronItem, parse_crontab
 from .crontab import format_cron_ts
 
@@ -51,6 +51,7 @@ def cron_group() -> None:
 @cron_group.command("list")
 @click.argument("target", metavar="MODULE:ATTR")
 @click.option("--crontab", "crontab_file", type=click.Path(dir_okay=False, exists=True))
+@log_options
 def list_command(target: str, crontab_file: str | None) -> None:
     """Show the cron table of the app at MODULE:ATTR, with each item's next run times."""
     app = load_app(target)
@@ -65,6 +66,7 @@ def list_command(target: str, crontab_file: str | None) -> None:
 
 @cron_group.command("check")
 @click.argument("path", type=click.Path(dir_okay=False, exists=True))
+@log_options
 def check_command(path: str) -> None:
     """Check a crontab file; exit 1 naming the first bad line."""
     with reported_errors():

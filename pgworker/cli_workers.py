@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .cli_common import database_options, opened_app
+from .cli_common import database_options, log_options, opened_app
 from .recovery import Recovery
 from .store_recovery import RegisteredWorker
 
@@ -34,6 +34,7 @@ _COLUMNS = (
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
 @database_options
+@log_options
 def workers_command(
     stale_after: float, as_json: bool, database_url: str | None, schema: str | None
 ) -> None:

@@ -11,12 +11,10 @@ from .errors import ConfigurationError, PayloadError
 from .hooks import DeferSkipped, Hooks
 from .job import Job
 from .payload import PayloadCodec
-from .spec import JobKeyMode, JobSpec, RawJob
+from .spec import JobKeyMode, JobSpec, RawJob, check_identifier
 from .store import Connection, NewJob, Store
 from .task import Task
 
-#: The longest task identifier graphile-worker's schema accepts.
-MAX_IDENTIFIER_LENGTH = 128
 _RAW_CODEC: PayloadCodec[Any] = PayloadCodec(Any)
 
 
@@ -100,11 +98,7 @@ class Enqueueing:
         """
         task = self.tasks.get(identifier)
         if task is None:
-            if not 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH:
-                raise ConfigurationError(
-                    f"task identifiers are 1 to {MAX_IDENTIFIER_LENGTH} characters, "
-                    f"got {len(identifier)}"
-                )
+            check_identifier(identifier)
             codec, defaults = _RAW_CODEC, JobSpec()
             payload = {} if payload is None else payload
         else:

@@ -18,6 +18,21 @@ class DatabaseUnavailableError(PgWorkerError, psycopg.OperationalError):
     that retries on those keeps working)."""
 
 
+class DatabaseError(PgWorkerError, psycopg.Error):
+    """The database refused a statement for a reason pgworker has no better name for
+    (also a ``psycopg.Error``, so code that catches those keeps working).
+
+    ``sqlstate`` is PostgreSQL's error code (``25006``; None for a client-side error)
+    and ``server_message`` the server's (or the driver's) message; the driver's exception
+    is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, sqlstate: str | None, server_message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.server_message = server_message
+
+
 class MigrationError(PgWorkerError):
     """The worker schema could not be installed or upgraded."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -14,6 +15,7 @@ T = TypeVar("T")
 TRACE_KEY = "_trace"
 TRACE_TEXT = '"_trace"'
 TRACE_MARKER = TRACE_TEXT.encode()
+NULL_MARKER = b"null"
 
 
 def _type_name(payload_type: Any) -> str:
@@ -36,12 +38,17 @@ class PayloadCodec(Generic[T]):
     def encode(self, payload: object) -> str:
         """Check ``payload`` against the payload type and return it as JSON text.
 
-        Raises PayloadError, naming the field, when it does not match.
+        Raises PayloadError, naming the field, when it does not match, or when it holds
+        a NaN or an infinity (JSON has neither: they would be stored as null).
         """
         try:
             data = self._encoder.encode(payload)
         except (TypeError, msgspec.EncodeError) as exc:
             raise PayloadError(f"payload cannot be encoded as JSON: {exc}") from exc
+        if NULL_MARKER in data:
+            # msgspec writes NaN and infinities as null: only then can one hide in there,
+            # so payloads without a null skip the walk.
+            _refuse_non_finite(payload)
         if self._checks:
             # Decoding what we are about to store is the one check that covers dicts,
             # structs built with wrong field types and nested values alike.
@@ -66,6 +73,46 @@ class PayloadCodec(Generic[T]):
             ) from exc
         except msgspec.DecodeError as exc:
             raise PayloadError(f"payload is not valid JSON: {exc}") from exc
+
+
+def _refuse_non_finite(payload: object) -> None:
+    trail: list[object] = []
+    value = _find_non_finite(msgspec.to_builtins(payload), trail)
+    if value is not None:
+        path = "$" + "".join(
+            f".{key}" if isinstance(key, str) else f"[{key!r}]" for key in reversed(trail)
+        )
+        raise PayloadError(
+            f"payload holds {value} at `{path}`: JSON has no NaN or infinity, and it would "
+            "be stored as null; send None or a string instead",
+            path=path,
+        )
+
+
+_LEAVES = (str, int, bool, type(None))
+_SEQUENCES = (list, tuple, set, frozenset)
+
+
+def _find_non_finite(value: object, trail: list[object]) -> float | None:
+    """The first NaN or infinity in ``value`` (built-in types), its keys and indexes
+    appended to ``trail`` innermost first."""
+    items: Any
+    if type(value) is dict:
+        items = value.items()
+    elif isinstance(value, _SEQUENCES):
+        items = enumerate(value)
+    elif isinstance(value, float):
+        return None if math.isfinite(value) else value
+    else:
+        return None
+    for key, item in items:
+        if type(item) in _LEAVES:  # the common leaves, skipped cheaply
+            continue
+        found = _find_non_finite(item, trail)
+        if found is not None:
+            trail.append(key)
+            return found
+    return None
 
 
 def _without_trace(data: str | bytes) -> bytes:

@@ -96,7 +96,8 @@ class JobRunner:
             payload = task.codec.decode(claimed.payload)
         except PayloadError as exc:
             # The payload will never decode, however often we retry: fail it for good.
-            return Outcome.failure(job, ms_since(started), exc, permanent=True)
+            # No traceback: the decode error says it all, and the frames are ours.
+            return Outcome(job, ms_since(started), describe_error(exc), permanent=True)
         if hooks.intercepts_run:
             before = hooks.before_job_run(job, msgspec.json.decode(claimed.payload))
             if isinstance(before, Skip):

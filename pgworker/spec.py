@@ -15,6 +15,7 @@ JobKeyMode = Literal["replace", "preserve_run_at", "unsafe_dedupe"]
 JOB_KEY_MODES: tuple[JobKeyMode, ...] = ("replace", "preserve_run_at", "unsafe_dedupe")
 
 SMALLINT_MIN, SMALLINT_MAX = -32768, 32767
+MAX_IDENTIFIER_LENGTH = 128
 MAX_QUEUE_NAME_LENGTH = 128
 MAX_JOB_KEY_LENGTH = 512
 
@@ -50,40 +51,81 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
         return JobSpec(**fields).validate()
 
     def validate(self) -> JobSpec:
-        """Return self, or raise ConfigurationError naming the first bad option."""
-        if self.queue is not None and not 0 < len(self.queue) <= MAX_QUEUE_NAME_LENGTH:
-            raise ConfigurationError(
-                f"queue must be 1 to {MAX_QUEUE_NAME_LENGTH} characters, got {len(self.queue)}"
-            )
-        if self.run_at is not None and self.run_at.tzinfo is None:
-            raise ConfigurationError(
-                "run_at must be timezone-aware, e.g. datetime.now(timezone.utc) + timedelta(...)"
-            )
-        if self.priority is not None and not SMALLINT_MIN <= self.priority <= SMALLINT_MAX:
-            raise ConfigurationError(
-                f"priority must be between {SMALLINT_MIN} and {SMALLINT_MAX}, got {self.priority}"
-            )
-        if self.max_attempts is not None and not 1 <= self.max_attempts <= SMALLINT_MAX:
-            raise ConfigurationError(
-                f"max_attempts must be between 1 and {SMALLINT_MAX}, got {self.max_attempts}"
-            )
-        if self.job_key is not None and not 0 < len(self.job_key) <= MAX_JOB_KEY_LENGTH:
-            raise ConfigurationError(
-                f"job_key must be 1 to {MAX_JOB_KEY_LENGTH} characters, got {len(self.job_key)}"
-            )
+        """Return self, or raise ConfigurationError naming the first bad option, its value
+        and what it accepts."""
+        if self.queue is not None:
+            _check_text("queue", self.queue, MAX_QUEUE_NAME_LENGTH)
+        if self.run_at is not None:
+            check_run_at(self.run_at)
+        if self.priority is not None:
+            check_smallint("priority", self.priority, SMALLINT_MIN)
+        if self.max_attempts is not None:
+            check_smallint("max_attempts", self.max_attempts, 1)
+        if self.job_key is not None:
+            _check_text("job_key", self.job_key, MAX_JOB_KEY_LENGTH)
         if self.job_key_mode is not None:
-            if self.job_key_mode not in JOB_KEY_MODES:
+            if not isinstance(self.job_key_mode, str) or self.job_key_mode not in JOB_KEY_MODES:
                 raise ConfigurationError(
-                    f"job_key_mode must be one of {', '.join(JOB_KEY_MODES)}, "
-                    f"got {self.job_key_mode!r}"
+                    f"job_key_mode must be one of {', '.join(map(repr, JOB_KEY_MODES))}, "
+                    f"got {_shown(self.job_key_mode)}"
                 )
             if self.job_key is None:
                 raise ConfigurationError("job_key_mode needs a job_key")
-        if self.flags is not None and (
-            isinstance(self.flags, str) or not all(isinstance(f, str) for f in self.flags)
-        ):
-            raise ConfigurationError("flags must be a list of strings")
+        if self.flags is not None:
+            _check_flags(self.flags)
         return self
+
+
+def check_identifier(identifier: object) -> None:
+    """Raise ConfigurationError unless ``identifier`` can name a task (a str of 1 to 128
+    characters, as graphile-worker's ``tasks`` table allows)."""
+    _check_text("task identifier", identifier, MAX_IDENTIFIER_LENGTH)
+
+
+def _shown(value: object) -> str:
+    """A value as an error message shows it: its repr (cut short) and its type."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def check_smallint(name: str, value: object, low: int) -> None:
+    """Raise ConfigurationError unless ``value`` is an int from ``low`` to 32767 (the
+    columns are smallint)."""
+    # bool is an int subclass, but priority=True is a mistake, not a number.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= SMALLINT_MAX:
+        raise ConfigurationError(
+            f"{name} must be an int from {low} to {SMALLINT_MAX}, got {_shown(value)}"
+        )
+
+
+def _check_text(name: str, value: object, max_length: int) -> None:
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        length = f", {len(value)} characters" if isinstance(value, str) else ""
+        raise ConfigurationError(
+            f"{name} must be a str of 1 to {max_length} characters, got {_shown(value)}{length}"
+        )
+
+
+def check_run_at(value: object) -> None:
+    """Raise ConfigurationError unless ``value`` is a timezone-aware datetime."""
+    # A naive datetime would be read in the database session's TimeZone, which is
+    # rarely what the caller meant: refuse it rather than guess.
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        what = f"{value!r}, which has no tzinfo" if isinstance(value, datetime) else _shown(value)
+        raise ConfigurationError(
+            "run_at must be a timezone-aware datetime, e.g. "
+            f"datetime.now(timezone.utc) + timedelta(minutes=5); got {what}"
+        )
+
+
+def _check_flags(value: object) -> None:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ConfigurationError(f"flags must be a list of str, like ['slow'], got {_shown(value)}")
+    for flag in value:
+        if not isinstance(flag, str):
+            raise ConfigurationError(f"flags must be a list of str, got {_shown(flag)} in it")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +144,9 @@ class RawJob:
     job_key: str | None = None
     job_key_mode: JobKeyMode | None = None
     flags: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        check_identifier(self.identifier)
 
     @property
     def spec(self) -> JobSpec:

@@ -52,6 +52,14 @@ class AdminStatements(StoreBase):
         }
         return self._changed_jobs("reschedule_jobs", params)
 
+    def existing_job_ids(self, job_ids: Sequence[int]) -> set[int]:
+        """Those of these ids that name a job."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                self.queries["existing_job_ids"], {"job_ids": list(job_ids)}
+            ).fetchall()
+        return {row[0] for row in rows}
+
     def force_unlock_workers(self, worker_ids: Sequence[str]) -> int:
         """Release every job and queue locked by these workers; how many jobs they held."""
         with self.connection() as conn:

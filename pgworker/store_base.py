@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .errors import DatabaseUnavailableError, JobNotCreatedError, PgWorkerError
+from .errors import DatabaseError, DatabaseUnavailableError, JobNotCreatedError, PgWorkerError
 from .job import Job, JobRowReader, job_row_reader
 from .queries import Queries
 
@@ -43,7 +43,8 @@ class StoreBase:
     def connection(self, conn: Connection | None = None) -> Iterator[Connection]:
         """Yield ``conn`` if given (the caller's transaction), else a pool connection.
 
-        The driver errors a caller can act on become pgworker errors here.
+        Every driver error becomes a pgworker error here: a missing schema, an unreachable
+        database (DatabaseUnavailableError), anything else a DatabaseError.
         """
         try:
             if conn is not None:
@@ -69,7 +70,7 @@ class StoreBase:
         except psycopg.Error as exc:
             if exc.sqlstate == "GWNOR":
                 raise JobNotCreatedError(str(exc).strip()) from exc
-            raise
+            raise database_error(exc) from exc
 
     def _fetch_job_rows(
         self, conn: Connection, query: str, params: dict[str, Any] | None = None
@@ -127,6 +128,30 @@ class StoreBase:
         many rows it changed."""
         with self.connection(conn) as c:
             return c.execute(self.queries[query], params).rowcount
+
+
+#: What to do about the errors a caller meets most, by SQLSTATE.
+_HINTS = {
+    "25P02": "an earlier statement failed in the transaction you passed as conn=: "
+    "roll it back first",
+    "25006": "the transaction is read-only (a standby, or default_transaction_read_only): "
+    "deferring and changing jobs need a writable primary",
+    "42501": "the role lacks a privilege on the worker schema: "
+    "grant it, or use the role that ran the migration",
+}
+
+
+def database_error(exc: psycopg.Error) -> DatabaseError:
+    """A driver error no other pgworker error names, as a DatabaseError."""
+    server_message = (exc.diag.message_primary or str(exc)).strip() or type(exc).__name__
+    hint = _HINTS.get(exc.sqlstate or "")
+    code = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+    return DatabaseError(
+        f"the database refused the statement{code}: {server_message}"
+        + (f"; {hint}" if hint else ""),
+        sqlstate=exc.sqlstate,
+        server_message=server_message,
+    )
 
 
 def column_names(cur: psycopg.Cursor[Any]) -> tuple[str, ...]:

@@ -91,6 +91,10 @@ def test_reschedule_jobs_takes_zero_as_a_value(
     assert after[selection["running"]][5] == 0  # priority unchanged: it was locked
     with pytest.raises(ConfigurationError, match="max_attempts"):
         opened.admin.reschedule_jobs(targets, max_attempts=0)
+    with pytest.raises(ConfigurationError, match=r"priority must be an int .*got 'high' \(str\)"):
+        opened.admin.reschedule_jobs(targets, priority="high")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="run_at must be a timezone-aware datetime"):
+        opened.admin.reschedule_jobs(targets, run_at="tomorrow")  # type: ignore[arg-type]
 
 
 def test_remove_job_deletes_pending_and_disarms_running(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -10,9 +11,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -40,6 +43,7 @@ def invoke(runner: CliRunner, *args: str) -> Any:
         ("examples.simple:nope", "has no attribute 'nope'"),
         ("examples.simple:say_hello", "is a Task, not a pgworker App"),
         ("examples.simple", "expected MODULE:ATTR"),
+        ("examples.no_such_example:app", "cannot import 'examples.no_such_example'"),
     ],
 )
 def test_run_with_a_bad_target_is_one_sentence_and_exit_2(
@@ -49,6 +53,44 @@ def test_run_with_a_bad_target_is_one_sentence_and_exit_2(
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+    assert result.stderr.splitlines()[-1].startswith("Error: ")  # one sentence
+
+
+BROKEN_MODULES = {
+    # module: (source, what the traceback ends with)
+    "pgw_raises": ("import pgw_helper\n", "RuntimeError: config file missing"),
+    "pgw_helper": ("def load():\n    raise RuntimeError('config file missing')\nload()\n", ""),
+    "pgw_syntax": ("def broken(:\n    pass\n", "SyntaxError: invalid syntax"),
+    "pgw_needs_dep": (
+        "import pgw_not_installed\n",
+        "ModuleNotFoundError: No module named 'pgw_not_installed'",
+    ),
+    "pgw_import_error": ("from os import nothing_here\n", "ImportError: cannot import name"),
+}
+
+
+@pytest.mark.parametrize(
+    "module", ["pgw_raises", "pgw_syntax", "pgw_needs_dep", "pgw_import_error"]
+)
+def test_an_error_importing_the_users_module_shows_their_traceback_only(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    for name, (source, _) in BROKEN_MODULES.items():
+        (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = invoke(runner, "run", f"{module}:app")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[-1] == (
+        f"Error: cannot load {module}:app: importing {module!r} raised "
+        f"{lines[-2].partition(':')[0]} (traceback above)"
+    )
+    assert lines[-2].startswith(BROKEN_MODULES[module][1])
+    frames = [line for line in lines if line.startswith("  File ")]
+    assert frames  # the user's lines are there...
+    assert all(str(tmp_path) in frame for frame in frames), frames  # ...and only theirs
+    if module == "pgw_raises":
+        assert len(frames) == 3  # pgw_raises.py, then pgw_helper.py twice
 
 
 def test_migrate_defer_and_run_once(
@@ -201,25 +243,43 @@ def test_run_once_stops_gracefully_on_sigterm(
     assert left == (8, 0)  # the two running jobs finished; nothing else is locked
 
 
+def all_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield path
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from all_commands(command, (*path, name))
+        else:
+            yield (*path, name)
+
+
+def test_every_command_and_group_takes_dash_h(runner: CliRunner) -> None:
+    paths = list(all_commands(cli))
+    assert ("cron", "check") in paths
+    assert len(paths) > 15
+    for path in paths:
+        short = invoke(runner, *path, "-h")
+        assert short.exit_code == 0, (path, short.output)
+        assert short.output.startswith(f"Usage: {' '.join(('cli', *path))} [OPTIONS]")
+        assert short.output == invoke(runner, *path, "--help").output
+
+
+@pytest.mark.parametrize(
+    "position", ["before", "after", "both"], ids=["before run", "after run", "both: after wins"]
+)
 def test_json_logs_carry_the_job_fields(
-    runner: CliRunner, database_url: str, schema: str, opened: App
+    runner: CliRunner, database_url: str, schema: str, opened: App, position: str
 ) -> None:
     opened.defer("say_hello", {"message": "json"}, queue="q")
-    result = runner.invoke(
-        cli,
-        [
-            "--log-format",
-            "json",
-            "run",
-            "examples.run_once:app",
-            "--once",
-            "--database-url",
-            database_url,
-            "--schema",
-            schema,
-        ],
-        catch_exceptions=False,
-    )
+    command = ["run", "examples.run_once:app", "--once", "--database-url", database_url]
+    command += ["--schema", schema]
+    if position == "before":
+        args = ["--log-format", "json", *command]
+    elif position == "after":
+        args = [*command, "--log-format", "json"]
+    else:
+        args = ["--log-format", "text", "--log-level", "error", *command, "--log-format", "json"]
+        args += ["--log-level", "info"]
+    result = runner.invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0
     records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     [done] = [r for r in records if r["message"].startswith("Completed say_hello")]
@@ -232,6 +292,25 @@ def test_json_logs_carry_the_job_fields(
     assert done["attempt"] == 1
     assert done["duration_ms"] >= 0
     assert isinstance(done["job_id"], int)
+
+
+def test_log_level_after_the_command(
+    runner: CliRunner, database_url: str, schema: str, opened: App
+) -> None:
+    opened.defer("say_hello", {"message": "quiet"})
+    common = ["--database-url", database_url, "--schema", schema]
+    result = invoke(
+        runner, "run", "examples.run_once:app", "--once", *common, "--log-level", "warning"
+    )
+    assert result.exit_code == 0
+    assert result.stderr == ""  # the job's INFO line is below the level
+    opened.defer("say_hello", {"message": "loud"})
+    result = invoke(
+        runner, "run", "examples.run_once:app", "--once", *common, "--log-level", "debug"
+    )
+    assert "Completed say_hello" in result.stderr
+    assert logging.getLogger().level == logging.DEBUG
+    logging.getLogger().setLevel(logging.INFO)  # as the other CLI tests leave it
 
 
 def test_run_serves_prometheus_metrics(database_url: str, schema: str, opened: App) -> None:
@@ -273,3 +352,54 @@ def test_run_serves_prometheus_metrics(database_url: str, schema: str, opened: A
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+SCRAPING_APP = """
+import urllib.request
+from pgworker import App
+
+app = App()
+scraped = []
+
+@app.task("scrape")
+def scrape(payload: dict) -> None:
+    for url in payload["urls"]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                scraped.append(response.read().decode())
+        except OSError as exc:
+            scraped.append(repr(exc))
+"""
+
+
+def test_run_serves_metrics_on_the_host_given(
+    runner: CliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    schema: str,
+    opened: App,
+) -> None:
+    with socket.socket() as probe:  # a free port on another loopback address
+        probe.bind(("127.0.0.2", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "pgw_scraping_app.py").write_text(SCRAPING_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    urls = [f"http://{host}:{port}/metrics" for host in ("127.0.0.2", "127.0.0.1")]
+    opened.defer("scrape", {"urls": urls})
+    result = invoke(
+        runner, "run", "pgw_scraping_app:app", "--once", "--metrics-port", str(port),
+        "--metrics-host", "127.0.0.2", "--database-url", database_url, "--schema", schema,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"Serving metrics at http://127.0.0.2:{port}/metrics" in result.stderr
+    # The job scraped the worker it ran in, on the host given and only there.
+    [text, elsewhere] = sys.modules["pgw_scraping_app"].scraped
+    assert "pgworker_jobs_started_total" in text
+    assert "Connection refused" in elsewhere
+
+
+def test_metrics_host_needs_a_port(runner: CliRunner) -> None:
+    result = invoke(runner, "run", "examples.run_once:app", "--metrics-host", "127.0.0.2")
+    assert result.exit_code == 2
+    assert "--metrics-host needs --metrics-port" in result.output

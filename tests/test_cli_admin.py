@@ -71,7 +71,7 @@ def test_commands_that_change_jobs_say_what_changed(
     result = run("complete", waiting, running)
     assert result.exit_code == 0
     assert f"Completed 1 job(s): {waiting}" in result.output
-    assert f"Left alone (no such job, or locked in the last 4 hours): {running}" in result.output
+    assert f"Left alone (locked by a worker in the last 4 hours): {running}" in result.output
 
     result = run("fail", str(selection["scheduled"]), "--reason", "obsolete")
     assert f"Failed 1 job(s): {selection['scheduled']}" in result.output
@@ -90,6 +90,26 @@ def test_commands_that_change_jobs_say_what_changed(
     states = dict(db.execute(f'select id, last_error from "{schema}".jobs').fetchall())
     assert states[selection["scheduled"]] == "obsolete"
     assert selection["waiting"] not in states
+
+
+@pytest.mark.parametrize("command", [("complete",), ("fail",), ("reschedule", "--priority", "3")])
+def test_ids_that_match_no_job_exit_1_and_are_named(
+    run: Any, selection: dict[str, int], command: tuple[str, ...]
+) -> None:
+    nothing = run(*command, "987654321")
+    assert nothing.exit_code == 1
+    assert "no job with id 987654321" in nothing.stderr
+    assert nothing.stdout.strip() == f"{VERBS[command[0]]} 0 job(s)"
+
+    waiting, running = selection["waiting"], selection["running"]
+    partial = run(*command, str(waiting), "987654321", str(running), "987654320")
+    assert partial.exit_code == 1
+    assert f"{VERBS[command[0]]} 1 job(s): {waiting}" in partial.stdout
+    assert f"Left alone (locked by a worker in the last 4 hours): {running}" in partial.stdout
+    assert "no jobs with ids 987654320, 987654321" in partial.stderr
+
+
+VERBS = {"complete": "Completed", "fail": "Failed", "reschedule": "Rescheduled"}
 
 
 def test_cleanup_and_stats(run: Any, selection: dict[str, int], opened: App) -> None:

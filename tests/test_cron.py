@@ -367,11 +367,11 @@ def test_bad_options_are_refused_where_given() -> None:
         builder.id("1x")
     with pytest.raises(ConfigurationError, match="fill takes a timedelta"):
         builder.fill(timedelta(minutes=-1))
-    with pytest.raises(ConfigurationError, match="priority must be between"):
+    with pytest.raises(ConfigurationError, match="priority must be an int from"):
         builder.priority(40000)
-    with pytest.raises(ConfigurationError, match="max_attempts must be between"):
+    with pytest.raises(ConfigurationError, match="max_attempts must be an int from"):
         builder.max_attempts(0)
-    with pytest.raises(ConfigurationError, match="queue must be 1 to 128"):
+    with pytest.raises(ConfigurationError, match="queue must be a str of 1 to 128"):
         builder.queue("")
     with pytest.raises(ConfigurationError, match="'replace' or 'preserve_run_at'"):
         builder.job_key_mode("unsafe_dedupe")  # type: ignore[arg-type]

@@ -11,7 +11,14 @@ import msgspec
 import psycopg
 import pytest
 
-from pgworker import App, ConfigurationError, JobContext, PayloadError, PgWorkerError
+from pgworker import (
+    App,
+    ConfigurationError,
+    JobContext,
+    PayloadError,
+    PgWorkerError,
+    RawJob,
+)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -171,22 +178,49 @@ def test_defer_in_the_callers_transaction(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"run_at": datetime(2030, 1, 1)}, "timezone-aware"),
-        ({"priority": 40000}, "priority must be between"),
-        ({"max_attempts": 0}, "max_attempts must be between"),
-        ({"queue": "q" * 129}, "queue must be 1 to 128"),
-        ({"job_key": ""}, "job_key must be 1 to 512"),
-        ({"job_key": "k", "job_key_mode": "sometimes"}, "job_key_mode must be one of"),
+        (
+            {"priority": "high"},
+            r"priority must be an int from -32768 to 32767, got 'high' \(str\)",
+        ),
+        ({"priority": 40000}, "priority must be an int from -32768 to 32767, got 40000"),
+        ({"priority": True}, r"priority must be an int .*got True \(bool\)"),
+        ({"run_at": "tomorrow"}, "run_at must be a timezone-aware datetime.*got 'tomorrow'"),
+        ({"run_at": datetime(2030, 1, 1)}, "run_at must be a timezone-aware .*has no tzinfo"),
+        ({"max_attempts": 0}, "max_attempts must be an int from 1 to 32767, got 0"),
+        ({"max_attempts": 2.5}, r"max_attempts must be an int .*got 2.5 \(float\)"),
+        ({"queue": "q" * 129}, "queue must be a str of 1 to 128 characters.*129 characters"),
+        ({"queue": 7}, r"queue must be a str .*got 7 \(int\)"),
+        ({"job_key": ""}, "job_key must be a str of 1 to 512 characters"),
+        ({"job_key": 42}, r"job_key must be a str .*got 42 \(int\)"),
+        ({"job_key": "k", "job_key_mode": "sometimes"}, "job_key_mode must be one of 'replace'"),
         ({"job_key_mode": "replace"}, "needs a job_key"),
-        ({"flags": "slow"}, "flags must be a list"),
+        ({"flags": "slow"}, r"flags must be a list of str, like \['slow'\], got 'slow'"),
+        ({"flags": ["slow", 1]}, r"flags must be a list of str, got 1 \(int\) in it"),
     ],
 )
 def test_bad_options_are_refused_before_anything_is_sent(
     opened: App, db: Conn, schema: str, options: dict[str, Any], message: str
 ) -> None:
+    @opened.task("typed")
+    def typed(payload: dict[str, int]) -> None: ...
+
     with pytest.raises(ConfigurationError, match=message):
         opened.defer("job", {}, **options)
+    with pytest.raises(ConfigurationError, match=message):
+        typed.defer({}, **options)
+    with pytest.raises(ConfigurationError, match=message):
+        opened.defer_raw([RawJob("job", {}, **options)])
+    if "job_key" not in options and "job_key_mode" not in options:
+        with pytest.raises(ConfigurationError, match=message):
+            typed.defer_many([{}], **options)
     assert count_jobs(db, schema) == 0
+
+
+def test_a_raw_job_needs_a_task_identifier_of_text() -> None:
+    with pytest.raises(ConfigurationError, match=r"task identifier must be a str .*got 12 "):
+        RawJob(12)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"1 to 128 characters.*129 characters"):
+        RawJob("t" * 129)
 
 
 def test_defer_before_open_or_migrate_says_what_to_do(app: App) -> None:
@@ -259,3 +293,43 @@ def test_a_broken_payload_with_trace_is_still_a_payload_error() -> None:
 
     with pytest.raises(PayloadError):
         PayloadCodec(dict[str, int]).decode('{"_trace": ')
+
+
+class Reading(msgspec.Struct):
+    sensor: str
+    score: float | None
+    history: list[float] = []
+
+
+@pytest.mark.parametrize(
+    ("payload", "path"),
+    [
+        ({"score": float("nan")}, "$.score"),
+        ({"score": None, "history": [1.0, float("inf")]}, "$.history[1]"),
+        ({"nested": {"deep": [{"x": float("-inf")}]}}, "$.nested.deep[0].x"),
+    ],
+)
+def test_a_nan_or_infinity_is_refused_not_stored_as_null(
+    opened: App, db: Conn, schema: str, payload: dict[str, Any], path: str
+) -> None:
+    with pytest.raises(PayloadError, match="JSON has no NaN or infinity") as caught:
+        opened.defer("untyped", payload)
+    assert caught.value.path == path
+    assert f"at `{path}`" in str(caught.value)
+    with pytest.raises(PayloadError) as caught:
+        opened.defer_raw([RawJob("untyped", payload)])
+    assert caught.value.path == path
+    assert count_jobs(db, schema) == 0
+
+
+def test_a_nan_in_a_typed_payload_names_its_field(opened: App, db: Conn, schema: str) -> None:
+    @opened.task("reading")
+    def reading(payload: Reading) -> None: ...
+
+    with pytest.raises(PayloadError, match=r"holds nan at `\$\.score`"):
+        reading.defer(Reading("a", float("nan")))
+    with pytest.raises(PayloadError, match=r"holds inf at `\$\.history\[2\]`"):
+        reading.defer_many([Reading("a", 1.0), Reading("b", None, [0.0, 1.5, float("inf")])])
+    assert count_jobs(db, schema) == 0
+    reading.defer(Reading("a", None, [0.5]))  # a real null is fine
+    assert payloads(db, schema) == [{"sensor": "a", "score": None, "history": [0.5]}]

@@ -146,6 +146,25 @@ def test_a_payload_that_no_longer_decodes_fails_permanently(
     assert "field `message`" in last_error
 
 
+def test_a_payload_that_does_not_decode_is_logged_in_one_line(
+    opened: App, db: Conn, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    @opened.task("say_hello")
+    def say_hello(payload: SayHello) -> None: ...
+
+    row = db.execute(f"""select id from "{schema}".add_job('say_hello', '{{"msg": "x"}}')""")
+    job_id = row.fetchone()[0]  # type: ignore[index]
+    opened.run_once()
+    [record] = [r for r in caplog.records if r.getMessage().startswith("Failed say_hello")]
+    assert record.getMessage() == (
+        f"Failed say_hello #{job_id} in {record.duration_ms:.1f} ms (attempt 1 of 25, "  # type: ignore[attr-defined]
+        "permanently): PayloadError: payload does not match SayHello: "
+        "Object missing required field `message`"
+    )
+    assert record.levelname == "ERROR"
+    assert record.exc_info is None
+
+
 def test_named_queues_run_one_job_at_a_time_in_order(opened: App) -> None:
     opened.concurrency = 4
     active: dict[str, int] = {}

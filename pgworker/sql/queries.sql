@@ -248,6 +248,10 @@ from :SCHEMA.reschedule_jobs(
   max_attempts => %(max_attempts)s
 ) as jobs
 
+-- name: existing_job_ids
+-- Admin: which of these ids name a job (to tell a missing job from one left alone).
+select id from :SCHEMA._private_jobs where id = any(%(job_ids)s::bigint[])
+
 -- name: force_unlock_workers
 -- Admin: release every job and queue locked by these (dead) workers; returns how many
 -- jobs they held (counted in the statement's snapshot, before the function's update).
