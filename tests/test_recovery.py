@@ -403,7 +403,7 @@ def test_default_settings_recover_within_a_minute_and_spare_a_live_long_job(
         interval=1.0,
     )
     assert live.events(long_job.id, "started") == [live_id]
-    assert job_row(db, schema, long_job.id) is None
+    wait_for(lambda: job_row(db, schema, long_job.id) is None, 10, "the long job's completion")
     client.close()
 
 
