@@ -1,6 +1,9 @@
-"""Database: opening the app's connection pool, and naming a database in messages."""
+"""Database: opening the app's connection pool, and naming a database (and pgworker's
+version) in messages."""
 
 from __future__ import annotations
+
+from importlib import metadata
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -51,3 +54,11 @@ def describe(conninfo: str) -> str:
         return "an unparsable connection string"
     host = params.get("host") or "localhost"
     return f"host={host} port={params.get('port') or 5432} dbname={params.get('dbname') or '?'}"
+
+
+def package_version() -> str:
+    """The installed pgworker's version ("unknown" when run from a bare source tree)."""
+    try:
+        return metadata.version("pgworker")
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -54,6 +54,7 @@ from .completer import Completer
 from .context import JobContext
 from .control import install_stop_signals
 from .cron import CronItem
+from .database import describe, package_version
 from .errors import IncompatibleSchemaError, PgWorkerError
 from .fetcher import Fetcher
 from .giveback import GiveBack
@@ -74,8 +75,8 @@ logger = logging.getLogger(__name__)
 
 #: After a forced stop, how long the completer may take to finish (its plugin hooks).
 FORCED_COMPLETER_WAIT = 5.0
-#: pgworker's version, as the registry shows it.
-VERSION = "0.1.0"
+#: pgworker's version, as the start-up line and the registry show it.
+VERSION = package_version()
 
 
 class Worker:
@@ -178,12 +179,18 @@ class Worker:
             self._start_threads()
             self.hooks.worker_start(self.info)
             self._ready.set()
+            settings = self.settings
+            async_part = f" + {settings.async_concurrency} async" if self.async_jobs else ""
             logger.info(
-                "Worker %s started: %d task(s), concurrency %d, schema %r",
+                "Worker %s started: pgworker %s on %s, schema %r, concurrency %d%s, %d task(s): %s",
                 self.worker_id,
+                VERSION,
+                describe(self.conninfo),
+                settings.schema,
+                settings.concurrency,
+                async_part,
                 len(self.tasks),
-                self.settings.concurrency,
-                self.settings.schema,
+                ", ".join(sorted(self.tasks)),
             )
             assert self.fetcher is not None
             self.fetcher.run(self._stop, once=self.settings.once)

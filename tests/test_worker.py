@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -469,3 +470,30 @@ def test_strict_payload_types_accept_trace_context(opened: App, db: Conn, schema
     opened.run_once()
     assert sorted(map(repr, seen)) == sorted(map(repr, [Strict(n=1), {"a": 2}]))
     assert job_rows(db, schema) == []
+
+
+def test_the_start_line_names_database_schema_tasks_and_version(
+    make_app: Callable[..., App], database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a worker runs against, in one line, without the password."""
+    from psycopg.conninfo import make_conninfo
+
+    app = make_app(database_url=make_conninfo(database_url, password="s3cret"), concurrency=2)
+
+    @app.task("beta")
+    def beta(payload: dict[str, Any]) -> None:
+        pass
+
+    @app.task("alpha")
+    async def alpha(payload: dict[str, Any]) -> None:
+        pass
+
+    caplog.set_level(logging.INFO, logger="pgworker.worker")
+    with app:
+        app.start().stop()
+    [line] = [r.getMessage() for r in caplog.records if " started: pgworker " in r.getMessage()]
+    assert "dbname=" in line
+    assert f"schema {app.schema!r}" in line
+    assert "concurrency 2 + 100 async" in line
+    assert line.endswith("2 task(s): alpha, beta")
+    assert "s3cret" not in caplog.text
