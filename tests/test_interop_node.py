@@ -393,7 +393,7 @@ def test_mixed_fleet_runs_each_job_once(
             deadline = time.monotonic() + 20
             while job_rows(db, schema) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert job_rows(db, schema) == []
+            assert job_rows(db, schema) == [], "".join(node.stderr)
             code = node.wait(timeout=30)
         finally:
             if adder is not None and adder.poll() is None:
@@ -412,7 +412,7 @@ def test_mixed_fleet_runs_each_job_once(
         "twice": sorted(n for n, c in total.items() if c > 1),
         "missing": sorted((set(range(100)) | set(range(1000, 1100))) - set(total)),
     }
-    assert on_node, "Node ran none of the jobs"
+    assert on_node, "Node ran none of the jobs:\n" + "".join(node.stderr)
     assert on_pgworker, "pgworker ran none of the jobs"
 
 
