@@ -168,6 +168,10 @@ class Sweeper:
         finally:
             self._conn.close()
 
+    def close(self) -> None:
+        """Close the connection (after sweeping outside ``run``, as run-once workers do)."""
+        self._conn.close()
+
     def sweep(self) -> None:
         """One sweep; errors are logged, never raised."""
         try:

@@ -289,6 +289,7 @@ class Worker:
             if settings.recovery.enabled:
                 self.sweeper.sweep()
             self.sweeper.reset_stale_locks()
+            self.sweeper.close()
 
     def _start_threads(self) -> None:
         def spawn(name: str, body: Callable[[threading.Event], None]) -> None:

@@ -103,6 +103,7 @@ def test_simple_example_retries_and_stops_on_sigint(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        stdout.close()
 
 
 def test_sql_trigger_example(example_database: str) -> None:
