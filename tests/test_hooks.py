@@ -234,20 +234,24 @@ class Lifecycle(Plugin):
 def test_interrupted_jobs_are_reported(make_app: Callable[..., App]) -> None:
     lifecycle = Lifecycle()
     app = make_app(plugins=[lifecycle])
-    started = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
     @app.task("long")
     def long(payload: dict[str, Any]) -> None:
         started.set()
-        threading.Event().wait(30)
+        release.wait(30)
 
     with app:
         app.migrate()
-        app.defer("long", {}, job_key="cut")
+        job = app.defer("long", {}, job_key="cut")
         handle = app.start()
         assert started.wait(5)
         handle.stop(force=True)
-    assert lifecycle.events == [("interrupted", "cut", "shutdown")]
+        assert lifecycle.events == [("interrupted", "cut", "shutdown")]
+        # The job still runs: once it returns, its outcome is recorded as usual.
+        release.set()
+        assert handle.worker.wait_finished(10)
+        assert app.admin.job(job.id) is None
 
 
 def test_cron_ticks_and_scheduled_jobs_are_reported(opened: App, db: Conn, schema: str) -> None:
