@@ -15,6 +15,7 @@ import msgspec
 import psycopg
 import pytest
 from click.testing import CliRunner
+from processes import wait_for
 
 from pgworker import App, ConfigurationError, Job, JobContext, JobResult, Plugin, Skip
 from pgworker.cli import cli
@@ -35,14 +36,6 @@ def job_rows(db: Conn, schema: str) -> list[tuple[Any, ...]]:
         f"select id, task_identifier, attempts, last_error, locked_by "
         f'from "{schema}".jobs order by id'
     ).fetchall()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def test_an_async_task_is_awaited_on_the_event_loop(opened: App, db: Conn, schema: str) -> None:
@@ -276,7 +269,7 @@ def test_a_forced_stop_cancels_the_coroutine_and_gives_the_job_back(
         assert started.wait(5)
         handle.stop(force=True)
         assert unwound.wait(5)
-        wait_until(lambda: job_rows(db, schema)[0][4] is None)
+        wait_for(lambda: job_rows(db, schema)[0][4] is None, 5, "the job to be unlocked")
         assert handle.worker.wait_finished(5)
     # Given back with the attempt refunded, as the exit path gives back sync jobs.
     assert job_rows(db, schema) == [(job.id, "long", 0, INTERRUPTED, None)]

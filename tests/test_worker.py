@@ -30,14 +30,6 @@ def job_rows(db: Conn, schema: str) -> list[tuple[Any, ...]]:
     ).fetchall()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
 def test_run_once_runs_what_is_due_and_leaves_the_future(
     opened: App, db: Conn, schema: str
 ) -> None:
