@@ -1,12 +1,14 @@
 """A task that schedules the next step of a workflow: ``send_ws`` defers ``check_ws``.
 
 Run it with ``python examples/context_helpers.py``. The follow-up is due 10 seconds
-later; the worker picks it up when it is due, then the example stops.
+later (``CHECK_DELAY`` seconds, if set); the worker picks it up when it is due, then the
+example stops.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +17,7 @@ import msgspec
 from pgworker import App, JobContext
 
 app = App(concurrency=2, poll_interval=0.5)
+CHECK_DELAY = timedelta(seconds=float(os.environ.get("CHECK_DELAY", "10")))
 checked = threading.Event()
 
 
@@ -35,11 +38,11 @@ def check_ws(payload: CheckWs, ctx: JobContext) -> None:
 
 @app.task("send_ws")
 def send_ws(payload: SendWs, ctx: JobContext) -> None:
-    """The first step: send the request, then schedule its check 10 seconds from now."""
+    """The first step: send the request, then schedule its check for later."""
     print(f"Sending request {payload.request_id}\n", end="", flush=True)
     follow_up = check_ws.defer(
         CheckWs(request_id=payload.request_id),
-        run_at=datetime.now(UTC) + timedelta(seconds=10),
+        run_at=datetime.now(UTC) + CHECK_DELAY,
     )
     ctx.logger.info("scheduled check %d for %s", follow_up.id, follow_up.run_at)
 
