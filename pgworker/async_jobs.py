@@ -20,7 +20,7 @@ from .store import ClaimedJob
 logger = logging.getLogger(__name__)
 
 #: How often an idle steps thread looks at the stop signal.
-IDLE_CHECK = 0.2
+IDLE_CHECK = 0.05
 #: How long stopping the event loop may take once no job of ours runs on it.
 LOOP_STOP_TIMEOUT = 5.0
 
@@ -133,7 +133,7 @@ class AsyncJobs:
         runner = self.runner
         try:
             handle = self.loop.submit(
-                lambda: step.task.call_async(step.payload, runner.make_context(running)),
+                lambda: step.task.call_async(step.payload, runner.context_for(step)),
                 name=f"{job.task_identifier}#{job.id}",
                 context=context,
             )
@@ -147,7 +147,7 @@ class AsyncJobs:
         # A deadline or a cancel request cancels the coroutine for real (one that came
         # before this line is honoured here).
         running.on_stop = lambda: self.loop.cancel(handle)
-        if running.stop.is_set():
+        if running.stopping:
             self.loop.cancel(handle)
 
     def _end(self, step: StartedJob, handle: AsyncHandle[Any]) -> None:

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 #: Upper bound on one batch of completions or failures written in a single statement.
 MAX_OUTCOME_BATCH = 1000
 #: How often an idle completer looks at the stop signal.
-IDLE_CHECK = 0.2
+IDLE_CHECK = 0.05
 
 
 class Completer:

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from typing import TYPE_CHECKING, TypeVar
 
 from .errors import JobCancelledError, JobTimeoutError, UnknownExtensionError
@@ -65,7 +66,13 @@ class JobContext:
         self.app = app
         self.worker_id = worker_id
         self._running = running
-        self.logger = logging.LoggerAdapter(
+
+    @cached_property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger (``pgworker.task.<identifier>``) that adds the job's id and task
+        identifier to every record."""
+        job = self.job
+        return logging.LoggerAdapter(
             logging.getLogger(f"pgworker.task.{job.task_identifier}"),
             {"job_id": job.id, "task_identifier": job.task_identifier},
         )
@@ -79,7 +86,7 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """Whether the job should stop now: its timeout passed or it was cancelled."""
-        return self._running is not None and self._running.stop.is_set()
+        return self._running is not None and self._running.stopping
 
     @property
     def time_left(self) -> float | None:
@@ -90,7 +97,7 @@ class JobContext:
         """Raise JobTimeoutError or JobCancelledError if the job should stop; call it
         between steps of a long task."""
         running = self._running
-        if running is None or not running.stop.is_set():
+        if running is None or not running.stopping:
             return
         if running.cancel_reason is not None:
             raise JobCancelledError(f"cancelled: {running.cancel_reason}")
@@ -102,7 +109,7 @@ class JobContext:
         if self._running is None:
             time.sleep(seconds)
             return False
-        return self._running.stop.wait(seconds)
+        return self._running.wait(seconds)
 
     def get_ext(self, kind: type[E]) -> E:
         """The app's extension of type ``kind``: application state shared by tasks."""

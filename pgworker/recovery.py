@@ -211,11 +211,13 @@ class Sweeper:
             [d.worker_id for d in result.dead], [r.job_id for r in result.recovered]
         )
 
-    def reset_stale_locks(self) -> None:
-        """graphile-worker's 4-hour reset, and a warning about jobs that no registered
-        worker runs; errors are logged, never raised."""
+    def reset_stale_locks(self, *, report_unserved: bool = True) -> None:
+        """graphile-worker's 4-hour reset, and (``report_unserved``) a warning about jobs
+        that no registered worker runs; errors are logged, never raised."""
         try:
             self.store.reset_stale_locks(conn=self._conn.get())
+            if not report_unserved:
+                return
             unserved = self.store.unserved_tasks(conn=self._conn.get())
         except psycopg.Error as exc:
             logger.warning("Resetting stale locks failed: %s", exc)

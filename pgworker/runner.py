@@ -25,7 +25,7 @@ from .task import Task
 logger = logging.getLogger(__name__)
 
 #: How often an idle executor looks at the stop signal.
-IDLE_CHECK = 0.2
+IDLE_CHECK = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,10 @@ class JobRunner:
         self.make_context = make_context
         self.default_timeout = default_timeout
 
+    def context_for(self, step: StartedJob) -> JobContext | None:
+        """The context to hand the task: None for a task that takes none."""
+        return self.make_context(step.running) if step.task.takes_context else None
+
     def timeout_for(self, job: Job) -> float | None:
         """The job's timeout: its task's own, else the app's default (None: none)."""
         task = self.tasks[job.task_identifier]
@@ -74,7 +78,7 @@ class JobRunner:
                 return step
             raised: BaseException | None = None
             try:
-                step.task.call(step.payload, self.make_context(running))
+                step.task.call(step.payload, self.context_for(step))
             except BaseException as exc:
                 raised = exc
             return self.end(step, raised)

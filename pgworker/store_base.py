@@ -29,6 +29,9 @@ class StoreBase:
         # Caches of names by id: ids come from identity sequences and are never reused.
         self._task_names: dict[int, str] = {}
         self._queue_names: dict[int, str] = {}
+        # The reader of each statement's rows: its columns never change, and reading the
+        # result's description costs more than decoding a claim's rows.
+        self._readers: dict[str, JobRowReader] = {}
 
     def require_pool(self) -> ConnectionPool[Connection]:
         """The pool, or a clear error when the app was never opened."""
@@ -78,7 +81,10 @@ class StoreBase:
         """Run the statement ``query``, which returns job rows; return them with their reader."""
         cur = conn.execute(self.queries[query], params)
         rows = cur.fetchall()
-        return rows, job_row_reader(column_names(cur))
+        reader = self._readers.get(query)
+        if reader is None:
+            reader = self._readers[query] = job_row_reader(column_names(cur))
+        return rows, reader
 
     def _jobs_from_rows(
         self, rows: Sequence[tuple[Any, ...]], reader: JobRowReader, conn: Connection

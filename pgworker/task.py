@@ -158,7 +158,7 @@ class Task(Generic[T, P, R]):
         ]
         return self.app.defer_raw(jobs, conn=conn)
 
-    def call(self, payload: T, ctx: JobContext) -> R:
+    def call(self, payload: T, ctx: JobContext | None) -> R:
         """Call a sync task's function as a worker does: with the context if it takes one.
 
         Raises PgWorkerError, without calling anything, for an async task, and
@@ -180,7 +180,7 @@ class Task(Generic[T, P, R]):
             )
         return result
 
-    def call_async(self, payload: T, ctx: JobContext) -> Awaitable[Any]:
+    def call_async(self, payload: T, ctx: JobContext | None) -> Awaitable[Any]:
         """Call an async task's function as a worker does and return its coroutine, for
         the worker's event loop to await. Raises PgWorkerError for a sync task."""
         if not self.is_async:
@@ -191,7 +191,7 @@ class Task(Generic[T, P, R]):
         result: Awaitable[Any] = self._invoke(payload, ctx)
         return result
 
-    def _invoke(self, payload: T, ctx: JobContext) -> Any:
+    def _invoke(self, payload: T, ctx: JobContext | None) -> Any:
         call: Callable[..., Any] = self.fn
         if self.takes_context:
             return call(payload, ctx)

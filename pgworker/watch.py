@@ -75,7 +75,7 @@ class Watch:
         left = job.seconds_left(now)
         if left is None or left > 0:
             return
-        if not job.stop.is_set():
+        if not job.stopping:
             logger.warning(
                 "Job #%d (%s) reached its timeout of %g s: asking it to stop",
                 job.job.id,

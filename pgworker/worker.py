@@ -288,7 +288,7 @@ class Worker:
             # A fleet of run-once workers has no maintenance thread: sweep here instead.
             if settings.recovery.enabled:
                 self.sweeper.sweep()
-            self.sweeper.reset_stale_locks()
+            self.sweeper.reset_stale_locks(report_unserved=False)
             self.sweeper.close()
 
     def _start_threads(self) -> None:
