@@ -4,6 +4,7 @@ from .admin import Admin, CleanupResult, JobState, ListedJob, StatRow
 from .app import App
 from .context import Extensions, JobContext
 from .control import WorkerHandle
+from .controls import BatchResult, JobControl, PermanentFailure, Retry, Snooze
 from .cron import Cron, CronItem, CrontabError, Weekday
 from .errors import (
     ConfigurationError,
@@ -37,6 +38,7 @@ from .task import Task
 __all__ = [
     "Admin",
     "App",
+    "BatchResult",
     "CleanupResult",
     "Complete",
     "ConfigurationError",
@@ -52,6 +54,7 @@ __all__ = [
     "IncompatibleSchemaError",
     "Job",
     "JobContext",
+    "JobControl",
     "JobKeyMode",
     "JobNotCreatedError",
     "JobResult",
@@ -62,13 +65,16 @@ __all__ = [
     "MigrationError",
     "MigrationOutcome",
     "PayloadError",
+    "PermanentFailure",
     "PgWorkerError",
     "Plugin",
     "RawJob",
     "Recovery",
     "Reject",
+    "Retry",
     "RewritePayload",
     "Skip",
+    "Snooze",
     "StatRow",
     "Task",
     "UnknownExtensionError",

@@ -30,6 +30,7 @@ from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError
 from .hooks import Hooks, Plugin
 from .migrate import MigrationOutcome, migrate
 from .recovery import Recovery
+from .retries import Backoff, check_backoff
 from .settings import check_not_negative, check_positive, check_schema
 from .spec import MAX_IDENTIFIER_LENGTH, JobSpec
 from .store import Connection, Store
@@ -242,6 +243,7 @@ class App(Enqueueing):
         max_attempts: int | None = None,
         flags: Sequence[str] | None = None,
         timeout: float | None = None,
+        backoff: Backoff | None = None,
     ) -> Callable[[Callable[Concatenate[T, P], R]], Task[T, P, R]]:
         """Register the decorated function as the task ``identifier``.
 
@@ -250,6 +252,13 @@ class App(Enqueueing):
         the app's ``default_timeout``) limits one run: an async task is cancelled at its
         deadline, a sync one is asked to stop (``ctx.cancelled``, ``ctx.check()``); a job
         that ends by it fails with "Timed out after N s" and is retried as usual.
+
+        ``backoff`` is the task's own wait before a retry: a function of the attempts
+        made so far (1 after the first failure) giving seconds or a timedelta, used
+        when a pgworker worker fails the task's job (a Node or Rust worker running it
+        uses graphile-worker's ``exp(least(attempts, 10))`` seconds, the default here).
+        A task can also decide its job's fate as it runs: see ``Retry``, ``Snooze``,
+        ``PermanentFailure`` and ``BatchResult``.
         """
         if not _IDENTIFIER.match(identifier) or len(identifier) > MAX_IDENTIFIER_LENGTH:
             raise ConfigurationError(
@@ -260,10 +269,12 @@ class App(Enqueueing):
             raise ConfigurationError(f"task {identifier!r} is already registered on this app")
         if timeout is not None and not timeout > 0:
             raise ConfigurationError(f"task {identifier!r}: timeout must be positive seconds")
+        if backoff is not None:
+            check_backoff(identifier, backoff)
         defaults = JobSpec(queue=queue, priority=priority, max_attempts=max_attempts, flags=flags)
 
         def register(fn: Callable[Concatenate[T, P], R]) -> Task[T, P, R]:
-            task = Task(self, identifier, fn, defaults=defaults, timeout=timeout)
+            task = Task(self, identifier, fn, defaults=defaults, timeout=timeout, backoff=backoff)
             self.tasks[identifier] = task
             return task
 

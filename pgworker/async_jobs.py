@@ -157,13 +157,16 @@ class AsyncJobs:
             interrupted = job_id in self._cancelled
             self._cancelled.discard(job_id)
         raised: BaseException | None
+        returned: Any = None
         if handle.cancelled():
             raised = asyncio.CancelledError("the coroutine was cancelled")
         else:
             raised = handle.exception()
+            if raised is None:
+                returned = handle.result()
         interrupted = interrupted and handle.cancelled()
         try:
-            outcome = self.runner.end(step, raised, interrupted=interrupted)
+            outcome = self.runner.end(step, raised, returned=returned, interrupted=interrupted)
         except BaseException as exc:
             outcome = self.runner.unexpected(step.job, step.started, exc)
         self._settle(job_id, outcome)

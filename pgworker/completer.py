@@ -14,7 +14,7 @@ from .connections import OwnConnection, backoff_delay
 from .hooks import Hooks
 from .inflight import InFlight
 from .outcome import Outcome
-from .store import INTERRUPTED_MESSAGE, Connection, Store
+from .store import INTERRUPTED_MESSAGE, Connection, Failure, Store
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +119,7 @@ class Completer:
 
     def _write_batch(self, batch: list[Outcome], conn: Connection) -> None:
         successes = [o.job.id for o in batch if o.error is None]
-        failures = [
-            (o.job.id, o.error, o.permanent)
-            for o in batch
-            if o.error is not None and not o.interrupted
-        ]
+        failures = [_failure(o) for o in batch if o.error is not None and not o.interrupted]
         interrupted = [o.job.id for o in batch if o.interrupted]
         if successes:
             self.store.complete_jobs(successes, worker_id=self.worker_id, conn=conn)
@@ -155,6 +151,8 @@ class Completer:
         hooks, job, error = self.hooks, outcome.job, outcome.error
         if outcome.interrupted:
             return  # the shutdown told the plugins (on_job_interrupted)
+        if outcome.snoozed:
+            return  # neither a success nor a failure (after_job_run saw it)
         if error is None:
             hooks.job_completed(job, outcome.duration_ms)
             return
@@ -162,3 +160,16 @@ class Completer:
         hooks.job_failed(job, error, will_retry=not final)
         if final:
             hooks.job_permanently_failed(job, error)
+
+
+def _failure(outcome: Outcome) -> Failure:
+    """How the store records a failed (or snoozed) outcome."""
+    return Failure(
+        outcome.job.id,
+        None if outcome.snoozed else outcome.error,
+        permanent=outcome.permanent,
+        refund=outcome.snoozed,
+        delay=outcome.retry_delay,
+        run_at=outcome.retry_at,
+        payload=outcome.payload,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import ConfigurationError, PayloadError
@@ -33,6 +33,7 @@ class Enqueueing:
         payload: Any = None,
         *,
         run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
         priority: int | None = None,
         queue: str | None = None,
         max_attempts: int | None = None,
@@ -45,6 +46,7 @@ class Enqueueing:
 
         If the task is registered on this app, its payload type and defaults apply;
         otherwise the payload goes as given (any JSON value; None means ``{}``).
+        ``delay`` (seconds or a timedelta from now) may stand in for ``run_at``.
         """
         spec = JobSpec(
             queue=queue,
@@ -54,6 +56,7 @@ class Enqueueing:
             job_key=job_key,
             job_key_mode=job_key_mode,
             flags=flags,
+            delay=delay,
         )
         return self.add_job(identifier, payload, spec, conn=conn)
 
@@ -63,6 +66,7 @@ class Enqueueing:
         payload: Any = None,
         *,
         run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
         priority: int | None = None,
         queue: str | None = None,
         max_attempts: int | None = None,
@@ -86,6 +90,7 @@ class Enqueueing:
             job_key=job_key,
             job_key_mode=job_key_mode,
             flags=flags,
+            delay=delay,
         )
         return await asyncio.to_thread(self.add_job, identifier, payload, spec)
 

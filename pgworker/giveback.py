@@ -11,7 +11,7 @@ import psycopg
 from .connections import backoff_delay, connect
 from .errors import PgWorkerError
 from .inflight import InFlight
-from .store import INTERRUPTED_MESSAGE, Connection, Store
+from .store import INTERRUPTED_MESSAGE, Connection, Failure, Store
 
 logger = logging.getLogger("pgworker.worker")
 
@@ -61,7 +61,7 @@ class GiveBack:
         self._retrying(
             ids,
             lambda conn: self.store.fail_jobs(
-                [(i, m, False) for i, m in failures], worker_id=self.worker_id, conn=conn
+                [Failure(i, m) for i, m in failures], worker_id=self.worker_id, conn=conn
             ),
         )
 

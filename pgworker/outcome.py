@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import traceback
+from datetime import datetime
 
 import msgspec
 
@@ -39,7 +40,13 @@ class Outcome(msgspec.Struct, frozen=True):
     it (one thread logging keeps the executors clear of the log handler's lock).
 
     An ``interrupted`` job (an async job cancelled by a shutdown) is neither completed nor
-    failed: it goes back to the queue with its attempt refunded.
+    failed: it goes back to the queue with its attempt refunded. Neither is a ``snoozed``
+    one (its task raised Snooze): its attempt is refunded, its last_error kept (``error``
+    only says why, for the log), and it runs again at its retry time.
+
+    A failure runs again after ``retry_delay`` seconds or at ``retry_at`` when one is
+    set (a task's Retry or backoff), else after graphile-worker's backoff; a batch job's
+    ``payload`` (JSON text) replaces the job's, to retry only its failed items.
     """
 
     job: Job
@@ -48,6 +55,21 @@ class Outcome(msgspec.Struct, frozen=True):
     permanent: bool = False
     traceback: str | None = None
     interrupted: bool = False
+    snoozed: bool = False
+    retry_delay: float | None = None
+    retry_at: datetime | None = None
+    payload: str | None = None
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether the job failed (the attempt counts): not a success, snooze or
+        interruption."""
+        return self.error is not None and not (self.snoozed or self.interrupted)
+
+    @property
+    def has_retry_time(self) -> bool:
+        """Whether the next attempt's time is set here rather than by the backoff."""
+        return self.retry_delay is not None or self.retry_at is not None
 
     @classmethod
     def failure(
@@ -59,7 +81,7 @@ class Outcome(msgspec.Struct, frozen=True):
     @property
     def level(self) -> int:
         """INFO for a success, WARNING for a failure that will be retried, ERROR else."""
-        if self.error is None:
+        if self.error is None or self.snoozed:
             return logging.INFO
         if self.interrupted:
             return logging.WARNING
@@ -89,15 +111,28 @@ class Outcome(msgspec.Struct, frozen=True):
         if self.interrupted:
             logger.warning("Gave back %s (%s): %s", head, attempt, self.error, extra=extra)
             return
+        if self.snoozed:
+            logger.info("Snoozed %s (%s refunded, %s)", head, attempt, self.next_run, extra=extra)
+            return
         if self.permanent:
             fate = "permanently"
         elif level == logging.ERROR:
             fate = "no attempts left"
         else:
-            fate = f"retry in {format_seconds(retry_delay(job.attempts))}"
+            fate = self.next_run
         trace = f"\n{self.traceback}" if self.traceback else ""
         logger.log(
             level, "Failed %s (%s, %s): %s%s", head, attempt, fate, self.error, trace, extra=extra
+        )
+
+    @property
+    def next_run(self) -> str:
+        """When a retried or snoozed job runs again, for the log: ``retry in 2.7 s``."""
+        if self.retry_at is not None:
+            return f"retry at {self.retry_at.isoformat()}"
+        delay = self.retry_delay
+        return (
+            f"retry in {format_seconds(retry_delay(self.job.attempts) if delay is None else delay)}"
         )
 
 

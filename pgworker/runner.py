@@ -13,11 +13,13 @@ from typing import Any
 import msgspec
 
 from .context import JobContext
+from .controls import JobControl
 from .errors import PayloadError
 from .hooks import Complete, Fail, Hooks, JobResult, Skip
 from .inflight import InFlight
 from .job import Job
 from .outcome import INTERRUPTED_ERROR, Outcome, describe_error
+from .retries import backoff_delay, control_outcome, returned_outcome
 from .running import CANCEL_FLAG, RunningJob, cancel_reason
 from .store import ClaimedJob
 from .task import Task
@@ -38,6 +40,7 @@ class StartedJob:
     payload: Any
     started: float
     running: RunningJob
+    raw_payload: str  # as JSON text, for a batch job to keep its failed items
 
 
 class JobRunner:
@@ -77,11 +80,12 @@ class JobRunner:
             if isinstance(step, Outcome):
                 return step
             raised: BaseException | None = None
+            returned: Any = None
             try:
-                step.task.call(step.payload, self.context_for(step))
+                returned = step.task.call(step.payload, self.context_for(step))
             except BaseException as exc:
                 raised = exc
-            return self.end(step, raised)
+            return self.end(step, raised, returned=returned)
         except BaseException as exc:  # never let a job take the thread down
             return self.unexpected(claimed.job, started, exc)
 
@@ -95,7 +99,8 @@ class JobRunner:
         task = self.tasks[job.task_identifier]
         if job.flags and CANCEL_FLAG in job.flags:
             reason = cancel_reason(job.last_error)
-            return Outcome(job, ms_since(started), f"Cancelled: {reason}", permanent=True)
+            message = f"Cancelled: {reason}"
+            return Outcome(job, ms_since(started), message, permanent=True)
         try:
             payload = task.codec.decode(claimed.payload)
         except PayloadError as exc:
@@ -107,22 +112,28 @@ class JobRunner:
             if isinstance(before, Skip):
                 return Outcome(job, ms_since(started))
             if isinstance(before, Fail):
-                return Outcome(job, ms_since(started), before.message)
+                return self.with_backoff(Outcome(job, ms_since(started), before.message))
         hooks.job_started(job)
-        return StartedJob(job, task, payload, started, running)
+        return StartedJob(job, task, payload, started, running, claimed.payload)
 
     def end(
-        self, step: StartedJob, raised: BaseException | None, *, interrupted: bool = False
+        self,
+        step: StartedJob,
+        raised: BaseException | None,
+        *,
+        returned: Any = None,
+        interrupted: bool = False,
     ) -> Outcome:
-        """The outcome of a called task: how it ended, as ``after_job_run`` sees it. An
-        ``interrupted`` job (cancelled by a shutdown) is given back whatever the plugins
-        say."""
+        """The outcome of a called task: how it ended (``raised``, else ``returned``), as
+        ``after_job_run`` sees it. An ``interrupted`` job (cancelled by a shutdown) is
+        given back whatever the plugins say; a cancelled or timed-out one stays so
+        whatever control it raised."""
         job, hooks, running = step.job, self.hooks, step.running
         duration = ms_since(step.started)
         if interrupted:
             outcome = Outcome(job, duration, INTERRUPTED_ERROR, interrupted=True)
         elif raised is None:
-            outcome = Outcome(job, duration)
+            outcome = returned_outcome(job, duration, returned, step.raw_payload)
         elif running.cancel_reason is not None:
             # Cancelled: never retried, whatever attempts are left.
             message = f"Cancelled: {running.cancel_reason}"
@@ -130,17 +141,32 @@ class JobRunner:
         elif running.timed_out:
             message = f"Timed out after {running.timeout:g} s ({describe_error(raised)})"
             outcome = Outcome(job, duration, message)
+        elif isinstance(raised, JobControl):
+            outcome = control_outcome(job, duration, raised)
         else:
             outcome = Outcome.failure(job, duration, raised)
         if hooks.inspects_result:
-            after = hooks.after_job_run(job, JobResult(duration, outcome.error, raised))
+            error = None if outcome.snoozed else outcome.error
+            after = hooks.after_job_run(job, JobResult(duration, error, raised))
             if interrupted:
                 return outcome
             if isinstance(after, Complete):
                 return Outcome(job, duration)
             if isinstance(after, Fail):
-                return Outcome(job, duration, after.message)
-        return outcome
+                outcome = Outcome(job, duration, after.message)
+        return self.with_backoff(outcome)
+
+    def with_backoff(self, outcome: Outcome) -> Outcome:
+        """A failure with the wait its task's own backoff gives, if it has one and
+        nothing chose the next attempt's time already."""
+        if not outcome.is_failure or outcome.permanent or outcome.has_retry_time:
+            return outcome
+        job = outcome.job
+        task = self.tasks.get(job.task_identifier)
+        if task is None or task.backoff is None:
+            return outcome
+        delay = backoff_delay(job.task_identifier, task.backoff, job.attempts)
+        return outcome if delay is None else msgspec.structs.replace(outcome, retry_delay=delay)
 
     def unexpected(self, job: Job, started: float, exc: BaseException) -> Outcome:
         """The outcome of a job whose running failed in pgworker (or a plugin) itself."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -25,6 +25,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     - ``queue``: a named queue; its jobs run one at a time, by (priority, run_at).
     - ``run_at``: the earliest time to run (timezone-aware); default now.
+    - ``delay``: or, instead of ``run_at``, how long from now (seconds or a timedelta),
+      by this process's clock; ``merge`` turns it into ``run_at``.
     - ``priority``: lower runs first; default 0.
     - ``max_attempts``: default 25.
     - ``job_key`` and ``job_key_mode``: at most one pending job per key; see the README.
@@ -38,17 +40,28 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     job_key: str | None = None
     job_key_mode: JobKeyMode | None = None
     flags: Sequence[str] | None = None
+    delay: float | timedelta | None = None
 
     def merge(self, overrides: JobSpec) -> JobSpec:
         """These options as defaults, under ``overrides`` (whose None fields keep ours);
-        validated."""
+        validated, with a ``delay`` turned into ``run_at`` (so the spec the store and the
+        plugins see has a time, not a duration)."""
+        if overrides.run_at is not None or overrides.delay is not None:
+            # A caller's time replaces a default one, whichever way each was given.
+            base = msgspec.structs.replace(self, run_at=None, delay=None)
+        else:
+            base = self
         fields = {
             name: getattr(overrides, name)
             if getattr(overrides, name) is not None
-            else getattr(self, name)
+            else getattr(base, name)
             for name in self.__struct_fields__
         }
-        return JobSpec(**fields).validate()
+        merged = JobSpec(**fields).validate()
+        if merged.delay is None:
+            return merged
+        run_at = datetime.now(UTC) + _as_timedelta(merged.delay)
+        return msgspec.structs.replace(merged, run_at=run_at, delay=None)
 
     def validate(self) -> JobSpec:
         """Return self, or raise ConfigurationError naming the first bad option, its value
@@ -57,6 +70,12 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
             _check_text("queue", self.queue, MAX_QUEUE_NAME_LENGTH)
         if self.run_at is not None:
             check_run_at(self.run_at)
+        if self.delay is not None:
+            check_delay("delay", self.delay)
+            if self.run_at is not None:
+                raise ConfigurationError(
+                    "give run_at or delay, not both: run_at is a time, delay a duration from now"
+                )
         if self.priority is not None:
             check_smallint("priority", self.priority, SMALLINT_MIN)
         if self.max_attempts is not None:
@@ -120,6 +139,25 @@ def check_run_at(value: object) -> None:
         )
 
 
+def check_delay(name: str, value: object) -> None:
+    """Raise ConfigurationError unless ``value`` is a duration that is not negative:
+    seconds (an int or a float) or a timedelta."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ConfigurationError(
+            f"{name} must be seconds (an int or a float) or a timedelta, got {_shown(value)}"
+        )
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigurationError(f"{name} must be a finite duration >= 0, got {_shown(value)}")
+
+
+def _as_timedelta(value: float | timedelta) -> timedelta:
+    return value if isinstance(value, timedelta) else timedelta(seconds=value)
+
+
 def _check_flags(value: object) -> None:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         raise ConfigurationError(f"flags must be a list of str, like ['slow'], got {_shown(value)}")
@@ -144,6 +182,7 @@ class RawJob:
     job_key: str | None = None
     job_key_mode: JobKeyMode | None = None
     flags: Sequence[str] | None = None
+    delay: float | timedelta | None = None
 
     def __post_init__(self) -> None:
         check_identifier(self.identifier)
@@ -159,4 +198,5 @@ class RawJob:
             job_key=self.job_key,
             job_key_mode=self.job_key_mode,
             flags=self.flags,
+            delay=self.delay,
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -16,7 +17,7 @@ from .store_control import ControlStatements
 from .store_cron import CronStatements
 from .store_recovery import RegistryStatements
 
-__all__ = ["INTERRUPTED_MESSAGE", "ClaimedJob", "Connection", "NewJob", "Store"]
+__all__ = ["INTERRUPTED_MESSAGE", "ClaimedJob", "Connection", "Failure", "NewJob", "Store"]
 
 #: last_error of a job given back because a forced stop cut it off (as the Rust port says).
 INTERRUPTED_MESSAGE = "Job recovered after worker interruption"
@@ -27,6 +28,19 @@ class ClaimedJob(msgspec.Struct, frozen=True):
 
     job: Job
     payload: str
+
+
+class Failure(NamedTuple):
+    """One job for ``fail_jobs``: its error (None keeps last_error), and how its next
+    attempt differs from graphile-worker's (None and False: it doesn't)."""
+
+    job_id: int
+    message: str | None
+    permanent: bool = False
+    refund: bool = False  # a snooze: the attempt is given back
+    delay: float | None = None  # seconds, instead of exp(least(attempts, 10))
+    run_at: datetime | None = None  # a time, instead of a delay
+    payload: str | None = None  # JSON text to replace the payload with
 
 
 class NewJob(msgspec.Struct, frozen=True):
@@ -152,17 +166,21 @@ class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatemen
 
     def fail_jobs(
         self,
-        failures: Iterable[tuple[int, str, bool]],
+        failures: Iterable[Failure],
         *,
         worker_id: str,
         conn: Connection | None = None,
     ) -> None:
-        """Record failures given as ``(job id, message, permanent)``."""
-        job_ids, messages, permanent = (list(column) for column in zip(*failures, strict=True))
+        """Record failures (and snoozes), all in one statement."""
+        columns = list(zip(*failures, strict=True))
         params = {
-            "job_ids": job_ids,
-            "messages": messages,
-            "permanent": permanent,
+            "job_ids": list(columns[0]),
+            "messages": list(columns[1]),
+            "permanent": list(columns[2]),
+            "refund": list(columns[3]),
+            "delays": list(columns[4]),
+            "run_ats": list(columns[5]),
+            "payloads": list(columns[6]),
             "worker_id": worker_id,
         }
         with self.connection(conn) as c:

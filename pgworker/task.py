@@ -7,7 +7,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from .context import JobContext
@@ -18,6 +18,7 @@ from .spec import JobKeyMode, JobSpec, RawJob
 
 if TYPE_CHECKING:
     from .app import App
+    from .retries import Backoff
     from .store import Connection
 
 T = TypeVar("T")
@@ -41,12 +42,14 @@ class Task(Generic[T, P, R]):
         *,
         defaults: JobSpec,
         timeout: float | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.app = app
         self.identifier = identifier
         self.fn = fn
         self.defaults = defaults.validate()
         self.timeout = timeout
+        self.backoff = backoff
         self.is_async = _check_runnable(identifier, fn)
         payload_type, self.takes_context = _inspect_signature(identifier, fn)
         self.codec: PayloadCodec[T] = PayloadCodec(payload_type)
@@ -72,6 +75,7 @@ class Task(Generic[T, P, R]):
         payload: T | Mapping[str, Any],
         *,
         run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
         priority: int | None = None,
         queue: str | None = None,
         max_attempts: int | None = None,
@@ -83,7 +87,8 @@ class Task(Generic[T, P, R]):
         """Enqueue one job of this task and return it.
 
         ``payload`` is checked against the payload type first: a mismatch raises
-        PayloadError and writes nothing. With ``conn``, the job is added in that
+        PayloadError and writes nothing. ``delay`` (seconds or a timedelta from now)
+        may stand in for ``run_at``. With ``conn``, the job is added in that
         connection's current transaction and vanishes if the caller rolls back.
         """
         spec = JobSpec(
@@ -94,6 +99,7 @@ class Task(Generic[T, P, R]):
             job_key=job_key,
             job_key_mode=job_key_mode,
             flags=flags,
+            delay=delay,
         )
         return self.app.add_job(self.identifier, payload, spec, conn=conn)
 
@@ -102,6 +108,7 @@ class Task(Generic[T, P, R]):
         payload: T | Mapping[str, Any],
         *,
         run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
         priority: int | None = None,
         queue: str | None = None,
         max_attempts: int | None = None,
@@ -124,6 +131,7 @@ class Task(Generic[T, P, R]):
             job_key=job_key,
             job_key_mode=job_key_mode,
             flags=flags,
+            delay=delay,
         )
         return await asyncio.to_thread(self.app.add_job, self.identifier, payload, spec)
 
@@ -132,6 +140,7 @@ class Task(Generic[T, P, R]):
         payloads: Iterable[T | Mapping[str, Any]],
         *,
         run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
         priority: int | None = None,
         queue: str | None = None,
         max_attempts: int | None = None,
@@ -150,6 +159,7 @@ class Task(Generic[T, P, R]):
                 payload,
                 queue=queue,
                 run_at=run_at,
+                delay=delay,
                 priority=priority,
                 max_attempts=max_attempts,
                 flags=flags,

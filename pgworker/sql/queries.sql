@@ -168,19 +168,37 @@ where job_queues.id = done.job_queue_id
 and job_queues.locked_by = %(worker_id)s
 
 -- name: fail_jobs
--- Record failures: store the error, unlock, and push run_at back by
--- exp(least(attempts, 10)) seconds; a permanent failure also uses up every attempt.
+-- Record failures: store the error, unlock, and push run_at back by the failure's delay
+-- or to its run_at, else by graphile-worker's exp(least(attempts, 10)) seconds. A
+-- permanent failure uses up every attempt; a snooze (refund) gives its attempt back
+-- and keeps last_error (its message is null); a batch job's failed items replace its
+-- payload. Null overrides leave graphile-worker's behaviour as it is.
 with failed as (
   update :SCHEMA._private_jobs as jobs
   set
-    last_error = failure.message,
-    run_at = greatest(now(), jobs.run_at) + exp(least(jobs.attempts, 10)) * interval '1 second',
-    attempts = case when failure.permanent then jobs.max_attempts else jobs.attempts end,
+    last_error = coalesce(failure.message, jobs.last_error),
+    run_at = coalesce(
+      failure.run_at,
+      greatest(now(), jobs.run_at)
+        + coalesce(failure.delay, exp(least(jobs.attempts, 10))) * interval '1 second'
+    ),
+    attempts = case
+      when failure.permanent then jobs.max_attempts
+      when failure.refund then greatest(0, jobs.attempts - 1)
+      else jobs.attempts
+    end,
+    payload = coalesce(failure.payload, jobs.payload),
     locked_by = null,
     locked_at = null
   from unnest(
-    %(job_ids)s::bigint[], %(messages)s::text[], %(permanent)s::boolean[]
-  ) as failure(id, message, permanent)
+    %(job_ids)s::bigint[],
+    %(messages)s::text[],
+    %(permanent)s::boolean[],
+    %(refund)s::boolean[],
+    %(delays)s::float8[],
+    %(run_ats)s::timestamptz[],
+    %(payloads)s::json[]
+  ) as failure(id, message, permanent, refund, delay, run_at, payload)
   where jobs.id = failure.id
   and jobs.locked_by = %(worker_id)s
   returning jobs.job_queue_id
