@@ -80,6 +80,7 @@ class Fetcher:
         self.async_lane = async_lane
         self._conn = OwnConnection(conninfo)
         self._wake = threading.Event()
+        self._unsure = False
 
     def wake(self) -> None:
         """Claim now instead of at the next poll."""
@@ -96,8 +97,13 @@ class Fetcher:
                     return
                 self._wake.clear()
                 try:
+                    if self._unsure:
+                        self._release_unheld()
                     claimed, more = self._claim(room)
                 except Exception as exc:  # the loop must outlive any one failure
+                    # A claim that failed on the wire may have committed: until checked,
+                    # this worker may hold locks it doesn't know of.
+                    self._unsure = self._unsure or isinstance(exc, psycopg.OperationalError)
                     delay = backoff_delay(attempt)
                     attempt += 1
                     log = logger.warning if isinstance(exc, psycopg.Error) else logger.exception
@@ -114,6 +120,19 @@ class Fetcher:
                 self._wake.wait(None if once else self.poll_interval)
         finally:
             self._conn.close()
+
+    def _release_unheld(self) -> None:
+        """Give back what a claim whose answer was lost locked for this worker."""
+        released = self.store.release_unheld(
+            self.worker_id, self.inflight.unsettled, conn=self._conn.get()
+        )
+        self._unsure = False
+        if released:
+            logger.warning(
+                "Gave back %d job(s) a lost claim had locked for this worker: %s",
+                len(released),
+                ", ".join(f"#{i}" for i in released),
+            )
 
     def _claim(self, room: Room) -> tuple[int, bool]:
         """Claim for each kind with room; return how many jobs were claimed, and whether

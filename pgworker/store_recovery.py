@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -113,6 +114,15 @@ class RegistryStatements(StoreBase):
                 {"worker_ids": [d.worker_id for d in dead], "max_recoveries": max_recoveries},
             ).fetchall()
         return SweepResult(dead, [RecoveredJob(*row) for row in rows])
+
+    def release_unheld(
+        self, worker_id: str, held: Sequence[int], *, conn: Connection | None = None
+    ) -> list[int]:
+        """Give back the jobs (and queues) locked by ``worker_id`` beyond ``held``, the
+        jobs it knows it holds: what a claim whose answer was lost left behind."""
+        params = {"worker_id": worker_id, "held": list(held)}
+        with self.connection(conn) as c:
+            return [row[0] for row in c.execute(self.queries["release_unheld"], params)]
 
     def reset_stale_locks(self, *, conn: Connection | None = None) -> None:
         """Unlock jobs and queues locked more than four hours ago by owners that are not

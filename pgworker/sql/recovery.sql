@@ -92,6 +92,28 @@ forgotten as (
 )
 select * from recovered
 
+-- name: release_unheld
+-- After a claim whose answer was lost (the connection broke after it committed): give
+-- back the jobs locked by this worker that it does not hold (attempt refunded, run_at
+-- kept), and unlock its queues that hold none of its held jobs. Returns the job ids.
+with released as (
+  update :SCHEMA._private_jobs as jobs
+  set locked_by = null, locked_at = null, attempts = greatest(0, jobs.attempts - 1)
+  where jobs.locked_by = %(worker_id)s
+  and jobs.id <> all(%(held)s::bigint[])
+  returning jobs.id
+),
+unlocked_queues as (
+  update :SCHEMA._private_job_queues as job_queues
+  set locked_by = null, locked_at = null
+  where job_queues.locked_by = %(worker_id)s
+  and not exists (
+    select 1 from :SCHEMA._private_jobs as jobs
+    where jobs.job_queue_id = job_queues.id and jobs.id = any(%(held)s::bigint[])
+  )
+)
+select id from released
+
 -- name: reset_stale_locks
 -- graphile-worker's rule for owners that never heartbeat (Node workers): unlock jobs and
 -- queues locked more than 4 hours ago. Owners in the registry are left to the sweep, so
