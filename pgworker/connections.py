@@ -7,8 +7,9 @@ from typing import Any
 
 import psycopg
 
-#: Bounds of the jittered backoff after a database error in a worker thread.
-BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0
+#: Bounds of the jittered backoff after a database error in a worker thread: capped at a
+#: few seconds, so that a worker is back within seconds of a long outage's end.
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 #: Options for connections the worker opens itself: give up connecting after 10 s, and
 #: notice a dead peer within about a minute instead of the kernel's quarter of an hour.
 CONNECT_OPTIONS: dict[str, Any] = {
@@ -22,7 +23,7 @@ CONNECT_OPTIONS: dict[str, Any] = {
 
 
 def backoff_delay(attempt: int) -> float:
-    """Jittered exponential backoff: at once, then 0.2 s doubling up to 30 s.
+    """Jittered exponential backoff: at once, then 0.2 s doubling up to 5 s.
 
     The first retry is immediate because the usual cause is one connection that died
     while idle, and it has already been dropped.

@@ -1,5 +1,5 @@
-"""A claim whose answer is lost: the claim commits, the connection dies before its rows
-reach the worker. A loopback TCP proxy between the worker and PostgreSQL forwards the
+"""Lost connections: a claim whose answer is lost (the claim commits, the connection dies
+before its rows reach the worker), and how soon worker threads reconnect. A loopback TCP proxy between the worker and PostgreSQL forwards the
 claim statement, then swallows the server's answer and cuts the connection. The worker
 must give back what it locked without knowing, and run those jobs soon."""
 
@@ -127,3 +127,13 @@ def test_jobs_a_lost_claim_locked_still_run(
     ).fetchone()
     assert locked == (0,)
     client.close()
+
+
+def test_reconnect_backoff_stays_within_a_few_seconds() -> None:
+    """After a long outage a worker thread tries again within 5 s (jittered), not 30."""
+    from pgworker.connections import BACKOFF_MAX, backoff_delay
+
+    assert backoff_delay(0) == 0.0  # a connection that died while idle: at once
+    delays = [backoff_delay(attempt) for attempt in range(1, 200)]
+    assert max(delays) <= BACKOFF_MAX == 5.0
+    assert min(delays[10:]) >= BACKOFF_MAX / 2  # jitter keeps it above half the cap
