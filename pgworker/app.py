@@ -72,6 +72,8 @@ class App(Enqueueing):
     - ``poll_interval``: seconds between polls when no notification arrives.
     - ``pool``: a psycopg_pool ConnectionPool you own; the app uses it and never closes it.
     - ``max_pool_size``: the size of the pool the app makes (default concurrency + 4).
+    - ``pool_timeout``: seconds a ``defer`` (or any pool user) waits for a connection
+      before DatabaseUnavailableError: a web request during an outage fails fast.
     - ``shutdown_grace_period``: seconds running jobs get to finish after a stop signal.
     - ``interrupted_retry_delay``: seconds before a job cut off by a forced stop runs again.
     - ``forbidden_flags``: flags whose jobs this app's workers leave to others: a list, or
@@ -104,6 +106,7 @@ class App(Enqueueing):
         poll_interval: float = 2.0,
         pool: ConnectionPool[Connection] | None = None,
         max_pool_size: int | None = None,
+        pool_timeout: float = 5.0,
         shutdown_grace_period: float = 30.0,
         interrupted_retry_delay: float = 30.0,
         prefetch: int = 0,
@@ -136,6 +139,8 @@ class App(Enqueueing):
         self.async_concurrency = async_concurrency
         self.poll_interval = poll_interval
         self.max_pool_size = max_pool_size or concurrency + 4
+        check_positive("pool_timeout", pool_timeout)
+        self.pool_timeout = pool_timeout
         self.shutdown_grace_period = shutdown_grace_period
         self.interrupted_retry_delay = interrupted_retry_delay
         self.prefetch = prefetch
@@ -304,7 +309,12 @@ class App(Enqueueing):
             self._embedded = start_embedded()
             url = self._embedded.url
         try:
-            pool = open_pool(url, max_size=self.max_pool_size, name=f"pgworker:{self.schema}")
+            pool = open_pool(
+                url,
+                max_size=self.max_pool_size,
+                timeout=self.pool_timeout,
+                name=f"pgworker:{self.schema}",
+            )
         except BaseException:
             self._release_embedded()
             raise

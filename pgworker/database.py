@@ -15,8 +15,11 @@ from .store import Connection
 CONNECT_TIMEOUT = 10.0
 
 
-def open_pool(conninfo: str, *, max_size: int, name: str) -> ConnectionPool[Connection]:
-    """Check that the database answers, then open an autocommit pool on it. Raises
+def open_pool(
+    conninfo: str, *, max_size: int, timeout: float, name: str
+) -> ConnectionPool[Connection]:
+    """Check that the database answers, then open an autocommit pool on it, whose users
+    wait at most ``timeout`` seconds for a connection. Raises
     ConfigurationError for a malformed URL, DatabaseUnavailableError (with libpq's
     reason) when the database can't be reached."""
     try:
@@ -35,6 +38,7 @@ def open_pool(conninfo: str, *, max_size: int, name: str) -> ConnectionPool[Conn
         kwargs={"autocommit": True},
         open=False,
         name=name,
+        timeout=timeout,
     )
     try:
         pool.open(wait=True, timeout=CONNECT_TIMEOUT)

@@ -1,10 +1,12 @@
 """Lost connections: a claim whose answer is lost (the claim commits, the connection dies
-before its rows reach the worker), and how soon worker threads reconnect. A loopback TCP proxy between the worker and PostgreSQL forwards the
+before its rows reach the worker), how soon worker threads reconnect, and defers during
+an outage. A loopback TCP proxy between the worker and PostgreSQL forwards the
 claim statement, then swallows the server's answer and cuts the connection. The worker
 must give back what it locked without knowing, and run those jobs soon."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -16,7 +18,7 @@ import pytest
 from processes import wait_for
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgworker import App
+from pgworker import App, DatabaseUnavailableError
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -27,7 +29,7 @@ CLAIM_MARKER = b"locked_queues"
 class LosingProxy:
     """Forwards connections to PostgreSQL; the first connection that sends the claim
     statement gets no answer to it, and is cut half a second later (once the server has
-    committed)."""
+    committed). ``go_down()`` stops it: every connection cut, new ones refused."""
 
     def __init__(self, target: tuple[int, str | tuple[str, int]]) -> None:
         self.family, self.address = target
@@ -35,11 +37,22 @@ class LosingProxy:
         self.port = self.listener.getsockname()[1]
         self.cut = threading.Event()
         self._closing = threading.Event()
+        self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def close(self) -> None:
         self._closing.set()
+        # shutdown() stops a listening socket at once (close() alone waits for the
+        # blocked accept to return, and goes on accepting meanwhile).
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+
+    def go_down(self) -> None:
+        self.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _accept(self) -> None:
         while not self._closing.is_set():
@@ -49,6 +62,7 @@ class LosingProxy:
                 return
             server = socket.socket(self.family, socket.SOCK_STREAM)
             server.connect(self.address)
+            self._sockets += [client, server]
             swallow = threading.Event()
             threading.Thread(target=self._up, args=(client, server, swallow), daemon=True).start()
             threading.Thread(target=self._down, args=(server, client, swallow), daemon=True).start()
@@ -137,3 +151,23 @@ def test_reconnect_backoff_stays_within_a_few_seconds() -> None:
     delays = [backoff_delay(attempt) for attempt in range(1, 200)]
     assert max(delays) <= BACKOFF_MAX == 5.0
     assert min(delays[10:]) >= BACKOFF_MAX / 2  # jitter keeps it above half the cap
+
+
+def test_defer_during_an_outage_fails_fast(
+    make_app: Callable[..., App], proxy: LosingProxy, database_url: str
+) -> None:
+    """A web request that defers while the database is unreachable gets a clear error
+    within the pool timeout, instead of hanging."""
+    through_proxy = make_conninfo(
+        database_url, host="127.0.0.1", hostaddr="127.0.0.1", port=proxy.port, sslmode="disable"
+    )
+    make_app().open().migrate()
+    app = make_app(database_url=through_proxy, pool_timeout=1.0)
+    with app:
+        app.defer("work", {"n": 1})
+        proxy.go_down()
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(DatabaseUnavailableError, match="the database is unreachable"):
+                app.defer("work", {"n": 2})
+            assert time.monotonic() - started < 2.0
