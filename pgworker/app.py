@@ -11,7 +11,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
 from .admin import Admin
@@ -26,9 +25,9 @@ from .embedded import (
     start_embedded,
 )
 from .enqueue import Enqueueing
-from .errors import ConfigurationError, DatabaseUnavailableError, MigrationError
+from .errors import ConfigurationError
 from .hooks import Hooks, Plugin
-from .migrate import MigrationOutcome, migrate
+from .migrate import MigrationOutcome, migrate_pool
 from .recovery import Recovery
 from .retries import Backoff, check_backoff
 from .settings import check_not_negative, check_positive, check_schema
@@ -367,20 +366,7 @@ class App(Enqueueing):
 
     def migrate(self) -> MigrationOutcome:
         """Install or upgrade the worker schema; safe to call from many processes at once."""
-        try:
-            with self.pool.connection() as conn:
-                return migrate(conn, self.schema)
-        except MigrationError:
-            raise
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailableError(f"the database is unreachable: {exc}") from exc
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise MigrationError(
-                f"migrating schema {self.schema!r} needs more privileges "
-                f"({exc.diag.message_primary}): run it as the role that owns the schema"
-            ) from exc
-        except psycopg.Error as exc:
-            raise MigrationError(f"migrating schema {self.schema!r} failed: {exc}") from exc
+        return migrate_pool(self.pool, self.schema)
 
     def run(self, *, install_signal_handlers: bool = True) -> None:
         """Run a worker until SIGINT/SIGTERM (or ``KeyboardInterrupt``); blocks.

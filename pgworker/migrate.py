@@ -5,7 +5,10 @@ from __future__ import annotations
 import enum
 import logging
 
-from .errors import IncompatibleSchemaError, MigrationError
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from .errors import DatabaseUnavailableError, IncompatibleSchemaError, MigrationError
 from .store_base import Connection
 from .store_migrate import MigrationStatements
 
@@ -36,6 +39,25 @@ class MigrationOutcome(enum.Enum):
     INSTALLED = "installed"
     UPGRADED = "upgraded"
     CURRENT = "current"
+
+
+def migrate_pool(pool: ConnectionPool[Connection], schema: str) -> MigrationOutcome:
+    """``migrate`` on a connection from ``pool``, with the driver's errors turned into
+    pgworker's: DatabaseUnavailableError, or MigrationError saying what went wrong."""
+    try:
+        with pool.connection() as conn:
+            return migrate(conn, schema)
+    except MigrationError:
+        raise
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailableError(f"the database is unreachable: {exc}") from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise MigrationError(
+            f"migrating schema {schema!r} needs more privileges "
+            f"({exc.diag.message_primary}): run it as the role that owns the schema"
+        ) from exc
+    except psycopg.Error as exc:
+        raise MigrationError(f"migrating schema {schema!r} failed: {exc}") from exc
 
 
 def migrate(conn: Connection, schema: str) -> MigrationOutcome:
