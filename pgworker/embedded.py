@@ -158,20 +158,6 @@ def embedded_postgres(data_dir: Path | None = None) -> Iterator[str]:
         server.release()
 
 
-@contextmanager
-def development_database(explicit: str | None = None) -> Iterator[str]:
-    """Yield the database the rule picks, starting the embedded one for the length of
-    the ``with`` block if need be. For scripts and examples."""
-    url = configured_database_url(explicit)
-    if url is not None:
-        yield url
-        return
-    if not embedded_allowed():
-        raise no_database_error()
-    with embedded_postgres() as embedded_url:
-        yield embedded_url
-
-
 def _forget_dead_users(pgdata: Path) -> None:
     """Drop processes that died without letting go (SIGKILL) from the wheel's list of
     the server's users, so that the last live one still stops it."""
