@@ -71,7 +71,7 @@ def cli(ctx: click.Context) -> None:
 @click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
-    help="Serve Prometheus metrics on HOST:PORT/metrics (needs pgworker[prometheus]).",
+    help="Serve Prometheus metrics on HOST:PORT/metrics (needs the prometheus extra).",
 )
 @click.option(
     "--metrics-host",
