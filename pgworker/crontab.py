@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
+import json5
 import msgspec
 
 from .cron_expr import CronExpression, CronExpressionError, format_cron_ts
 from .errors import ConfigurationError, PayloadError
 from .payload import PayloadCodec
-from .spec import JobSpec
+from .spec import JobSpec, check_task_identifier
 
 #: The job key modes a cron item may use (``unsafe_dedupe`` is not one, as in graphile-worker).
 CronJobKeyMode = Literal["replace", "preserve_run_at"]
 CRON_JOB_KEY_MODES: tuple[CronJobKeyMode, ...] = ("replace", "preserve_run_at")
-#: graphile-worker's task identifiers in a crontab (slashes for nested task folders).
-_TASK = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9:/-]*$")
 #: graphile-worker's pattern for the ``id`` of a cron item (the crontab's ``?id=``).
 CRON_ID = re.compile(r"^[_a-zA-Z][-_a-zA-Z0-9]*$")
 #: The other crontab option patterns (graphile-worker's).
@@ -29,6 +29,8 @@ _MAX = re.compile(r"^[0-9]+$")
 _QUEUE = re.compile(r"^[-a-zA-Z0-9_:]+$")
 _PRIORITY = re.compile(r"^-?[0-9]+$")
 _FILL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The longest backfill period (Python's timedelta ends at 999,999,999 days).
+_MAX_FILL_SECONDS = 100_000_000 * 604800
 #: Option names as written in a crontab, mapped to one name per option (Node's camelCase
 #: and the Rust port's snake_case spellings of the job key options are both accepted).
 _OPTION_NAMES = {
@@ -158,8 +160,9 @@ def parse_crontab(text: str, *, source: str = "crontab") -> list[CronItem]:
     lines starting with ``#`` are skipped. Options, URL-query style: ``id``, ``fill``
     (``1w2d3h4m5s``), ``max``, ``queue``, ``jobKey``, ``jobKeyMode``, ``priority``
     (``job_key`` and ``job_key_mode`` are accepted too); an unknown or repeated option is
-    an error. The payload is a JSON object to the end of the line: JSON, not the JSON5
-    graphile-worker reads, so quote keys and strings with double quotes.
+    an error. The payload is a JSON5 object that ends the line, as in graphile-worker
+    (``{greeting: 'hi', n: 0x10,}``). The task identifier follows ``App.task``'s rule,
+    dots included (graphile-worker's parser refuses dots).
 
     Raises CrontabError naming the line (``source`` names the file in messages), also
     for two items with one identifier.
@@ -224,11 +227,9 @@ def _parse_line(line: str) -> CronItem:
 def _split_command(command: str) -> tuple[str, str | None, str | None]:
     """``task [?options] [{payload}]`` as its three parts."""
     task, rest = _split_word(command)
-    if not _TASK.match(task):
-        raise ConfigurationError(
-            f"invalid task identifier '{task}': it must start with a letter or _ and hold "
-            "only letters, digits and _ : / -"
-        )
+    # One rule with App.task, so any registered task can be scheduled; graphile-worker's
+    # parser refuses dots, so a crontab naming such a task is pgworker's alone.
+    check_task_identifier(task)
     options = None
     if rest.startswith("?"):
         if len(rest) == 1 or rest[1].isspace():
@@ -236,13 +237,18 @@ def _split_command(command: str) -> tuple[str, str | None, str | None]:
         options, rest = _split_word(rest[1:])
     if not rest:
         return task, options, None
-    if rest.startswith("{"):
+    if rest.startswith("{") and rest.endswith("}"):
         return task, options, rest
     word = rest.split()[0]
-    hint = " (comments go on lines of their own)" if word.startswith("#") else ""
+    if rest.startswith("{"):
+        hint = " (the payload must end the line with its closing })"
+    elif word.startswith("#"):
+        hint = " (comments go on lines of their own)"
+    else:
+        hint = ""
     raise ConfigurationError(
         f"unexpected '{word}' after the task identifier: expected ?options, then a "
-        f"{{JSON payload}}{hint}"
+        f"{{JSON5 payload}}{hint}"
     )
 
 
@@ -276,26 +282,32 @@ def _parse_options(text: str | None) -> dict[str, str]:
 def _parse_fill(text: str) -> timedelta:
     """A backfill period such as ``1w2d3h4m5s`` (weeks, days, hours, minutes, seconds)."""
     seconds = sum(int(n) * _FILL_UNITS[unit] for n, unit in _FILL_PART.findall(text))
+    if seconds > _MAX_FILL_SECONDS:
+        raise ConfigurationError(
+            f"invalid value '{text}' for option 'fill': at most {_MAX_FILL_SECONDS // 604800} weeks"
+        )
     return timedelta(seconds=seconds)
 
 
 def _parse_payload(text: str) -> dict[str, Any]:
+    """A JSON5 object, as graphile-worker reads crontab payloads (unquoted keys, single
+    quotes, trailing commas, comments, hexadecimal numbers)."""
     try:
-        payload = json.loads(text, parse_constant=_reject_constant)
+        payload = json5.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except ValueError as exc:
-        detail = (
-            f"{exc.msg} at character {exc.pos + 1} of the payload"
-            if isinstance(exc, json.JSONDecodeError)
-            else str(exc)
-        )
-        raise ConfigurationError(
-            f"invalid JSON payload: {detail} (pgworker reads JSON, not JSON5: quote keys and "
-            "strings with double quotes)"
-        ) from None
+        raise ConfigurationError(f"invalid JSON5 payload: {exc}") from None
     if not isinstance(payload, dict):
-        raise ConfigurationError("the payload must be a JSON object")
+        raise ConfigurationError("the payload must be a JSON5 object")
     return payload
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    # Node's JSON5 reads them, then its JSON.stringify writes null: refuse instead.
+    raise ValueError(f"{name} cannot be stored in a JSON payload")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large to store in a JSON payload")
+    return value
