@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +30,7 @@ from .migrate import MigrationOutcome, migrate_pool
 from .recovery import Recovery
 from .retries import Backoff, check_backoff
 from .settings import check_not_negative, check_positive, check_schema
-from .spec import MAX_IDENTIFIER_LENGTH, JobSpec
+from .spec import JobSpec, check_task_identifier
 from .store import Connection, Store
 from .task import Task
 
@@ -46,8 +45,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_SCHEMA = "graphile_worker"
-#: Task identifiers as graphile-worker's crontab accepts them, slashes included.
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_:/.\-]*$")
 #: Forbidden flags: none, a list, or a function called before each fetch that returns one.
 ForbiddenFlags = Sequence[str] | Callable[[], Sequence[str] | None] | None
 
@@ -264,11 +261,7 @@ class App(Enqueueing):
         A task can also decide its job's fate as it runs: see ``Retry``, ``Snooze``,
         ``PermanentFailure`` and ``BatchResult``.
         """
-        if not _IDENTIFIER.match(identifier) or len(identifier) > MAX_IDENTIFIER_LENGTH:
-            raise ConfigurationError(
-                f"task identifier {identifier!r} must start with a letter or _, hold only "
-                "letters, digits and _ : / . -, and be at most 128 characters"
-            )
+        check_task_identifier(identifier)
         if identifier in self.tasks:
             raise ConfigurationError(f"task {identifier!r} is already registered on this app")
         if timeout is not None and not timeout > 0:

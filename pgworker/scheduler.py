@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from .connections import backoff_delay
-from .crontab import MINUTE, CronItem, ceil_minute, floor_minute, format_cron_ts
+from .cron_expr import MINUTE, ceil_minute, floor_minute, format_cron_ts
+from .crontab import CronItem
 from .errors import ConfigurationError
 from .hooks import Hooks
 
