@@ -29,7 +29,7 @@ from .hooks import Hooks, Plugin
 from .migrate import MigrationOutcome, migrate_pool
 from .recovery import Recovery
 from .registry import ForbiddenFlags, Registry
-from .settings import check_not_negative, check_positive, check_schema
+from .settings import check_not_negative, check_positive, check_schema, check_worker_id
 from .store import Connection, Store
 from .task import Task
 
@@ -82,6 +82,10 @@ class App(Registry, Enqueueing):
     - ``hard_timeout``: seconds past its timeout after which a job that still runs has
       overrun it: ``run()`` (and ``pgworker run``) then stops the worker so that a fresh
       process can take over, failing the job; ``start()`` only logs and tells plugins.
+    - ``worker_id``: the id of this app's workers (``locked_by`` of their jobs, their key
+      in the worker registry); default ``pgworker-`` and 18 random hex digits. A worker
+      refuses to start (WorkerIdInUseError) while a live worker is registered under its
+      id, and gives back the jobs a dead one of the same id left locked.
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class App(Registry, Enqueueing):
         recovery: Recovery | None = None,
         default_timeout: float | None = None,
         hard_timeout: float = 30.0,
+        worker_id: str | None = None,
     ) -> None:
         check_schema(schema)
         check_positive("concurrency", concurrency)
@@ -116,6 +121,8 @@ class App(Registry, Enqueueing):
         if default_timeout is not None:
             check_positive("default_timeout", default_timeout)
         check_positive("hard_timeout", hard_timeout)
+        if worker_id is not None:
+            check_worker_id(worker_id)
         if shutdown_grace_period < 0 or interrupted_retry_delay < 0:
             raise ConfigurationError(
                 "shutdown_grace_period and interrupted_retry_delay must be >= 0"
@@ -136,6 +143,7 @@ class App(Registry, Enqueueing):
         self.recovery = recovery or Recovery()
         self.default_timeout = default_timeout
         self.hard_timeout = hard_timeout
+        self.worker_id = worker_id
         self.forbidden_flags = forbidden_flags
         self.extensions = Extensions(extensions)
         self.hooks = Hooks(plugins)
@@ -162,6 +170,7 @@ class App(Registry, Enqueueing):
         async_concurrency: int | None = None,
         poll_interval: float | None = None,
         prefetch: int | None = None,
+        worker_id: str | None = None,
     ) -> App:
         """Override settings (what the CLI's options do). The database and the schema
         can only change before the app opens."""
@@ -189,6 +198,9 @@ class App(Registry, Enqueueing):
         if prefetch is not None:
             check_not_negative("prefetch", prefetch)
             self.prefetch = prefetch
+        if worker_id is not None:
+            check_worker_id(worker_id)
+            self.worker_id = worker_id
         if database_url is not None:
             self.database_url = database_url
         return self
@@ -328,6 +340,7 @@ class App(Registry, Enqueueing):
             hard_timeout=self.hard_timeout,
             exit_on_overrun=exit_on_overrun,
             once=once,
+            worker_id=self.worker_id,
         )
         return Worker(
             store=self.store,

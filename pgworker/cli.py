@@ -78,6 +78,11 @@ def cli(ctx: click.Context) -> None:
     metavar="HOST",
     help="The address --metrics-port listens on (default 127.0.0.1; 0.0.0.0 for all).",
 )
+@click.option(
+    "--worker-id",
+    metavar="ID",
+    help="This worker's id (locked_by of its jobs); default pgworker-<random hex>.",
+)
 @database_options
 @log_options
 def run(
@@ -90,6 +95,7 @@ def run(
     crontab_file: str | None,
     metrics_port: int | None,
     metrics_host: str | None,
+    worker_id: str | None,
     database_url: str | None,
     schema: str | None,
 ) -> None:
@@ -107,6 +113,7 @@ def run(
             async_concurrency=async_concurrency,
             poll_interval=poll_interval,
             prefetch=prefetch,
+            worker_id=worker_id,
         )
         if crontab_file is not None:
             app.add_crontab(Path(crontab_file).read_text(encoding="utf-8"), source=crontab_file)

@@ -97,7 +97,7 @@ class Worker:
     ) -> None:
         if not tasks:
             raise PgWorkerError("the app has no tasks: register some with @app.task(...)")
-        self.worker_id = f"pgworker-{secrets.token_hex(9)}"
+        self.worker_id = settings.worker_id or f"pgworker-{secrets.token_hex(9)}"
         self.store = store
         self.conninfo = conninfo
         self.tasks = tasks
@@ -280,6 +280,7 @@ class Worker:
                 metadata,
                 settings.recovery.heartbeat_interval,
                 still_running=lambda timeout: not self.inflight.wait_running_done(timeout),
+                stale_after=settings.recovery.stale_after,
             )
             self.heartbeat.register()
         # If the process exits before every claimed job is recorded, give them back.

@@ -1,0 +1,186 @@
+"""graphile-worker behaviours ported one by one: a settable worker id, the schema from
+GRAPHILE_WORKER_SCHEMA, ``run --cleanup``, the events of listen, empty fetches, stale-lock
+resets and cron start, and the application's clock for run_at."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from pgworker import App, ConfigurationError, JobContext, WorkerIdInUseError
+from pgworker.cli import cli
+from tests.processes import wait_for
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+@pytest.fixture
+def app_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str], ModuleType]]:
+    """Write a module holding ``app`` (the code given) and import it for the CLI; it is
+    forgotten afterwards, so that no test sees another's App."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names: list[str] = []
+
+    def write(code: str) -> ModuleType:
+        name = f"pgw_parity_{secrets.token_hex(4)}"
+        (tmp_path / f"{name}.py").write_text(code)
+        names.append(name)
+        __import__(name)
+        return sys.modules[name]
+
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+RECORDING_APP = """
+from pgworker import App, JobContext
+
+app = App(poll_interval=0.2)
+seen = []
+
+
+@app.task("record")
+def record(payload: dict, ctx: JobContext) -> None:
+    seen.append(ctx.worker_id)
+"""
+
+
+# -- worker id --------------------------------------------------------------------------
+
+
+def blocking_app(make_app: Callable[..., App], **options: Any) -> tuple[App, threading.Event]:
+    """An app whose ``hold`` task runs until the returned event is set."""
+    release = threading.Event()
+    app = make_app(**options)
+
+    @app.task("hold")
+    def hold(payload: dict[str, Any], ctx: JobContext) -> None:
+        release.wait(10)
+
+    return app, release
+
+
+def test_the_worker_id_given_is_the_lock_owner_and_the_registry_key(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    app, release = blocking_app(make_app, worker_id="web-1.example:7")
+    with app:
+        handle = app.start()
+        try:
+            assert handle.worker_id == "web-1.example:7"
+            job = app.defer("hold", {})
+            locked_by = wait_for(
+                lambda: db.execute(
+                    f'select locked_by from "{schema}".jobs where id = %s', [job.id]
+                ).fetchone()[0],  # type: ignore[index]
+                5,
+                "the job to be locked",
+            )
+            assert locked_by == "web-1.example:7"
+            registered = db.execute(f'select id from "{schema}"._private_workers').fetchall()
+            assert registered == [("web-1.example:7",)]
+        finally:
+            release.set()
+            handle.stop(5)
+
+
+@pytest.mark.parametrize("worker_id", ["", "two words", "tab\there", "x" * 129])
+def test_a_bad_worker_id_is_refused(make_app: Callable[..., App], worker_id: str) -> None:
+    with pytest.raises(ConfigurationError, match="worker_id must be"):
+        make_app(worker_id=worker_id)
+    with pytest.raises(ConfigurationError, match="worker_id must be"):
+        make_app().configure(worker_id=worker_id)
+
+
+def test_a_second_live_worker_with_the_same_id_is_refused(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    first, release = blocking_app(make_app, worker_id="twin")
+    second, _ = blocking_app(make_app, worker_id="twin")
+    with first, second:
+        handle = first.start()
+        try:
+            job = first.defer("hold", {})
+            wait_for(
+                lambda: db.execute(
+                    f'select locked_by from "{schema}".jobs where id = %s', [job.id]
+                ).fetchone()[0]  # type: ignore[index]
+                == "twin",
+                5,
+                "the first worker to take the job",
+            )
+            with pytest.raises(WorkerIdInUseError, match="'twin' belongs to a live worker"):
+                second.start()
+            # The refused worker changed nothing: the first still holds its job and row.
+            assert db.execute(
+                f'select locked_by from "{schema}".jobs where id = %s', [job.id]
+            ).fetchone() == ("twin",)
+            assert db.execute(f'select count(*) from "{schema}"._private_workers').fetchone() == (
+                1,
+            )
+        finally:
+            release.set()
+            handle.stop(5)
+        # Once the first has stopped (and left the registry), the id is free again.
+        release.clear()
+        handle = second.start()
+        handle.stop(5)
+
+
+def test_a_dead_predecessor_s_locked_jobs_come_back_to_a_worker_with_its_id(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    app = make_app(worker_id="steady")
+    ran: list[int] = []
+
+    @app.task("work")
+    def work(payload: dict[str, Any], ctx: JobContext) -> None:
+        ran.append(ctx.job.id)
+
+    with app:
+        app.migrate()
+        job = app.defer("work", {})
+        # What a crash leaves: the job locked under the id, a registry row gone stale.
+        db.execute(
+            f"""update "{schema}"._private_jobs set locked_by = 'steady', locked_at = now(),
+            attempts = 1 where id = %s""",
+            [job.id],
+        )
+        db.execute(
+            f"""insert into "{schema}"._private_workers (id, last_heartbeat_at, metadata)
+            values ('steady', now() - interval '1 hour', '{{"runtime": "pgworker"}}')"""
+        )
+        handle = app.start()
+        try:
+            wait_for(lambda: ran == [job.id], 5, "the predecessor's job to run again")
+        finally:
+            handle.stop(5)
+
+
+def test_cli_run_takes_a_worker_id(
+    app_module: Callable[[str], ModuleType], database_url: str, schema: str
+) -> None:
+    module = app_module(RECORDING_APP)
+    common = ["--database-url", database_url, "--schema", schema]
+    runner = CliRunner()
+    assert runner.invoke(cli, ["migrate", *common]).exit_code == 0
+    assert runner.invoke(cli, ["defer", "record", *common]).exit_code == 0
+    target = f"{module.__name__}:app"
+    result = runner.invoke(cli, ["run", target, "--once", "--worker-id", "cli-7", *common])
+    assert result.exit_code == 0, result.output
+    assert module.seen == ["cli-7"]
+    result = runner.invoke(cli, ["run", target, "--once", "--worker-id", "a b", *common])
+    assert result.exit_code == 1
+    assert "worker_id must be printable characters without spaces" in result.output
