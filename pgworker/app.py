@@ -29,7 +29,14 @@ from .hooks import Hooks, Plugin
 from .migrate import MigrationOutcome, migrate_pool
 from .recovery import Recovery
 from .registry import ForbiddenFlags, Registry
-from .settings import check_not_negative, check_positive, check_schema, check_worker_id
+from .settings import (
+    DEFAULT_SCHEMA,
+    check_not_negative,
+    check_positive,
+    check_schema,
+    check_worker_id,
+    default_schema,
+)
 from .store import Connection, Store
 from .task import Task
 
@@ -38,8 +45,6 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SCHEMA = "graphile_worker"
 
 
 class App(Registry, Enqueueing):
@@ -54,6 +59,8 @@ class App(Registry, Enqueueing):
     - ``embedded``: False forbids that embedded fallback (as ``PGWORKER_NO_EMBEDDED=1``
       does): a missing setting then fails instead of starting a server.
     - ``schema``: the worker schema, shared with any Node or Rust worker on the database.
+      Without one, the app takes ``GRAPHILE_WORKER_SCHEMA`` when it opens (as
+      graphile-worker does), else ``graphile_worker``.
     - ``concurrency``: how many jobs of sync tasks run at once, each on its own thread.
     - ``async_concurrency``: how many jobs of ``async def`` tasks run at once, on the
       worker's one event loop (a job awaiting I/O holds no thread); counted apart from
@@ -93,7 +100,7 @@ class App(Registry, Enqueueing):
         *,
         database_url: str | None = None,
         embedded: bool = True,
-        schema: str = DEFAULT_SCHEMA,
+        schema: str | None = None,
         concurrency: int = 4,
         async_concurrency: int = 100,
         poll_interval: float = 2.0,
@@ -113,7 +120,8 @@ class App(Registry, Enqueueing):
         hard_timeout: float = 30.0,
         worker_id: str | None = None,
     ) -> None:
-        check_schema(schema)
+        if schema is not None:
+            check_schema(schema)
         check_positive("concurrency", concurrency)
         check_positive("async_concurrency", async_concurrency)
         check_positive("poll_interval", poll_interval)
@@ -130,7 +138,9 @@ class App(Registry, Enqueueing):
         self.database_url = database_url
         self.embedded = embedded
         self._embedded: EmbeddedServer | None = None
-        self.schema = schema
+        #: The schema in use: until an app with no ``schema`` opens, the default one.
+        self.schema = schema or DEFAULT_SCHEMA
+        self._schema_given = schema is not None
         self.concurrency = concurrency
         self.async_concurrency = async_concurrency
         self.poll_interval = poll_interval
@@ -159,7 +169,10 @@ class App(Registry, Enqueueing):
         self.tasks: dict[str, Task[Any, Any, Any]] = {}
         self._own_pool = pool is None
         self._pool = pool
-        self.store = Store(pool, schema)
+        self.store = Store(None, self.schema)
+        if pool is not None:
+            self._settle_schema()
+            self.store.pool = pool
 
     def configure(
         self,
@@ -181,10 +194,12 @@ class App(Registry, Enqueueing):
             raise ConfigurationError(
                 "the database and schema can only change before the app is opened"
             )
-        if schema is not None and schema != self.schema:
+        if schema is not None:
             check_schema(schema)
-            self.schema = schema
-            self.store = Store(None, schema)
+            self._schema_given = True
+            if schema != self.schema:
+                self.schema = schema
+                self.store = Store(None, schema)
         if concurrency is not None:
             check_positive("concurrency", concurrency)
             self.concurrency = concurrency
@@ -222,6 +237,7 @@ class App(Registry, Enqueueing):
             return self
         if database_url is not None:
             self.database_url = database_url
+        self._settle_schema()
         url = configured_database_url(self.database_url)
         if url is None:
             if not (self.embedded and embedded_allowed()):
@@ -240,6 +256,15 @@ class App(Registry, Enqueueing):
             raise
         self._pool = self.store.pool = pool
         return self
+
+    def _settle_schema(self) -> None:
+        """Fix the schema of an app that names none (GRAPHILE_WORKER_SCHEMA), as it opens."""
+        if self._schema_given:
+            return
+        schema = default_schema()
+        if schema != self.schema:
+            self.schema = schema
+            self.store = Store(None, schema)
 
     def close(self) -> None:
         """Close the pool the app opened (a pool given to the constructor stays open),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
@@ -30,10 +31,28 @@ class WorkerSettings:
     worker_id: str | None = None
 
 
-def check_schema(schema: str) -> None:
-    """A schema name PostgreSQL takes: 1 to 63 characters."""
+def check_schema(schema: str, *, source: str = "schema") -> None:
+    """A schema name PostgreSQL takes: 1 to 63 characters (``source`` names the setting
+    in the error)."""
     if not 0 < len(schema) <= 63:
-        raise ConfigurationError(f"schema must be 1 to 63 characters, got {schema!r}")
+        raise ConfigurationError(f"{source} must be 1 to 63 characters, got {schema!r}")
+
+
+#: The worker schema when nothing names one: graphile-worker's.
+DEFAULT_SCHEMA = "graphile_worker"
+#: The environment variable graphile-worker reads its default schema from.
+SCHEMA_VARIABLE = "GRAPHILE_WORKER_SCHEMA"
+
+
+def default_schema() -> str:
+    """The schema of an app that names none, as graphile-worker picks it:
+    ``GRAPHILE_WORKER_SCHEMA`` if set and not empty, else ``graphile_worker``. Read when
+    the app opens, never at import."""
+    value = os.environ.get(SCHEMA_VARIABLE)
+    if not value:
+        return DEFAULT_SCHEMA
+    check_schema(value, source=SCHEMA_VARIABLE)
+    return value
 
 
 #: The longest worker id accepted: it is ``locked_by`` of jobs, a registry key and a

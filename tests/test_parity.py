@@ -114,10 +114,12 @@ def test_a_second_live_worker_with_the_same_id_is_refused(
         try:
             job = first.defer("hold", {})
             wait_for(
-                lambda: db.execute(
-                    f'select locked_by from "{schema}".jobs where id = %s', [job.id]
-                ).fetchone()[0]  # type: ignore[index]
-                == "twin",
+                lambda: (
+                    db.execute(
+                        f'select locked_by from "{schema}".jobs where id = %s', [job.id]
+                    ).fetchone()[0]  # type: ignore[index]
+                    == "twin"
+                ),
                 5,
                 "the first worker to take the job",
             )
@@ -184,3 +186,48 @@ def test_cli_run_takes_a_worker_id(
     result = runner.invoke(cli, ["run", target, "--once", "--worker-id", "a b", *common])
     assert result.exit_code == 1
     assert "worker_id must be printable characters without spaces" in result.output
+
+
+# -- GRAPHILE_WORKER_SCHEMA -------------------------------------------------------------
+
+
+def test_graphile_worker_schema_is_the_default_schema(
+    database_url: str, schema: str, db: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = App(database_url=database_url)  # built before the variable is set: read at open
+    monkeypatch.setenv("GRAPHILE_WORKER_SCHEMA", schema)
+    with app:
+        app.migrate()
+        assert app.schema == schema
+        app.defer("anything", {"n": 1})
+    assert db.execute(f'select task_identifier from "{schema}".jobs').fetchall() == [
+        ("anything",)
+    ]
+
+
+def test_an_explicit_schema_wins_over_graphile_worker_schema(
+    database_url: str, schema: str, db: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRAPHILE_WORKER_SCHEMA", "pgw_not_this_one")
+    with App(database_url=database_url, schema=schema) as app:
+        assert app.schema == schema
+    app = App(database_url=database_url).configure(schema=schema)
+    with app:
+        assert app.schema == schema
+    runner = CliRunner()
+    result = runner.invoke(cli, ["migrate", "--database-url", database_url, "--schema", schema])
+    assert f"Schema {schema!r}: installed" in result.output
+    gone = db.execute("select 1 from pg_namespace where nspname = 'pgw_not_this_one'").fetchall()
+    assert gone == []
+
+
+def test_cli_takes_the_schema_from_graphile_worker_schema(
+    database_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRAPHILE_WORKER_SCHEMA", schema)
+    result = CliRunner().invoke(cli, ["migrate", "--database-url", database_url])
+    assert f"Schema {schema!r}: installed" in result.output
+    monkeypatch.setenv("GRAPHILE_WORKER_SCHEMA", "x" * 64)
+    result = CliRunner().invoke(cli, ["migrate", "--database-url", database_url])
+    assert result.exit_code == 1
+    assert "GRAPHILE_WORKER_SCHEMA must be 1 to 63 characters" in result.output
