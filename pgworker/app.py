@@ -293,7 +293,7 @@ class App(Registry, Enqueueing):
     @property
     def admin(self) -> Admin:
         """Operations on jobs: remove, complete, fail, reschedule, unlock, clean up, list."""
-        return Admin(self.store)
+        return Admin(self.store, known_tasks=list(self.tasks))
 
     @property
     def conninfo(self) -> str:

@@ -165,7 +165,7 @@ class Worker:
             self.settings.schema,
             self.settings.concurrency,
             tuple(sorted(self.tasks)),
-            Admin(self.store),
+            Admin(self.store, known_tasks=list(self.tasks)),
         )
 
     def run(self, *, install_signal_handlers: bool = True) -> None:

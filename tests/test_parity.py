@@ -200,9 +200,7 @@ def test_graphile_worker_schema_is_the_default_schema(
         app.migrate()
         assert app.schema == schema
         app.defer("anything", {"n": 1})
-    assert db.execute(f'select task_identifier from "{schema}".jobs').fetchall() == [
-        ("anything",)
-    ]
+    assert db.execute(f'select task_identifier from "{schema}".jobs').fetchall() == [("anything",)]
 
 
 def test_an_explicit_schema_wins_over_graphile_worker_schema(
@@ -231,3 +229,109 @@ def test_cli_takes_the_schema_from_graphile_worker_schema(
     result = CliRunner().invoke(cli, ["migrate", "--database-url", database_url])
     assert result.exit_code == 1
     assert "GRAPHILE_WORKER_SCHEMA must be 1 to 63 characters" in result.output
+
+
+# -- cleanup ----------------------------------------------------------------------------
+
+
+def names(db: Conn, schema: str, table: str, column: str) -> set[str]:
+    return {row[0] for row in db.execute(f'select {column} from "{schema}".{table}').fetchall()}
+
+
+def test_run_cleanup_deletes_what_graphile_worker_s_cleanup_tasks_delete(
+    app_module: Callable[[str], ModuleType], database_url: str, schema: str, db: Conn
+) -> None:
+    module = app_module(RECORDING_APP)
+    with App(database_url=database_url, schema=schema) as setup:
+        setup.migrate()
+        dead = setup.defer("old_failed", {})
+        running_dead = setup.defer("old_failed_running", {})
+        alive = setup.defer("in_use", {}, queue="busy")
+        setup.admin.permanently_fail_jobs([dead.id, running_dead.id])
+        for queue in ("empty", "empty_locked"):
+            setup.defer("gone", {}, queue=queue)
+    db.execute(f"""delete from "{schema}"._private_jobs where id not in (%s, %s, %s)""",
+               [dead.id, running_dead.id, alive.id])  # fmt: skip
+    db.execute(
+        f"""update "{schema}"._private_jobs set locked_at = now(), locked_by = 'w'
+        where id = %s""",
+        [running_dead.id],
+    )
+    db.execute(
+        f"""update "{schema}"._private_job_queues set locked_at = now(), locked_by = 'w'
+        where queue_name = 'empty_locked'"""
+    )
+    db.execute(f"""insert into "{schema}"._private_tasks (identifier) values ('record'),
+        ('elsewhere')""")  # fmt: skip
+    db.execute(
+        f"""insert into "{schema}"._private_workers (id, last_heartbeat_at, metadata)
+        values ('other', now(), '{{"runtime": "pgworker", "tasks": ["elsewhere"]}}')"""
+    )
+    result = CliRunner().invoke(
+        cli,
+        ["run", f"{module.__name__}:app", "--database-url", database_url, "--schema", schema,
+         "--cleanup", "GC_TASK_IDENTIFIERS, GC_JOB_QUEUES", "--cleanup", "DELETE_PERMAFAILED_JOBS"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Deleted 1 permanently failed jobs" in result.output
+    assert "Deleted 1 job queues" in result.output
+    assert "Deleted 2 task identifiers" in result.output
+    assert names(db, schema, "_private_jobs", "id::text") == {str(running_dead.id), str(alive.id)}
+    assert names(db, schema, "_private_job_queues", "queue_name") == {"busy", "empty_locked"}
+    # Kept: used by a job, the app's own task, a task a registered worker runs.
+    assert names(db, schema, "_private_tasks", "identifier") == {
+        "old_failed_running",
+        "in_use",
+        "record",
+        "elsewhere",
+    }
+    assert module.seen == []  # it cleaned up and ran nothing
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cleanup", "GC_JOB_QUEUES,VACUUM"], "expected a comma-separated list of"),
+        (["--cleanup", ","], "expected a comma-separated list of"),
+        (["--cleanup", "GC_JOB_QUEUES", "--once"], "--cleanup cleans up and exits"),
+    ],
+)
+def test_run_cleanup_refuses_what_it_cannot_do(
+    app_module: Callable[[str], ModuleType], args: list[str], message: str
+) -> None:
+    module = app_module(RECORDING_APP)
+    result = CliRunner().invoke(cli, ["run", f"{module.__name__}:app", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_task_identifier_cleanup_keeps_the_ids_a_running_worker_knows(
+    make_app: Callable[..., App], database_url: str, schema: str, db: Conn
+) -> None:
+    """ADM-08: a task whose only job has run keeps its id through a cleanup from outside
+    the worker's process, so that its next job still runs."""
+    app = make_app()
+    ran: list[int] = []
+
+    @app.task("once_in_a_while")
+    def once_in_a_while(payload: dict[str, Any]) -> None:
+        ran.append(1)
+
+    task_id = f'select id from "{schema}"._private_tasks where identifier = %s'
+    with app:
+        handle = app.start()
+        try:
+            app.defer("once_in_a_while", {})
+            wait_for(lambda: ran == [1], 5, "the first job")
+            before = db.execute(task_id, ["once_in_a_while"]).fetchone()
+            result = CliRunner().invoke(
+                cli,
+                ["cleanup", "--gc-task-identifiers", "--database-url", database_url,
+                 "--schema", schema],
+            )  # fmt: skip
+            assert result.exit_code == 0, result.output
+            assert db.execute(task_id, ["once_in_a_while"]).fetchone() == before
+            app.defer("once_in_a_while", {})
+            wait_for(lambda: ran == [1, 1], 5, "the job added after the cleanup")
+        finally:
+            handle.stop(5)

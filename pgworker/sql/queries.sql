@@ -291,11 +291,18 @@ and not exists (
 )
 
 -- name: gc_task_identifiers
--- Cleanup: delete task identifiers no job uses, except those to keep. Unsafe while
--- workers run: they cache task ids, and a re-created identifier gets a new id.
+-- Cleanup: delete task identifiers no job uses, except those to keep and those a
+-- registered pgworker worker runs (its metadata lists them): workers cache task ids, and
+-- a re-created identifier gets a new id they would never fetch. Node workers don't
+-- register: their identifiers must be in the keep list.
 delete from :SCHEMA._private_tasks as tasks
 where tasks.identifier <> all(%(keep)s::text[])
 and not exists (select 1 from :SCHEMA._private_jobs as jobs where jobs.task_id = tasks.id)
+and not exists (
+  select 1 from :SCHEMA._private_workers as workers
+  where jsonb_typeof(workers.metadata -> 'tasks') = 'array'
+  and workers.metadata -> 'tasks' ? tasks.identifier
+)
 
 -- name: list_jobs
 -- Admin: jobs from the public view, filtered by task, queue, key and state, oldest first.
