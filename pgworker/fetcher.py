@@ -113,6 +113,8 @@ class Fetcher:
                 attempt = 0
                 if more:
                     continue
+                if not claimed:
+                    self.hooks.fetch_empty()
                 if once and not claimed and not self.inflight.unsettled:
                     if not self._wake.is_set():
                         return

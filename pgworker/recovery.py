@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from .connections import OwnConnection
-from .errors import ConfigurationError, WorkerIdInUseError
+from .errors import ConfigurationError, PgWorkerError, WorkerIdInUseError
 from .hooks import Hooks
 from .store import Store
 from .store_recovery import RUST_STALE_AFTER
@@ -237,13 +237,23 @@ class Sweeper:
     def reset_stale_locks(self, *, report_unserved: bool = True) -> None:
         """graphile-worker's 4-hour reset, and (``report_unserved``) a warning about jobs
         that no registered worker runs; errors are logged, never raised."""
+        self.hooks.reset_locked_started()
         try:
             self.store.reset_stale_locks(conn=self._conn.get())
-            if not report_unserved:
-                return
+        except Exception as exc:  # the maintenance thread must outlive any one failure
+            expected = isinstance(exc, psycopg.Error | PgWorkerError)
+            (logger.warning if expected else logger.exception)(
+                "Resetting stale locks failed: %s", exc
+            )
+            self.hooks.reset_locked_finished(str(exc).strip() or type(exc).__name__)
+            return
+        self.hooks.reset_locked_finished(None)
+        if not report_unserved:
+            return
+        try:
             unserved = self.store.unserved_tasks(conn=self._conn.get())
         except psycopg.Error as exc:
-            logger.warning("Resetting stale locks failed: %s", exc)
+            logger.warning("Looking for unserved tasks failed: %s", exc)
             return
         if unserved:
             logger.warning(

@@ -16,8 +16,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from pgworker import App, ConfigurationError, JobContext, WorkerIdInUseError
+from pgworker import App, ConfigurationError, JobContext, Plugin, Recovery, WorkerIdInUseError
 from pgworker.cli import cli
+from pgworker.hooks import Hooks
+from pgworker.recovery import Sweeper
+from pgworker.store import Store
 from tests.processes import wait_for
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -335,3 +338,116 @@ def test_task_identifier_cleanup_keeps_the_ids_a_running_worker_knows(
             wait_for(lambda: ran == [1, 1], 5, "the job added after the cleanup")
         finally:
             handle.stop(5)
+
+
+# -- events -----------------------------------------------------------------------------
+
+
+class Events(Plugin):
+    """Records graphile-worker's events as they fire."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any]] = []
+
+    def on_cron_starting(self) -> None:
+        self.seen.append(("cron_starting", None))
+
+    def on_cron_started(self) -> None:
+        self.seen.append(("cron_started", None))
+
+    def on_fetch_empty(self) -> None:
+        self.seen.append(("fetch_empty", None))
+
+    def on_reset_locked_started(self) -> None:
+        self.seen.append(("reset_locked_started", None))
+
+    def on_reset_locked_finished(self, error: str | None) -> None:
+        self.seen.append(("reset_locked_finished", error))
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.seen]
+
+
+def test_a_fetch_that_finds_nothing_is_reported(make_app: Callable[..., App]) -> None:
+    events = Events()
+    app = make_app(plugins=[events])
+    ran: list[int] = []
+
+    @app.task("work")
+    def work(payload: dict[str, Any]) -> None:
+        ran.append(1)
+
+    with app:
+        app.migrate()
+        app.defer("work", {})
+        handle = app.start()
+        try:
+            wait_for(lambda: ran == [1] and "fetch_empty" in events.names(), 5, "an empty fetch")
+        finally:
+            handle.stop(5)
+
+
+def test_cron_reports_starting_then_started_after_registering(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    events = Events()
+    known: list[int] = []
+
+    class Registered(Plugin):
+        def on_cron_started(self) -> None:
+            row = db.execute(f'select count(*) from "{schema}"._private_known_crontabs').fetchone()
+            known.append(row[0] if row else -1)
+
+    app = make_app(plugins=[events, Registered()], crontab="0 4 * * * nightly\n")
+
+    @app.task("nightly")
+    def nightly(payload: dict[str, Any]) -> None:
+        pass
+
+    with app:
+        handle = app.start()
+        try:
+            wait_for(lambda: "cron_started" in events.names(), 5, "cron to start")
+        finally:
+            handle.stop(5)
+    cron = [name for name in events.names() if name.startswith("cron")]
+    assert cron == ["cron_starting", "cron_started"]
+    assert known == [1]  # the item was registered before "started"
+
+
+def test_the_stale_lock_reset_reports_start_and_success(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    events = Events()
+    app = make_app(plugins=[events])
+    ran: list[int] = []
+
+    @app.task("work")
+    def work(payload: dict[str, Any]) -> None:
+        ran.append(1)
+
+    with app:
+        app.migrate()
+        job = app.defer("work", {})
+        db.execute(
+            f"""update "{schema}"._private_jobs set locked_by = 'gone',
+            locked_at = now() - interval '5 hours' where id = %s""",
+            [job.id],
+        )
+        app.run_once(install_signal_handlers=False)  # resets stale locks before it fetches
+    assert events.seen[:2] == [("reset_locked_started", None), ("reset_locked_finished", None)]
+    assert ran == [1]
+
+
+def test_a_failed_stale_lock_reset_is_reported(database_url: str, opened: App) -> None:
+    events = Events()
+    missing = Store(opened.pool, "pgw_no_such_schema")
+    sweeper = Sweeper(missing, database_url, Recovery(), Hooks([events]))
+    try:
+        sweeper.reset_stale_locks()
+    finally:
+        sweeper.close()
+    assert events.names() == ["reset_locked_started", "reset_locked_finished"]
+    error = events.seen[1][1]
+    assert error is not None
+    assert "'pgw_no_such_schema' is not installed" in error
