@@ -93,6 +93,10 @@ class App(Registry, Enqueueing):
       in the worker registry); default ``pgworker-`` and 18 random hex digits. A worker
       refuses to start (WorkerIdInUseError) while a live worker is registered under its
       id, and gives back the jobs a dead one of the same id left locked.
+    - ``use_local_time``: take "now" from this process's clock instead of the database's,
+      as graphile-worker's ``useNodeTime``: a job deferred without ``run_at`` gets this
+      process's time, and workers fetch the jobs whose run_at has passed by it. Locks and
+      retries keep the database's clock.
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class App(Registry, Enqueueing):
         default_timeout: float | None = None,
         hard_timeout: float = 30.0,
         worker_id: str | None = None,
+        use_local_time: bool = False,
     ) -> None:
         if schema is not None:
             check_schema(schema)
@@ -154,6 +159,7 @@ class App(Registry, Enqueueing):
         self.default_timeout = default_timeout
         self.hard_timeout = hard_timeout
         self.worker_id = worker_id
+        self.use_local_time = use_local_time
         self.forbidden_flags = forbidden_flags
         self.extensions = Extensions(extensions)
         self.hooks = Hooks(plugins)
@@ -366,6 +372,7 @@ class App(Registry, Enqueueing):
             exit_on_overrun=exit_on_overrun,
             once=once,
             worker_id=self.worker_id,
+            use_local_time=self.use_local_time,
         )
         return Worker(
             store=self.store,

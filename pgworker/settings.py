@@ -29,6 +29,8 @@ class WorkerSettings:
     once: bool = False
     #: The lock-owner id asked for (``App(worker_id=...)``); None: a generated one.
     worker_id: str | None = None
+    #: Runnable means run_at <= this process's clock, not the database's.
+    use_local_time: bool = False
 
 
 def check_schema(schema: str, *, source: str = "schema") -> None:

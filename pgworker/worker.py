@@ -270,6 +270,7 @@ class Worker:
             hand_out=self.executors.submit,
             async_task_names={i: name for i, name in task_names.items() if is_async[i]},
             async_lane=self.async_jobs,
+            use_local_time=settings.use_local_time,
         )
         if settings.recovery.enabled:
             metadata = worker_metadata(self.worker_id, list(self.tasks), VERSION)

@@ -8,6 +8,7 @@ import secrets
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,7 +17,16 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from pgworker import App, ConfigurationError, JobContext, Plugin, Recovery, WorkerIdInUseError
+import pgworker.fetcher
+from pgworker import (
+    App,
+    ConfigurationError,
+    JobContext,
+    Plugin,
+    RawJob,
+    Recovery,
+    WorkerIdInUseError,
+)
 from pgworker.cli import cli
 from pgworker.hooks import Hooks
 from pgworker.recovery import Sweeper
@@ -24,6 +34,7 @@ from pgworker.store import Store
 from tests.processes import wait_for
 
 Conn = psycopg.Connection[tuple[Any, ...]]
+HOUR = timedelta(hours=1)
 
 
 @pytest.fixture
@@ -451,3 +462,50 @@ def test_a_failed_stale_lock_reset_is_reported(database_url: str, opened: App) -
     error = events.seen[1][1]
     assert error is not None
     assert "'pgw_no_such_schema' is not installed" in error
+
+
+# -- use_local_time (graphile-worker's useNodeTime) -------------------------------------
+
+
+@pytest.mark.parametrize("use_local_time", [True, False])
+def test_use_local_time_gives_a_deferred_job_this_process_s_now(
+    make_app: Callable[..., App], use_local_time: bool
+) -> None:
+    """In a transaction that began a while ago, the database's now() is its start: a
+    visible difference from this process's clock when the job is added."""
+    app = make_app(use_local_time=use_local_time)
+    with app:
+        app.migrate()
+        with app.pool.connection() as conn, conn.transaction():
+            began = conn.execute("select now()").fetchone()[0]  # type: ignore[index]
+            conn.execute("select pg_sleep(0.3)")
+            before = datetime.now(UTC)
+            job = app.defer("anything", {}, conn=conn)
+            (batched,) = app.defer_raw([RawJob("anything", {})], conn=conn)
+            after = datetime.now(UTC)
+    for added in (job, batched):
+        if use_local_time:
+            assert before <= added.run_at <= after
+        else:
+            assert added.run_at == began
+
+
+@pytest.mark.parametrize("use_local_time", [True, False])
+def test_use_local_time_fetches_by_this_process_s_clock(
+    make_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch, use_local_time: bool
+) -> None:
+    """F-07/F-08: a job due in 30 minutes by the database's clock runs at once when the
+    worker's clock says it is an hour later, and only with use_local_time."""
+    monkeypatch.setattr(pgworker.fetcher, "local_time", lambda: datetime.now(UTC) + HOUR)
+    app = make_app(use_local_time=use_local_time)
+    ran: list[int] = []
+
+    @app.task("later")
+    def later(payload: dict[str, Any]) -> None:
+        ran.append(1)
+
+    with app:
+        app.migrate()
+        app.defer("later", {}, delay=timedelta(minutes=30))
+        app.run_once(install_signal_handlers=False)
+    assert ran == ([1] if use_local_time else [])
