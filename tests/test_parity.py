@@ -5,6 +5,7 @@ resets and cron start, and the application's clock for run_at."""
 from __future__ import annotations
 
 import secrets
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from pgworker.hooks import Hooks
 from pgworker.recovery import Sweeper
 from pgworker.store import Store
 from tests.processes import wait_for
+from tests.test_examples import run_example
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 HOUR = timedelta(hours=1)
@@ -509,3 +511,45 @@ def test_use_local_time_fetches_by_this_process_s_clock(
         app.defer("later", {}, delay=timedelta(minutes=30))
         app.run_once(install_signal_handlers=False)
     assert ran == ([1] if use_local_time else [])
+
+
+# -- the crontab example (the Rust tour's examples/crontab.rs) --------------------------
+
+
+def test_the_crontab_example_backfills_say_hello_after_downtime(example_database: str) -> None:
+    """The example's say_hello item backfills 10 minutes: a worker that was down for the
+    last 9 makes up an even minute at once, instead of waiting for the next one."""
+    with App(database_url=example_database) as setup:
+        setup.migrate()
+        with psycopg.connect(example_database, autocommit=True) as conn:
+            conn.execute(
+                f"""insert into "{setup.schema}"._private_known_crontabs
+                (identifier, known_since, last_execution)
+                values ('say_hello', now() - interval '1 day', now() - interval '9 minutes')"""
+            )
+    proc = run_example("crontab", example_database)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    reader = threading.Thread(target=lambda: lines.extend(stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(
+            lambda: "Hello Crontab!\n" in lines,
+            20,
+            "a backfilled say_hello",
+            detail=lambda: "".join(lines),
+        )
+        with psycopg.connect(example_database, autocommit=True) as conn:
+            known = conn.execute(
+                f'select identifier from "{setup.schema}"._private_known_crontabs'
+            ).fetchall()
+        assert sorted(known) == [("say_hello",), ("weekday-report",)]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(5)
+        stdout.close()
