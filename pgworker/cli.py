@@ -78,6 +78,20 @@ def cli(ctx: click.Context) -> None:
     metavar="HOST",
     help="The address --metrics-port listens on (default 127.0.0.1; 0.0.0.0 for all).",
 )
+@click.option(
+    "--cleanup",
+    "cleanup_tasks",
+    metavar="TASKS",
+    multiple=True,
+    help="Instead of running jobs, clean up and exit, as graphile-worker --cleanup: a "
+    "comma-separated list of GC_TASK_IDENTIFIERS (the app's own are kept), GC_JOB_QUEUES, "
+    "DELETE_PERMAFAILED_JOBS.",
+)
+@click.option(
+    "--worker-id",
+    metavar="ID",
+    help="This worker's id (locked_by of its jobs); default pgworker-<random hex>.",
+)
 @database_options
 @log_options
 def run(
@@ -90,6 +104,8 @@ def run(
     crontab_file: str | None,
     metrics_port: int | None,
     metrics_host: str | None,
+    cleanup_tasks: tuple[str, ...],
+    worker_id: str | None,
     database_url: str | None,
     schema: str | None,
 ) -> None:
@@ -98,6 +114,9 @@ def run(
         raise click.UsageError("--crontab needs a running worker: --once schedules no cron")
     if metrics_host is not None and metrics_port is None:
         raise click.UsageError("--metrics-host needs --metrics-port")
+    cleanup = cli_admin.parse_cleanup_tasks(cleanup_tasks) if cleanup_tasks else None
+    if cleanup is not None and (once or crontab_file or metrics_port is not None):
+        raise click.UsageError("--cleanup cleans up and exits: it runs no jobs")
     app = load_app(target)
     with reported_errors(), app_database(app, database_url) as url, ExitStack() as stack:
         app.configure(
@@ -107,7 +126,13 @@ def run(
             async_concurrency=async_concurrency,
             poll_interval=poll_interval,
             prefetch=prefetch,
+            worker_id=worker_id,
         )
+        if cleanup is not None:
+            with app:
+                app.migrate()
+                cli_admin.echo_cleanup(cli_admin.cleanup_by_names(app.admin, cleanup))
+            return
         if crontab_file is not None:
             app.add_crontab(Path(crontab_file).read_text(encoding="utf-8"), source=crontab_file)
         if metrics_port is not None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import msgspec
 
 from .errors import ConfigurationError, PayloadError
 from .hooks import DeferSkipped, Hooks
@@ -26,6 +28,7 @@ class Enqueueing:
     tasks: dict[str, Task[Any, Any, Any]]
     hooks: Hooks
     store: Store
+    use_local_time: bool
 
     def defer(
         self,
@@ -108,7 +111,7 @@ class Enqueueing:
             payload = {} if payload is None else payload
         else:
             codec, defaults = task.codec, task.defaults
-        spec = defaults.merge(spec)
+        spec = self._local_run_at(defaults.merge(spec))
         if self.hooks.intercepts_defer:
             payload = self.hooks.before_defer(identifier, payload, spec)
         return self.store.add_job(identifier, codec.encode(payload), spec, conn=conn)
@@ -124,6 +127,7 @@ class Enqueueing:
             task = self.tasks.get(raw.identifier)
             codec = task.codec if task is not None else _RAW_CODEC
             spec = (task.defaults if task is not None else JobSpec()).merge(raw.spec)
+            spec = self._local_run_at(spec)
             if spec.job_key_mode == "unsafe_dedupe":
                 raise ConfigurationError("job_key_mode 'unsafe_dedupe' works only with defer()")
             payload = {} if raw.payload is None and task is None else raw.payload
@@ -146,3 +150,10 @@ class Enqueueing:
                 "a batch applies one job_key_mode to all its keyed jobs; split it by mode"
             )
         return self.store.add_jobs(batch, preserve_run_at=modes == {"preserve_run_at"}, conn=conn)
+
+    def _local_run_at(self, spec: JobSpec) -> JobSpec:
+        """With ``use_local_time``, a job with no run_at runs from this process's now
+        (graphile-worker's useNodeTime), not from the database's ``now()``."""
+        if not self.use_local_time or spec.run_at is not None:
+            return spec
+        return msgspec.structs.replace(spec, run_at=datetime.now(UTC))

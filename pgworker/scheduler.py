@@ -76,7 +76,9 @@ class CronScheduler:
         while not stop.is_set():
             try:
                 start = self._now()
+                self.hooks.cron_starting()
                 self.register_and_backfill(start, stop)
+                self.hooks.cron_started()
                 next_minute = ceil_minute(start)
                 slept = behind = False
                 while not stop.is_set():

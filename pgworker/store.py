@@ -132,14 +132,17 @@ class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatemen
         task_names: dict[int, str],
         limit: int,
         forbidden_flags: Sequence[str] | None = None,
+        now: datetime | None = None,
         conn: Connection | None = None,
     ) -> list[ClaimedJob]:
-        """Lock up to ``limit`` runnable jobs for ``worker_id``."""
+        """Lock up to ``limit`` jobs for ``worker_id`` that are runnable at ``now`` (None:
+        the database's ``now()``)."""
         params = {
             "worker_id": worker_id,
             "task_ids": list(task_names),
             "limit": limit,
             "forbidden_flags": list(forbidden_flags) if forbidden_flags else None,
+            "now": now,
         }
         with self.connection(conn) as c:
             rows, reader = self._fetch_job_rows(c, "claim_jobs", params)
