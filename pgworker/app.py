@@ -92,6 +92,9 @@ class App(Enqueueing):
     - ``hard_timeout``: seconds past its timeout after which a job that still runs has
       overrun it: ``run()`` (and ``pgworker run``) then stops the worker so that a fresh
       process can take over, failing the job; ``start()`` only logs and tells plugins.
+    - ``enqueue_schema``: add jobs through the SECURITY DEFINER functions in this schema
+      (see ``grant_enqueue``), for a role with no privilege on the worker schema; a
+      ``defer`` then reads back only the new job's id (docs/permissions.md).
     """
 
     def __init__(
@@ -117,8 +120,11 @@ class App(Enqueueing):
         recovery: Recovery | None = None,
         default_timeout: float | None = None,
         hard_timeout: float = 30.0,
+        enqueue_schema: str | None = None,
     ) -> None:
         check_schema(schema)
+        if enqueue_schema is not None:
+            check_schema(enqueue_schema)
         check_positive("concurrency", concurrency)
         check_positive("async_concurrency", async_concurrency)
         check_positive("poll_interval", poll_interval)
@@ -134,6 +140,7 @@ class App(Enqueueing):
         self.embedded = embedded
         self._embedded: EmbeddedServer | None = None
         self.schema = schema
+        self.enqueue_schema = enqueue_schema
         self.concurrency = concurrency
         self.async_concurrency = async_concurrency
         self.poll_interval = poll_interval
