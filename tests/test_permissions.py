@@ -4,6 +4,7 @@ SECURITY DEFINER functions, and reads back nothing but ids."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import threading
@@ -106,6 +107,7 @@ def test_the_worker_runs_what_the_app_role_adds_by_python_and_by_sql(
     one = app_app.defer("record", {"n": 1})
     batch = app_app.tasks["record"].defer_many([{"n": 2}, {"n": 3}])
     mixed = app_app.defer_raw([RawJob("record", {"n": 4}), RawJob("record", {"n": 5})])
+    awaited = asyncio.run(app_app.tasks["record"].adefer({"n": 8}))
     with roles.connect(roles.app_url) as conn:
         cur = conn.execute(
             sql.SQL("select * from {}.add_job('record', '{{\"n\": 6}}')").format(
@@ -121,15 +123,15 @@ def test_the_worker_runs_what_the_app_role_adds_by_python_and_by_sql(
         ).fetchall()
     assert len(ids) == 2
     added = [one.id, *(j.id for j in batch), *(j.id for j in mixed), sql_id, *(i for (i,) in ids)]
-    assert len(set(added)) == 8
+    assert len({*added, awaited.id}) == 9
     assert [j.id for j in batch] == sorted(j.id for j in batch)  # in the order given
 
     handle = worker_app.start()
     try:
-        wait_for(lambda: len(seen) == 8, 15, "the app role's jobs to run")
+        wait_for(lambda: len(seen) == 9, 15, "the app role's jobs to run")
     finally:
         handle.stop()
-    assert sorted(p.get("n", 0) for p in seen) == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert sorted(p.get("n", 0) for p in seen) == [0, 1, 2, 3, 4, 5, 6, 7, 8]
     assert worker_app.admin.jobs() == []
 
 
@@ -374,6 +376,7 @@ def test_the_permissions_example(example_database: str) -> None:
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
     assert "the web role may not read jobs: permission denied" in output
+    assert "nor call graphile_worker.add_job: permission denied" in output
     assert "ran order 1 for ada@example.com" in output
     assert "ran order 2 for alan@example.com" in output
     assert "roles dropped" in output
