@@ -59,6 +59,11 @@ class DefinerStatements:
 
     def __init__(self, store: StoreBase, enqueue_schema: str) -> None:
         check_schema(enqueue_schema)
+        if enqueue_schema == store.schema:
+            raise ConfigurationError(
+                f"the enqueue functions can't live in the worker schema {store.schema!r}, "
+                "which stays as graphile-worker made it: name another enqueue_schema"
+            )
         self.store = store
         self.enqueue_schema = enqueue_schema
         self._texts = parse_named_queries(read_sql_file("enqueue.sql"))

@@ -332,7 +332,7 @@ def test_the_enqueue_functions_must_be_installed(
             app.defer("t")
 
 
-def test_only_the_worker_schemas_owner_may_grant(
+def test_granting_needs_the_owner_a_migrated_schema_a_role_and_a_schema_apart(
     worker_app: App, app_app: App, make_app: Callable[..., App], roles: Roles, schema: str
 ) -> None:
     with pytest.raises(ConfigurationError, match=f"connect as '{roles.worker}'"):
@@ -342,6 +342,8 @@ def test_only_the_worker_schemas_owner_may_grant(
         other.grant_enqueue(roles.app)
     with pytest.raises(ConfigurationError, match="does not exist"):
         worker_app.grant_enqueue("pgw_no_such_role")
+    with pytest.raises(ConfigurationError, match="can't live in the worker schema"):
+        worker_app.grant_enqueue(roles.app, enqueue_schema=schema)
 
 
 def test_the_cli_grants_and_defers_as_the_app_role(
