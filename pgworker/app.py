@@ -97,6 +97,9 @@ class App(Registry, Enqueueing):
       as graphile-worker's ``useNodeTime``: a job deferred without ``run_at`` gets this
       process's time, and workers fetch the jobs whose run_at has passed by it. Locks and
       retries keep the database's clock.
+    - ``enqueue_schema``: add jobs through the SECURITY DEFINER functions in this schema
+      (see ``grant_enqueue``), for a role with no privilege on the worker schema; a
+      ``defer`` then reads back only the new job's id (docs/permissions.md).
     """
 
     def __init__(
@@ -124,9 +127,12 @@ class App(Registry, Enqueueing):
         hard_timeout: float = 30.0,
         worker_id: str | None = None,
         use_local_time: bool = False,
+        enqueue_schema: str | None = None,
     ) -> None:
         if schema is not None:
             check_schema(schema)
+        if enqueue_schema is not None:
+            check_schema(enqueue_schema)
         check_positive("concurrency", concurrency)
         check_positive("async_concurrency", async_concurrency)
         check_positive("poll_interval", poll_interval)
@@ -146,6 +152,7 @@ class App(Registry, Enqueueing):
         #: The schema in use: until an app with no ``schema`` opens, the default one.
         self.schema = schema or DEFAULT_SCHEMA
         self._schema_given = schema is not None
+        self.enqueue_schema = enqueue_schema
         self.concurrency = concurrency
         self.async_concurrency = async_concurrency
         self.poll_interval = poll_interval

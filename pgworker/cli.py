@@ -171,6 +171,11 @@ def migrate(target: str | None, database_url: str | None, schema: str | None) ->
 @click.option("--job-key", help="Replace the pending job with this key, if any.")
 @click.option("--job-key-mode", type=click.Choice(["replace", "preserve_run_at", "unsafe_dedupe"]))
 @click.option("--flag", "flags", multiple=True, help="A flag; repeat for more.")
+@click.option(
+    "--enqueue-schema",
+    metavar="NAME",
+    help="Add it through the enqueue functions of this schema (see grant-enqueue).",
+)
 @database_options
 @log_options
 def defer(
@@ -184,6 +189,7 @@ def defer(
     job_key: str | None,
     job_key_mode: Any,
     flags: tuple[str, ...],
+    enqueue_schema: str | None,
     database_url: str | None,
     schema: str | None,
 ) -> None:
@@ -194,6 +200,8 @@ def defer(
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="PAYLOAD") from exc
     when = parse_run_at(run_at)
     with opened_app(database_url, schema, target) as app:
+        if enqueue_schema is not None:
+            app.enqueue_schema = enqueue_schema
         job = app.defer(
             identifier,
             value,
@@ -206,6 +214,33 @@ def defer(
             flags=list(flags) or None,
         )
     click.echo(msgspec.json.encode(job).decode())
+
+
+@cli.command("grant-enqueue")
+@click.argument("role")
+@click.option(
+    "--enqueue-schema",
+    metavar="NAME",
+    help="Where the functions live (default: the app's, else the worker schema + _enqueue).",
+)
+@click.option("--revoke", is_flag=True, help="Take the permission back instead.")
+@click.option("--app", "target", metavar="MODULE:ATTR", help="Use this app's schemas.")
+@database_options
+@log_options
+def grant_enqueue(
+    role: str,
+    enqueue_schema: str | None,
+    revoke: bool,
+    target: str | None,
+    database_url: str | None,
+    schema: str | None,
+) -> None:
+    """Let ROLE add jobs, and nothing else, through pgworker's SECURITY DEFINER
+    functions (installed or updated first). Run it as the worker schema's owner."""
+    with opened_app(database_url, schema, target) as app:
+        name = app.grant_enqueue(role, enqueue_schema=enqueue_schema, revoke=revoke)
+    done = "may no longer add" if revoke else "may add"
+    click.echo(f"Role {role!r} {done} jobs through {name}.add_job and {name}.add_jobs")
 
 
 for command in cli_admin.COMMANDS:

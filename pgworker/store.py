@@ -90,7 +90,7 @@ class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatemen
         params = {
             "identifier": identifier,
             "payload": payload,
-            **_spec_options(spec),
+            **spec_options(spec),
             "job_key_mode": spec.job_key_mode or "replace",
         }
         with self.connection(conn) as c:
@@ -108,7 +108,7 @@ class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatemen
         """Add a batch of jobs in one statement through ``add_jobs``."""
         if not jobs:
             return []
-        specs = msgspec.json.encode([_spec_record(new) for new in jobs]).decode()
+        specs = msgspec.json.encode([spec_record(new) for new in jobs]).decode()
         params = {"specs": specs, "preserve_run_at": preserve_run_at}
         with self.connection(conn) as c:
             rows, reader = self._fetch_job_rows(c, "add_jobs", params)
@@ -221,16 +221,16 @@ class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatemen
         self._execute("ping", conn=conn)
 
 
-def _spec_record(new: NewJob) -> dict[str, Any]:
+def spec_record(new: NewJob) -> dict[str, Any]:
     """One element of add_jobs' JSON array of job_spec records."""
     return {
         "identifier": new.identifier,
         "payload": msgspec.Raw(new.payload.encode()),
-        **_spec_options(new.spec),
+        **spec_options(new.spec),
     }
 
 
-def _spec_options(spec: JobSpec) -> dict[str, Any]:
+def spec_options(spec: JobSpec) -> dict[str, Any]:
     """The options of a job as add_job and job_spec name them."""
     return {
         "queue_name": spec.queue,
