@@ -28,6 +28,7 @@ from .enqueue import Enqueueing
 from .errors import ConfigurationError
 from .hooks import Hooks, Plugin
 from .migrate import MigrationOutcome, migrate_pool
+from .payload import DEFAULT_MAX_PAYLOAD_BYTES
 from .recovery import Recovery
 from .retries import Backoff, check_backoff
 from .settings import check_not_negative, check_positive, check_schema
@@ -92,6 +93,8 @@ class App(Enqueueing):
     - ``hard_timeout``: seconds past its timeout after which a job that still runs has
       overrun it: ``run()`` (and ``pgworker run``) then stops the worker so that a fresh
       process can take over, failing the job; ``start()`` only logs and tells plugins.
+    - ``max_payload_bytes``: the largest payload ``defer`` sends, in bytes of JSON (1 MiB;
+      None: no limit but PostgreSQL's); a larger one raises PayloadError.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class App(Enqueueing):
         recovery: Recovery | None = None,
         default_timeout: float | None = None,
         hard_timeout: float = 30.0,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         check_schema(schema)
         check_positive("concurrency", concurrency)
@@ -126,6 +130,8 @@ class App(Enqueueing):
         if default_timeout is not None:
             check_positive("default_timeout", default_timeout)
         check_positive("hard_timeout", hard_timeout)
+        if max_payload_bytes is not None:
+            check_positive("max_payload_bytes", max_payload_bytes)
         if shutdown_grace_period < 0 or interrupted_retry_delay < 0:
             raise ConfigurationError(
                 "shutdown_grace_period and interrupted_retry_delay must be >= 0"
@@ -146,6 +152,7 @@ class App(Enqueueing):
         self.recovery = recovery or Recovery()
         self.default_timeout = default_timeout
         self.hard_timeout = hard_timeout
+        self.max_payload_bytes = max_payload_bytes
         self.forbidden_flags = forbidden_flags
         self.extensions = Extensions(extensions)
         self.hooks = Hooks(plugins)

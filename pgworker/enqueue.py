@@ -26,6 +26,8 @@ class Enqueueing:
     tasks: dict[str, Task[Any, Any, Any]]
     hooks: Hooks
     store: Store
+    #: The largest payload ``defer`` sends, in bytes of JSON (None: no limit).
+    max_payload_bytes: int | None
 
     def defer(
         self,
@@ -101,7 +103,8 @@ class Enqueueing:
 
         A registered task's payload type and default options apply.
         """
-        task = self.tasks.get(identifier)
+        # Not a str: no task has it, and check_identifier says what is wrong with it.
+        task = self.tasks.get(identifier) if isinstance(identifier, str) else None
         if task is None:
             check_identifier(identifier)
             codec, defaults = _RAW_CODEC, JobSpec()
@@ -111,7 +114,8 @@ class Enqueueing:
         spec = defaults.merge(spec)
         if self.hooks.intercepts_defer:
             payload = self.hooks.before_defer(identifier, payload, spec)
-        return self.store.add_job(identifier, codec.encode(payload), spec, conn=conn)
+        encoded = codec.encode(payload, max_bytes=self.max_payload_bytes)
+        return self.store.add_job(identifier, encoded, spec, conn=conn)
 
     def defer_raw(self, jobs: Iterable[RawJob], *, conn: Connection | None = None) -> list[Job]:
         """Enqueue a mixed batch (several tasks, each job its own options) in one
@@ -134,7 +138,7 @@ class Enqueueing:
                     continue  # a skipped job is left out of the batch
             if spec.job_key is not None:
                 modes.add(spec.job_key_mode or "replace")
-            encoded = codec.encode(payload)
+            encoded = codec.encode(payload, max_bytes=self.max_payload_bytes)
             if encoded == "null":
                 raise PayloadError(
                     f"a batch can't carry a null payload ({raw.identifier!r}): add_jobs would "
