@@ -305,11 +305,12 @@ def worker_case(
             wait_for(lambda: len(env.ran) == 2, 15, "the good job after")
             assert handle._thread.is_alive()
             assert handle.error is None
-            row = env.db.execute(
-                f'select attempts, max_attempts, last_error, locked_by from "{env.schema}".jobs '
-                "where id = %s",
-                (bad,),
-            ).fetchone()
+        # Read once the worker has stopped: outcomes are recorded in batches.
+        row = env.db.execute(
+            f'select attempts, max_attempts, last_error, locked_by from "{env.schema}".jobs '
+            "where id = %s",
+            (bad,),
+        ).fetchone()
         assert [o.item for o in env.ran] == ["first", "second"]
         assert row is not None
         attempts, max_attempts, last_error, locked_by = row
