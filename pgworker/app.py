@@ -27,6 +27,7 @@ from .enqueue import Enqueueing
 from .errors import ConfigurationError
 from .hooks import Hooks, Plugin
 from .migrate import MigrationOutcome, migrate_pool
+from .payload import DEFAULT_MAX_PAYLOAD_BYTES
 from .recovery import Recovery
 from .registry import ForbiddenFlags, Registry
 from .settings import (
@@ -100,6 +101,8 @@ class App(Registry, Enqueueing):
     - ``enqueue_schema``: add jobs through the SECURITY DEFINER functions in this schema
       (see ``grant_enqueue``), for a role with no privilege on the worker schema; a
       ``defer`` then reads back only the new job's id (docs/permissions.md).
+    - ``max_payload_bytes``: the largest payload ``defer`` sends, in bytes of JSON (1 MiB;
+      None: no limit but PostgreSQL's); a larger one raises PayloadError.
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class App(Registry, Enqueueing):
         worker_id: str | None = None,
         use_local_time: bool = False,
         enqueue_schema: str | None = None,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         if schema is not None:
             check_schema(schema)
@@ -142,6 +146,8 @@ class App(Registry, Enqueueing):
         check_positive("hard_timeout", hard_timeout)
         if worker_id is not None:
             check_worker_id(worker_id)
+        if max_payload_bytes is not None:
+            check_positive("max_payload_bytes", max_payload_bytes)
         if shutdown_grace_period < 0 or interrupted_retry_delay < 0:
             raise ConfigurationError(
                 "shutdown_grace_period and interrupted_retry_delay must be >= 0"
@@ -167,6 +173,7 @@ class App(Registry, Enqueueing):
         self.hard_timeout = hard_timeout
         self.worker_id = worker_id
         self.use_local_time = use_local_time
+        self.max_payload_bytes = max_payload_bytes
         self.forbidden_flags = forbidden_flags
         self.extensions = Extensions(extensions)
         self.hooks = Hooks(plugins)

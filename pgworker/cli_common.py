@@ -113,7 +113,12 @@ def parse_run_at(value: str | None) -> datetime | None:
     relative = _RELATIVE_TIME.match(value)
     if relative:
         amount, unit = relative.groups()
-        return datetime.now(UTC) + timedelta(seconds=float(amount) * _UNITS[unit])
+        try:
+            return datetime.now(UTC) + timedelta(seconds=float(amount) * _UNITS[unit])
+        except OverflowError as exc:
+            raise click.BadParameter(
+                f"{value!r} ends after the year 9999", param_hint="--run-at"
+            ) from exc
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:

@@ -3,7 +3,9 @@ version) in messages."""
 
 from __future__ import annotations
 
+import re
 from importlib import metadata
+from urllib.parse import unquote
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -25,11 +27,14 @@ def open_pool(
     try:
         psycopg.connect(conninfo, connect_timeout=int(CONNECT_TIMEOUT)).close()
     except psycopg.ProgrammingError as exc:
-        raise ConfigurationError(f"invalid database URL: {exc}") from exc
+        # libpq quotes the part of a malformed URL it choked on: the password, maybe.
+        raise ConfigurationError(
+            f"invalid database URL: {redact(str(exc).strip(), conninfo)}"
+        ) from exc
     except psycopg.OperationalError as exc:
+        reason = redact(str(exc).strip() or type(exc).__name__, conninfo)
         raise DatabaseUnavailableError(
-            f"cannot connect to the database ({describe(conninfo)}): "
-            f"{str(exc).strip() or type(exc).__name__}"
+            f"cannot connect to the database ({describe(conninfo)}): {reason}"
         ) from exc
     pool: ConnectionPool[Connection] = ConnectionPool(
         conninfo,
@@ -58,6 +63,30 @@ def describe(conninfo: str) -> str:
         return "an unparsable connection string"
     host = params.get("host") or "localhost"
     return f"host={host} port={params.get('port') or 5432} dbname={params.get('dbname') or '?'}"
+
+
+_KEYWORD_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'?|[^\s&]+)", re.IGNORECASE)
+#: Shorter "passwords" are left in messages: masking them would garble every word.
+_MIN_MASKED = 3
+
+
+def redact(text: str, conninfo: str) -> str:
+    """``text`` with the password of ``conninfo`` (a URL or key=value string, however
+    malformed) replaced by ``***``, in every spelling libpq might quote it."""
+    secrets = {match.group(1).strip("'") for match in _KEYWORD_PASSWORD.finditer(conninfo)}
+    _, found, rest = conninfo.partition("://")
+    if found:
+        authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        if "@" in authority:
+            # libpq splits user:password@host at the first @, a reader might at the last.
+            for userinfo in (authority.rsplit("@", 1)[0], authority.split("@", 1)[0]):
+                if ":" in userinfo:
+                    password = userinfo.split(":", 1)[1]
+                    secrets.update([password, *password.split("@")])
+    for secret in sorted(secrets | {unquote(s) for s in secrets}, key=len, reverse=True):
+        if len(secret) >= _MIN_MASKED:
+            text = text.replace(secret, "***")
+    return text
 
 
 def package_version() -> str:

@@ -37,6 +37,8 @@ class Enqueueing:
     schema: str
     enqueue_schema: str | None
     _definer: DefinerStatements | None = None
+    #: The largest payload ``defer`` sends, in bytes of JSON (None: no limit).
+    max_payload_bytes: int | None
 
     def defer(
         self,
@@ -112,7 +114,8 @@ class Enqueueing:
 
         A registered task's payload type and default options apply.
         """
-        task = self.tasks.get(identifier)
+        # Not a str: no task has it, and check_identifier says what is wrong with it.
+        task = self.tasks.get(identifier) if isinstance(identifier, str) else None
         if task is None:
             check_identifier(identifier)
             codec, defaults = _RAW_CODEC, JobSpec()
@@ -122,9 +125,10 @@ class Enqueueing:
         spec = self._local_run_at(defaults.merge(spec))
         if self.hooks.intercepts_defer:
             payload = self.hooks.before_defer(identifier, payload, spec)
+        encoded = codec.encode(payload, max_bytes=self.max_payload_bytes)
         definer = self._definer_statements()
         target = self.store if definer is None else definer
-        return target.add_job(identifier, codec.encode(payload), spec, conn=conn)
+        return target.add_job(identifier, encoded, spec, conn=conn)
 
     def defer_raw(self, jobs: Iterable[RawJob], *, conn: Connection | None = None) -> list[Job]:
         """Enqueue a mixed batch (several tasks, each job its own options) in one
@@ -148,7 +152,7 @@ class Enqueueing:
                     continue  # a skipped job is left out of the batch
             if spec.job_key is not None:
                 modes.add(spec.job_key_mode or "replace")
-            encoded = codec.encode(payload)
+            encoded = codec.encode(payload, max_bytes=self.max_payload_bytes)
             if encoded == "null":
                 raise PayloadError(
                     f"a batch can't carry a null payload ({raw.identifier!r}): add_jobs would "

@@ -16,6 +16,8 @@ TRACE_KEY = "_trace"
 TRACE_TEXT = '"_trace"'
 TRACE_MARKER = TRACE_TEXT.encode()
 NULL_MARKER = b"null"
+#: The default limit on a deferred payload's size, as JSON: ``App(max_payload_bytes=...)``.
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
 
 def _type_name(payload_type: Any) -> str:
@@ -35,20 +37,30 @@ class PayloadCodec(Generic[T]):
         self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(payload_type)
         self._checks = payload_type is not Any
 
-    def encode(self, payload: object) -> str:
+    def encode(self, payload: object, *, max_bytes: int | None = None) -> str:
         """Check ``payload`` against the payload type and return it as JSON text.
 
         Raises PayloadError, naming the field, when it does not match, or when it holds
-        a NaN or an infinity (JSON has neither: they would be stored as null).
+        a NaN or an infinity (JSON has neither: they would be stored as null); and when
+        its JSON is longer than ``max_bytes`` (None: no limit).
         """
         try:
             data = self._encoder.encode(payload)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, msgspec.EncodeError, UnicodeEncodeError, RecursionError) as exc:
+            # UnicodeEncodeError: a lone surrogate; RecursionError: nesting too deep.
             raise PayloadError(f"payload cannot be encoded as JSON: {exc}") from exc
+        if max_bytes is not None and len(data) > max_bytes:
+            raise PayloadError(
+                f"payload is {len(data):,} bytes of JSON, over the limit of {max_bytes:,} "
+                "(App(max_payload_bytes=...)): store large data elsewhere and pass a reference"
+            )
         if NULL_MARKER in data:
             # msgspec writes NaN and infinities as null: only then can one hide in there,
             # so payloads without a null skip the walk.
-            _refuse_non_finite(payload)
+            try:
+                _refuse_non_finite(payload)
+            except RecursionError as exc:
+                raise PayloadError(f"payload cannot be checked: {exc}") from exc
         if self._checks:
             # Decoding what we are about to store is the one check that covers dicts,
             # structs built with wrong field types and nested values alike.
@@ -73,6 +85,8 @@ class PayloadCodec(Generic[T]):
             ) from exc
         except msgspec.DecodeError as exc:
             raise PayloadError(f"payload is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise PayloadError(f"payload cannot be decoded: {exc}") from exc
 
 
 def _refuse_non_finite(payload: object) -> None:

@@ -64,7 +64,12 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
         merged = JobSpec(**fields).validate()
         if merged.delay is None:
             return merged
-        run_at = datetime.now(UTC) + _as_timedelta(merged.delay)
+        try:
+            run_at = datetime.now(UTC) + _as_timedelta(merged.delay)
+        except OverflowError as exc:
+            raise ConfigurationError(
+                f"delay {_shown(merged.delay)} is too long: it ends after the year 9999"
+            ) from exc
         return msgspec.structs.replace(merged, run_at=run_at, delay=None)
 
     def validate(self) -> JobSpec:
