@@ -13,7 +13,6 @@ from psycopg import sql
 from .job import JOB_COLUMNS
 
 #: Stands for the quoted schema name.
-SCHEMA_TOKEN = ":SCHEMA"
 #: Stands for the columns a Job is read from, taken from a row source named ``jobs``.
 JOB_COLUMNS_TOKEN = ":JOB_COLUMNS"
 # Our own constant column names, not input: spelled into the text as the file would be.
@@ -67,13 +66,24 @@ def _strip_leading_comments(body: str) -> str:
     return "\n".join(lines).strip()
 
 
+#: The name tokens of pgworker's .sql files: the worker schema, and for the enqueue
+#: functions their schema and the role they are granted to.
+NAME_TOKENS = re.compile(r":(SCHEMA|ENQUEUE|ROLE)\b")
+
+
+def bind_names(text: str, names: Mapping[str, str]) -> sql.Composed:
+    """Replace each :SCHEMA, :ENQUEUE and :ROLE token in ``text`` (the text of one of
+    pgworker's own .sql files) with its quoted identifier from ``names``."""
+    pieces = NAME_TOKENS.split(text)
+    parts: list[sql.Composable] = [sql.SQL(pieces[0])]
+    for token, piece in zip(pieces[1::2], pieces[2::2], strict=True):
+        parts += [sql.Identifier(names[token]), sql.SQL(piece)]
+    return sql.Composed(parts)
+
+
 def bind_schema(text: str, schema: str) -> sql.Composed:
     """Replace every :SCHEMA token in ``text`` with the quoted identifier ``schema``."""
-    pieces = text.split(SCHEMA_TOKEN)
-    parts: list[sql.Composable] = [sql.SQL(pieces[0])]
-    for piece in pieces[1:]:
-        parts += [sql.Identifier(schema), sql.SQL(piece)]
-    return sql.Composed(parts)
+    return bind_names(text, {"SCHEMA": schema})
 
 
 class Queries:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
 import msgspec
 import psycopg
-from psycopg import sql
 
 from .errors import ConfigurationError, JobNotCreatedError, MigrationError, PgWorkerError
 from .job import Job
-from .queries import parse_named_queries, read_sql_file
+from .queries import bind_names, parse_named_queries, read_sql_file
 from .settings import check_schema
 from .spec import JobSpec
 from .store import NewJob, spec_options, spec_record
@@ -26,8 +24,6 @@ ENQUEUE_SCHEMA_SUFFIX = "_enqueue"
 DEFAULT_MAX_ATTEMPTS = 25
 DEFAULT_PRIORITY = 0
 
-_NAME_TOKEN = re.compile(r":(ENQUEUE|SCHEMA|ROLE)\b")
-
 
 def default_enqueue_schema(schema: str) -> str:
     """The enqueue schema of the worker schema ``schema`` when none is named."""
@@ -38,16 +34,6 @@ def default_enqueue_schema(schema: str) -> str:
             f"from ({name!r} is over 63 characters): name one with enqueue_schema="
         )
     return name
-
-
-def bind_names(text: str, names: dict[str, str]) -> sql.Composed:
-    """Replace each :ENQUEUE, :SCHEMA and :ROLE token in ``text`` with its quoted
-    identifier from ``names``."""
-    pieces = _NAME_TOKEN.split(text)
-    parts: list[sql.Composable] = [sql.SQL(pieces[0])]
-    for token, piece in zip(pieces[1::2], pieces[2::2], strict=True):
-        parts += [sql.Identifier(names[token]), sql.SQL(piece)]
-    return sql.Composed(parts)
 
 
 class DefinerStatements:
