@@ -21,6 +21,7 @@ def one(line: str) -> CronItem:
     return items[0]
 
 
+@pytest.mark.gw("CRP-01")
 def test_simple_line_uses_the_task_as_identifier_and_every_value() -> None:
     item = one("* * * * * simple")
     assert (item.task, item.identifier) == ("simple", "simple")
@@ -35,6 +36,7 @@ def test_simple_line_uses_the_task_as_identifier_and_every_value() -> None:
     assert (item.queue, item.priority, item.max_attempts, item.job_key) == (None,) * 4
 
 
+@pytest.mark.gw("CRP-02", "CRP-03", "CRP-04")
 def test_fixed_times_and_sunday_as_0_or_7() -> None:
     item = one("0 4 * * * every_day_at_4_am")
     assert (item.expression.minutes, item.expression.hours) == (frozenset({0}), frozenset({4}))
@@ -44,12 +46,14 @@ def test_fixed_times_and_sunday_as_0_or_7() -> None:
     assert (sunday.identifier, sunday.task) == ("sunday_7", "every_sunday_at_4_am")
 
 
+@pytest.mark.gw("CRP-06")
 def test_lists_are_sorted_and_deduplicated() -> None:
     item = one("*/10,7,56-59 1 1 1 1 lists")
     assert sorted(item.expression.minutes) == [0, 7, 10, 20, 30, 40, 50, 56, 57, 58, 59]
     assert item.expression.hours == item.expression.days == item.expression.months == {1}
 
 
+@pytest.mark.gw("CRP-07", "CRP-11", "CRP-27")
 def test_every_option() -> None:
     item = one(
         "0 */4 * * * do_it ?id=stuff&fill=4w3d2h1m&max=3&queue=my_queue&priority=3"
@@ -62,6 +66,7 @@ def test_every_option() -> None:
     assert item.expression.hours == {0, 4, 8, 12, 16, 20}
 
 
+@pytest.mark.gw("CRP-10", "CRP-25", "CRP-26")
 def test_job_key_mode_defaults_to_replace_and_rust_spellings_are_accepted() -> None:
     assert one("* * * * * t ?jobKey=my_key").job_key_mode == "replace"
     rust = one("* * * * * t ?job_key=k&job_key_mode=preserve_run_at&priority=-4")
@@ -72,11 +77,13 @@ def test_option_values_are_url_decoded() -> None:
     assert one("* * * * * t ?jobKey=a%20key+too").job_key == "a key too"
 
 
+@pytest.mark.gw("CRP-32")
 def test_fill_units_add_up() -> None:
     # 1w 30d 28h 350m 2s, the Rust port's example: 3,318,602 seconds.
     assert one("* * * * * t ?fill=1w30d28h350m2s").backfill_period == timedelta(seconds=3_318_602)
 
 
+@pytest.mark.gw("CRP-08", "CRP-27")
 def test_payload_is_a_json_object_and_may_hold_a_hash() -> None:
     item = one('30 4,10-15 * * 1 send ?fill=2d&max=10 {"onboarding": false, "tag": "#1 # x"}')
     assert item.payload == {"onboarding": False, "tag": "#1 # x"}
@@ -84,6 +91,7 @@ def test_payload_is_a_json_object_and_may_hold_a_hash() -> None:
     assert item.backfill_period == timedelta(days=2)
 
 
+@pytest.mark.gw("CRP-09")
 def test_comments_blank_lines_and_odd_spacing_are_ignored() -> None:
     text = (
         "# a comment\n"
@@ -103,11 +111,13 @@ def test_comments_blank_lines_and_odd_spacing_are_ignored() -> None:
     assert second.identifier == "second"
 
 
+@pytest.mark.gw("CRP-12", "CRP-29")
 def test_task_identifiers_with_slashes_colons_and_dashes() -> None:
     for task in ["nested/task", "nested/folder/task", "mail:send_one", "sendMail", "_private-x"]:
         assert one(f"{EVERY_MINUTE} {task}").task == task
 
 
+@pytest.mark.gw("CRP-30", "CRP-31")
 def test_mixed_lists_steps_and_ranges_in_every_field() -> None:
     item = one("*/7,8,30-35 * 3,*/4 * *,4 t")
     assert sorted(item.expression.minutes) == [
@@ -139,6 +149,7 @@ def test_range_steps_and_start_steps_beyond_graphile_worker() -> None:
     assert item.expression.weekdays == {1, 4, 0}  # 7 is Sunday
 
 
+@pytest.mark.gw("CRP-13")
 def test_items_come_in_file_order() -> None:
     text = "\n".join(f"{EVERY_MINUTE} task_{i}" for i in range(5))
     assert [item.task for item in parse_crontab(text)] == [f"task_{i}" for i in range(5)]
@@ -186,6 +197,22 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize(("bad", "problem"), MALFORMED, ids=[bad for bad, _ in MALFORMED])
+@pytest.mark.gw(
+    "CRP-14",
+    "CRP-15",
+    "CRP-16",
+    "CRP-17",
+    "CRP-18",
+    "CRP-19",
+    "CRP-25",
+    "CRP-29",
+    "E-03",
+    "E-04",
+    "E-05",
+    "E-06",
+    "E-07",
+    "E-08",
+)
 def test_malformed_line_names_its_line_and_problem(bad: str, problem: str) -> None:
     text = (
         f"# header\n\n{EVERY_MINUTE} fine_task\n# another comment\n  {bad}  \n{EVERY_MINUTE} after"
