@@ -30,7 +30,14 @@ from .hooks import Hooks, Plugin
 from .migrate import MigrationOutcome, migrate_pool
 from .recovery import Recovery
 from .retries import Backoff, check_backoff
-from .settings import check_not_negative, check_positive, check_schema
+from .settings import (
+    ForbiddenFlags,
+    check_database_source,
+    check_not_negative,
+    check_positive,
+    check_schema,
+    resolve_forbidden_flags,
+)
 from .spec import MAX_IDENTIFIER_LENGTH, JobSpec
 from .store import Connection, Store
 from .task import Task
@@ -48,10 +55,9 @@ R = TypeVar("R")
 DEFAULT_SCHEMA = "graphile_worker"
 #: Task identifiers as graphile-worker's crontab accepts them, slashes included.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_:/.\-]*$")
+
+
 #: Forbidden flags: none, a list, or a function called before each fetch that returns one.
-ForbiddenFlags = Sequence[str] | Callable[[], Sequence[str] | None] | None
-
-
 class App(Enqueueing):
     """A pgworker application: tasks are registered on it, jobs deferred and run through it.
 
@@ -76,7 +82,7 @@ class App(Enqueueing):
     - ``shutdown_grace_period``: seconds running jobs get to finish after a stop signal.
     - ``interrupted_retry_delay``: seconds before a job cut off by a forced stop runs again.
     - ``forbidden_flags``: flags whose jobs this app's workers leave to others: a list, or
-      a function returning one, called before every fetch (rate limiting recipes).
+      a function (plain or async) returning one, called before every fetch.
     - ``extensions``: objects tasks read with ``ctx.get_ext(TheirType)`` (app state).
     - ``plugins``: Plugin objects whose hooks see every step of workers and jobs.
     - ``crontab``, ``crontab_file``: recurring jobs in graphile-worker's crontab format;
@@ -119,6 +125,7 @@ class App(Enqueueing):
         hard_timeout: float = 30.0,
     ) -> None:
         check_schema(schema)
+        check_database_source(pool, database_url)
         check_positive("concurrency", concurrency)
         check_positive("async_concurrency", async_concurrency)
         check_positive("poll_interval", poll_interval)
@@ -230,13 +237,9 @@ class App(Enqueueing):
         self.extensions.add(extension)
 
     def current_forbidden_flags(self) -> list[str] | None:
-        """The forbidden flags for the next fetch (calls ``forbidden_flags`` if callable)."""
-        flags = self.forbidden_flags() if callable(self.forbidden_flags) else self.forbidden_flags
-        if flags is None:
-            return None
-        if isinstance(flags, str) or not all(isinstance(f, str) for f in flags):
-            raise ConfigurationError(f"forbidden_flags must give a list of strings, got {flags!r}")
-        return list(flags)
+        """The forbidden flags for the next fetch (calls ``forbidden_flags`` if callable,
+        and awaits what an async one returns)."""
+        return resolve_forbidden_flags(self.forbidden_flags)
 
     def task(
         self,

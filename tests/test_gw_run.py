@@ -4,6 +4,7 @@ tests/behaviours.toml)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -368,3 +369,28 @@ def test_task_identifier_cleanup_keeps_used_and_listed_identifiers(
     assert result.task_identifiers == 1
     names = db.execute(f'select identifier from "{schema}"._private_tasks order by 1').fetchall()
     assert [n[0] for n in names] == ["job3", "test_job1", "test_job3", "test_job4"]
+
+
+@pytest.mark.gw("FF-03")
+def test_forbidden_flags_from_an_async_function(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    async def forbidden() -> list[str]:
+        await asyncio.sleep(0.005)
+        return ["d"]
+
+    app = make_app(forbidden_flags=forbidden)
+    ran: list[list[str] | None] = []
+
+    @app.task("job3")
+    def job3(payload: dict[str, Any], ctx: JobContext) -> None:
+        ran.append(ctx.job.flags)
+
+    with app:
+        app.migrate()
+        job3.defer({}, flags=["a", "b"])
+        job3.defer({}, flags=["c", "d"])
+        app.run_once()
+    assert ran == [["a", "b"]]
+    left = db.execute(f'select flags, attempts from "{schema}"._private_jobs').fetchall()
+    assert left == [({"c": True, "d": True}, 0)]
