@@ -111,8 +111,9 @@ class Admin:
         task_identifiers_to_keep: Sequence[str] = (),
     ) -> CleanupResult:
         """Delete what is no longer needed, in this order: permanently failed jobs, queues
-        with no jobs, task identifiers no job uses (unsafe while workers run: they cache
-        task ids; keep their identifiers with ``task_identifiers_to_keep``)."""
+        with no jobs, task identifiers no job uses. Identifiers that a registered pgworker
+        worker serves are kept, since workers cache task ids; keep those of Node workers,
+        which don't register, with ``task_identifiers_to_keep``."""
         return self.store.cleanup(
             delete_permanently_failed_jobs=delete_permanently_failed_jobs,
             gc_job_queues=gc_job_queues,

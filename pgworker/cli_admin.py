@@ -210,7 +210,7 @@ def force_unlock_command(
 @click.option(
     "--gc-task-identifiers",
     is_flag=True,
-    help="Delete task identifiers no job uses (stop workers first).",
+    help="Delete task identifiers no job and no registered worker uses.",
 )
 @click.option("--keep", "keep", multiple=True, help="A task identifier to keep; repeat.")
 @database_options

@@ -296,11 +296,16 @@ and not exists (
 )
 
 -- name: gc_task_identifiers
--- Cleanup: delete task identifiers no job uses, except those to keep. Unsafe while
--- workers run: they cache task ids, and a re-created identifier gets a new id.
+-- Cleanup: delete task identifiers no job uses, except those to keep and those a
+-- registered worker serves: workers cache task ids, and a re-created identifier would
+-- get a new id they never claim. (Node workers don't register: keep theirs by name.)
 delete from :SCHEMA._private_tasks as tasks
 where tasks.identifier <> all(%(keep)s::text[])
 and not exists (select 1 from :SCHEMA._private_jobs as jobs where jobs.task_id = tasks.id)
+and not exists (
+  select 1 from :SCHEMA._private_workers as workers
+  where (workers.metadata -> 'tasks') ? tasks.identifier
+)
 
 -- name: list_jobs
 -- Admin: jobs from the public view, filtered by task, queue, key and state, oldest first.
