@@ -15,6 +15,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 LEDGER = TESTS / "behaviours.toml"
+DOCS = TESTS.parent / "docs" / "graphile-worker.md"
 # The shared reference lives beside the project checkout in development; a CI checkout
 # has no such sibling, and the ledger, which copies the ids, stands on its own there.
 REFERENCE = TESTS.parent.parent / "shared" / "reference" / "graphile-worker-tests.md"
@@ -169,6 +170,12 @@ def test_the_covered_count_does_not_drop(capsys: pytest.CaptureFixture[str]) -> 
     assert counts["covered"] >= COVERED_AT_LEAST, (
         f"{counts['covered']} ids covered, fewer than the ledger's floor {COVERED_AT_LEAST}"
     )
+
+
+def test_the_docs_give_the_ledgers_counts() -> None:
+    counts = Counter(e.status for e in LEDGER_ENTRIES.values())
+    row = "| " + " | ".join(str(counts[s]) for s in STATUSES) + " |"
+    assert row in DOCS.read_text(), f"docs/graphile-worker.md should show the counts {row}"
 
 
 def test_the_collector_reads_decorators_pytestmark_and_docstrings(tmp_path: Path) -> None:
