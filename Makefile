@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e . --group dev
 	touch $(STAMP)
 
 demo: $(STAMP)  ## a worker running examples/simple.py (embedded PostgreSQL unless DATABASE_URL is set)

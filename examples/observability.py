@@ -1,9 +1,10 @@
 """Traces and metrics for two jobs: OpenTelemetry spans from a web request through the
 defer to the run, printed as JSON lines, then the Prometheus metrics text.
 
-Run it with ``python examples/observability.py`` (needs the extras:
-``pip install 'pgworker[otel,prometheus]'``). In production, export the spans with an OTLP
-exporter instead, and serve the metrics with ``serve_metrics(metrics, 9400)``.
+Run it with ``python examples/observability.py`` (from a clone, with the extras and the
+OpenTelemetry SDK: ``pip install -e '.[otel,prometheus]' opentelemetry-sdk``). In
+production, export the spans with an OTLP exporter instead, and serve the metrics with
+``serve_metrics(metrics, 9400)``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A Flask app and a pgworker worker side by side: routes defer jobs with priority,
 run_at and job keys, and one defers inside the request's own database transaction.
 
-Run it with ``python examples/web_flask.py`` (needs ``pip install 'pgworker[flask]'``),
+Run it with ``python examples/web_flask.py`` (needs ``pip install -e '.[flask]'`` from a clone),
 then try ``curl -X POST 'localhost:5000/schedule/example?name=a&value=1'``.
 """
 

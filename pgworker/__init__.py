@@ -18,6 +18,7 @@ from .errors import (
     PayloadError,
     PgWorkerError,
     UnknownExtensionError,
+    WorkerIdInUseError,
 )
 from .hooks import (
     Complete,
@@ -82,4 +83,5 @@ __all__ = [
     "UnknownExtensionError",
     "Weekday",
     "WorkerHandle",
+    "WorkerIdInUseError",
 ]

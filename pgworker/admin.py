@@ -53,8 +53,10 @@ class Admin:
     failed or rescheduled from outside.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, known_tasks: Sequence[str] = ()) -> None:
         self.store = store
+        #: The identifiers of the app's own tasks, which ``cleanup`` always keeps.
+        self.known_tasks = tuple(known_tasks)
 
     # -- changes ----------------------------------------------------------------------
 
@@ -110,15 +112,20 @@ class Admin:
         gc_task_identifiers: bool = False,
         task_identifiers_to_keep: Sequence[str] = (),
     ) -> CleanupResult:
-        """Delete what is no longer needed, in this order: permanently failed jobs, queues
-        with no jobs, task identifiers no job uses. Identifiers that a registered pgworker
-        worker serves are kept, since workers cache task ids; keep those of Node workers,
-        which don't register, with ``task_identifiers_to_keep``."""
+        """Delete what is no longer needed, as graphile-worker's cleanup tasks do, in this
+        order: permanently failed jobs that are not running (DELETE_PERMAFAILED_JOBS),
+        unlocked queues with no jobs (GC_JOB_QUEUES), task identifiers no job uses
+        (GC_TASK_IDENTIFIERS).
+
+        Workers cache task ids, so the identifiers a running worker knows must stay: those
+        of this app's tasks (``app.admin``), of any registered pgworker worker, and
+        ``task_identifiers_to_keep`` are kept. Node workers don't register: keep theirs
+        in ``task_identifiers_to_keep``, or stop them first."""
         return self.store.cleanup(
             delete_permanently_failed_jobs=delete_permanently_failed_jobs,
             gc_job_queues=gc_job_queues,
             gc_task_identifiers=gc_task_identifiers,
-            task_identifiers_to_keep=task_identifiers_to_keep,
+            task_identifiers_to_keep=[*self.known_tasks, *task_identifiers_to_keep],
         )
 
     # -- reads ------------------------------------------------------------------------

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import ConnectionPool
 
 from .admin import Admin
 from .context import Extensions, JobContext
-from .cron import Cron, CronItem, parse_crontab
+from .cron import CronItem
 from .database import open_pool
 from .embedded import (
     EmbeddedServer,
@@ -29,16 +28,17 @@ from .errors import ConfigurationError
 from .hooks import Hooks, Plugin
 from .migrate import MigrationOutcome, migrate_pool
 from .recovery import Recovery
-from .retries import Backoff, check_backoff
+from .registry import Registry
 from .settings import (
+    DEFAULT_SCHEMA,
     ForbiddenFlags,
     check_database_source,
     check_not_negative,
     check_positive,
     check_schema,
-    resolve_forbidden_flags,
+    check_worker_id,
+    default_schema,
 )
-from .spec import MAX_IDENTIFIER_LENGTH, JobSpec
 from .store import Connection, Store
 from .task import Task
 
@@ -48,17 +48,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-P = ParamSpec("P")
-R = TypeVar("R")
 
-DEFAULT_SCHEMA = "graphile_worker"
-#: Task identifiers as graphile-worker's crontab accepts them, slashes included.
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_:/.\-]*$")
-
-
-#: Forbidden flags: none, a list, or a function called before each fetch that returns one.
-class App(Enqueueing):
+class App(Registry, Enqueueing):
     """A pgworker application: tasks are registered on it, jobs deferred and run through it.
 
     Nothing connects until ``open()`` (or ``with app:``); ``run()``, ``run_once()`` and
@@ -70,6 +61,8 @@ class App(Enqueueing):
     - ``embedded``: False forbids that embedded fallback (as ``PGWORKER_NO_EMBEDDED=1``
       does): a missing setting then fails instead of starting a server.
     - ``schema``: the worker schema, shared with any Node or Rust worker on the database.
+      Without one, the app takes ``GRAPHILE_WORKER_SCHEMA`` when it opens (as
+      graphile-worker does), else ``graphile_worker``.
     - ``concurrency``: how many jobs of sync tasks run at once, each on its own thread.
     - ``async_concurrency``: how many jobs of ``async def`` tasks run at once, on the
       worker's one event loop (a job awaiting I/O holds no thread); counted apart from
@@ -98,6 +91,17 @@ class App(Enqueueing):
     - ``hard_timeout``: seconds past its timeout after which a job that still runs has
       overrun it: ``run()`` (and ``pgworker run``) then stops the worker so that a fresh
       process can take over, failing the job; ``start()`` only logs and tells plugins.
+    - ``worker_id``: the id of this app's workers (``locked_by`` of their jobs, their key
+      in the worker registry); default ``pgworker-`` and 18 random hex digits. A worker
+      refuses to start (WorkerIdInUseError) while a live worker is registered under its
+      id, and gives back the jobs a dead one of the same id left locked.
+    - ``use_local_time``: take "now" from this process's clock instead of the database's,
+      as graphile-worker's ``useNodeTime``: a job deferred without ``run_at`` gets this
+      process's time, and workers fetch the jobs whose run_at has passed by it. Locks and
+      retries keep the database's clock.
+    - ``enqueue_schema``: add jobs through the SECURITY DEFINER functions in this schema
+      (see ``grant_enqueue``), for a role with no privilege on the worker schema; a
+      ``defer`` then reads back only the new job's id (docs/permissions.md).
     """
 
     def __init__(
@@ -105,7 +109,7 @@ class App(Enqueueing):
         *,
         database_url: str | None = None,
         embedded: bool = True,
-        schema: str = DEFAULT_SCHEMA,
+        schema: str | None = None,
         concurrency: int = 4,
         async_concurrency: int = 100,
         poll_interval: float = 2.0,
@@ -123,8 +127,14 @@ class App(Enqueueing):
         recovery: Recovery | None = None,
         default_timeout: float | None = None,
         hard_timeout: float = 30.0,
+        worker_id: str | None = None,
+        use_local_time: bool = False,
+        enqueue_schema: str | None = None,
     ) -> None:
-        check_schema(schema)
+        if schema is not None:
+            check_schema(schema)
+        if enqueue_schema is not None:
+            check_schema(enqueue_schema)
         check_database_source(pool, database_url)
         check_positive("concurrency", concurrency)
         check_positive("async_concurrency", async_concurrency)
@@ -133,6 +143,8 @@ class App(Enqueueing):
         if default_timeout is not None:
             check_positive("default_timeout", default_timeout)
         check_positive("hard_timeout", hard_timeout)
+        if worker_id is not None:
+            check_worker_id(worker_id)
         if shutdown_grace_period < 0 or interrupted_retry_delay < 0:
             raise ConfigurationError(
                 "shutdown_grace_period and interrupted_retry_delay must be >= 0"
@@ -140,7 +152,10 @@ class App(Enqueueing):
         self.database_url = database_url
         self.embedded = embedded
         self._embedded: EmbeddedServer | None = None
-        self.schema = schema
+        #: The schema in use: until an app with no ``schema`` opens, the default one.
+        self.schema = schema or DEFAULT_SCHEMA
+        self._schema_given = schema is not None
+        self.enqueue_schema = enqueue_schema
         self.concurrency = concurrency
         self.async_concurrency = async_concurrency
         self.poll_interval = poll_interval
@@ -153,6 +168,8 @@ class App(Enqueueing):
         self.recovery = recovery or Recovery()
         self.default_timeout = default_timeout
         self.hard_timeout = hard_timeout
+        self.worker_id = worker_id
+        self.use_local_time = use_local_time
         self.forbidden_flags = forbidden_flags
         self.extensions = Extensions(extensions)
         self.hooks = Hooks(plugins)
@@ -168,7 +185,10 @@ class App(Enqueueing):
         self.tasks: dict[str, Task[Any, Any, Any]] = {}
         self._own_pool = pool is None
         self._pool = pool
-        self.store = Store(pool, schema)
+        self.store = Store(None, self.schema)
+        if pool is not None:
+            self._settle_schema()
+            self.store.pool = pool
 
     def configure(
         self,
@@ -179,6 +199,7 @@ class App(Enqueueing):
         async_concurrency: int | None = None,
         poll_interval: float | None = None,
         prefetch: int | None = None,
+        worker_id: str | None = None,
     ) -> App:
         """Override settings (what the CLI's options do). The database and the schema
         can only change before the app opens."""
@@ -189,10 +210,12 @@ class App(Enqueueing):
             raise ConfigurationError(
                 "the database and schema can only change before the app is opened"
             )
-        if schema is not None and schema != self.schema:
+        if schema is not None:
             check_schema(schema)
-            self.schema = schema
-            self.store = Store(None, schema)
+            self._schema_given = True
+            if schema != self.schema:
+                self.schema = schema
+                self.store = Store(None, schema)
         if concurrency is not None:
             check_positive("concurrency", concurrency)
             self.concurrency = concurrency
@@ -206,86 +229,12 @@ class App(Enqueueing):
         if prefetch is not None:
             check_not_negative("prefetch", prefetch)
             self.prefetch = prefetch
+        if worker_id is not None:
+            check_worker_id(worker_id)
+            self.worker_id = worker_id
         if database_url is not None:
             self.database_url = database_url
         return self
-
-    # -- registry ---------------------------------------------------------------------
-
-    def cron(self, item: Cron | CronItem) -> CronItem:
-        """Add a recurring job (a ``Cron`` builder or a built ``CronItem``); every worker
-        of this app schedules it, and each minute becomes exactly one job."""
-        built = item.build() if isinstance(item, Cron) else item
-        if any(existing.identifier == built.identifier for existing in self.cron_items):
-            raise ConfigurationError(
-                f"the cron table already has an item {built.identifier!r}: give this one another id"
-            )
-        self.cron_items.append(built)
-        return built
-
-    def add_crontab(self, text: str, *, source: str = "crontab") -> list[CronItem]:
-        """Add the items of a crontab text; errors name the line (``source`` names the
-        file in them)."""
-        return [self.cron(item) for item in parse_crontab(text, source=source)]
-
-    def add_plugin(self, plugin: Plugin) -> None:
-        """Register ``plugin``; its hooks run after those of the plugins before it."""
-        self.hooks.add(plugin)
-
-    def add_extension(self, extension: object) -> None:
-        """Make ``extension`` available to tasks as ``ctx.get_ext(type(extension))``."""
-        self.extensions.add(extension)
-
-    def current_forbidden_flags(self) -> list[str] | None:
-        """The forbidden flags for the next fetch (calls ``forbidden_flags`` if callable,
-        and awaits what an async one returns)."""
-        return resolve_forbidden_flags(self.forbidden_flags)
-
-    def task(
-        self,
-        identifier: str,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        max_attempts: int | None = None,
-        flags: Sequence[str] | None = None,
-        timeout: float | None = None,
-        backoff: Backoff | None = None,
-    ) -> Callable[[Callable[Concatenate[T, P], R]], Task[T, P, R]]:
-        """Register the decorated function as the task ``identifier``.
-
-        ``queue``, ``priority``, ``max_attempts`` and ``flags`` are defaults for every job
-        of this task; ``defer`` can override each of them. ``timeout`` (seconds; default
-        the app's ``default_timeout``) limits one run: an async task is cancelled at its
-        deadline, a sync one is asked to stop (``ctx.cancelled``, ``ctx.check()``); a job
-        that ends by it fails with "Timed out after N s" and is retried as usual.
-
-        ``backoff`` is the task's own wait before a retry: a function of the attempts
-        made so far (1 after the first failure) giving seconds or a timedelta, used
-        when a pgworker worker fails the task's job (a Node or Rust worker running it
-        uses graphile-worker's ``exp(least(attempts, 10))`` seconds, the default here).
-        A task can also decide its job's fate as it runs: see ``Retry``, ``Snooze``,
-        ``PermanentFailure`` and ``BatchResult``.
-        """
-        if not _IDENTIFIER.match(identifier) or len(identifier) > MAX_IDENTIFIER_LENGTH:
-            raise ConfigurationError(
-                f"task identifier {identifier!r} must start with a letter or _, hold only "
-                "letters, digits and _ : / . -, and be at most 128 characters"
-            )
-        if identifier in self.tasks:
-            raise ConfigurationError(f"task {identifier!r} is already registered on this app")
-        if timeout is not None and not timeout > 0:
-            raise ConfigurationError(f"task {identifier!r}: timeout must be positive seconds")
-        if backoff is not None:
-            check_backoff(identifier, backoff)
-        defaults = JobSpec(queue=queue, priority=priority, max_attempts=max_attempts, flags=flags)
-
-        def register(fn: Callable[Concatenate[T, P], R]) -> Task[T, P, R]:
-            task = Task(self, identifier, fn, defaults=defaults, timeout=timeout, backoff=backoff)
-            self.tasks[identifier] = task
-            return task
-
-        return register
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -304,6 +253,7 @@ class App(Enqueueing):
             return self
         if database_url is not None:
             self.database_url = database_url
+        self._settle_schema()
         url = configured_database_url(self.database_url)
         if url is None:
             if not (self.embedded and embedded_allowed()):
@@ -322,6 +272,15 @@ class App(Enqueueing):
             raise
         self._pool = self.store.pool = pool
         return self
+
+    def _settle_schema(self) -> None:
+        """Fix the schema of an app that names none (GRAPHILE_WORKER_SCHEMA), as it opens."""
+        if self._schema_given:
+            return
+        schema = default_schema()
+        if schema != self.schema:
+            self.schema = schema
+            self.store = Store(None, schema)
 
     def close(self) -> None:
         """Close the pool the app opened (a pool given to the constructor stays open),
@@ -350,7 +309,7 @@ class App(Enqueueing):
     @property
     def admin(self) -> Admin:
         """Operations on jobs: remove, complete, fail, reschedule, unlock, clean up, list."""
-        return Admin(self.store)
+        return Admin(self.store, known_tasks=list(self.tasks))
 
     @property
     def conninfo(self) -> str:
@@ -422,6 +381,8 @@ class App(Enqueueing):
             hard_timeout=self.hard_timeout,
             exit_on_overrun=exit_on_overrun,
             once=once,
+            worker_id=self.worker_id,
+            use_local_time=self.use_local_time,
         )
         return Worker(
             store=self.store,

@@ -71,12 +71,26 @@ def cli(ctx: click.Context) -> None:
 @click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
-    help="Serve Prometheus metrics on HOST:PORT/metrics (needs pgworker[prometheus]).",
+    help="Serve Prometheus metrics on HOST:PORT/metrics (needs the prometheus extra).",
 )
 @click.option(
     "--metrics-host",
     metavar="HOST",
     help="The address --metrics-port listens on (default 127.0.0.1; 0.0.0.0 for all).",
+)
+@click.option(
+    "--cleanup",
+    "cleanup_tasks",
+    metavar="TASKS",
+    multiple=True,
+    help="Instead of running jobs, clean up and exit, as graphile-worker --cleanup: a "
+    "comma-separated list of GC_TASK_IDENTIFIERS (the app's own are kept), GC_JOB_QUEUES, "
+    "DELETE_PERMAFAILED_JOBS.",
+)
+@click.option(
+    "--worker-id",
+    metavar="ID",
+    help="This worker's id (locked_by of its jobs); default pgworker-<random hex>.",
 )
 @database_options
 @log_options
@@ -90,6 +104,8 @@ def run(
     crontab_file: str | None,
     metrics_port: int | None,
     metrics_host: str | None,
+    cleanup_tasks: tuple[str, ...],
+    worker_id: str | None,
     database_url: str | None,
     schema: str | None,
 ) -> None:
@@ -98,6 +114,9 @@ def run(
         raise click.UsageError("--crontab needs a running worker: --once schedules no cron")
     if metrics_host is not None and metrics_port is None:
         raise click.UsageError("--metrics-host needs --metrics-port")
+    cleanup = cli_admin.parse_cleanup_tasks(cleanup_tasks) if cleanup_tasks else None
+    if cleanup is not None and (once or crontab_file or metrics_port is not None):
+        raise click.UsageError("--cleanup cleans up and exits: it runs no jobs")
     app = load_app(target)
     with reported_errors(), app_database(app, database_url) as url, ExitStack() as stack:
         app.configure(
@@ -107,7 +126,13 @@ def run(
             async_concurrency=async_concurrency,
             poll_interval=poll_interval,
             prefetch=prefetch,
+            worker_id=worker_id,
         )
+        if cleanup is not None:
+            with app:
+                app.migrate()
+                cli_admin.echo_cleanup(cli_admin.cleanup_by_names(app.admin, cleanup))
+            return
         if crontab_file is not None:
             app.add_crontab(Path(crontab_file).read_text(encoding="utf-8"), source=crontab_file)
         if metrics_port is not None:
@@ -146,6 +171,11 @@ def migrate(target: str | None, database_url: str | None, schema: str | None) ->
 @click.option("--job-key", help="Replace the pending job with this key, if any.")
 @click.option("--job-key-mode", type=click.Choice(["replace", "preserve_run_at", "unsafe_dedupe"]))
 @click.option("--flag", "flags", multiple=True, help="A flag; repeat for more.")
+@click.option(
+    "--enqueue-schema",
+    metavar="NAME",
+    help="Add it through the enqueue functions of this schema (see grant-enqueue).",
+)
 @database_options
 @log_options
 def defer(
@@ -159,6 +189,7 @@ def defer(
     job_key: str | None,
     job_key_mode: Any,
     flags: tuple[str, ...],
+    enqueue_schema: str | None,
     database_url: str | None,
     schema: str | None,
 ) -> None:
@@ -169,6 +200,8 @@ def defer(
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="PAYLOAD") from exc
     when = parse_run_at(run_at)
     with opened_app(database_url, schema, target) as app:
+        if enqueue_schema is not None:
+            app.enqueue_schema = enqueue_schema
         job = app.defer(
             identifier,
             value,
@@ -181,6 +214,33 @@ def defer(
             flags=list(flags) or None,
         )
     click.echo(msgspec.json.encode(job).decode())
+
+
+@cli.command("grant-enqueue")
+@click.argument("role")
+@click.option(
+    "--enqueue-schema",
+    metavar="NAME",
+    help="Where the functions live (default: the app's, else the worker schema + _enqueue).",
+)
+@click.option("--revoke", is_flag=True, help="Take the permission back instead.")
+@click.option("--app", "target", metavar="MODULE:ATTR", help="Use this app's schemas.")
+@database_options
+@log_options
+def grant_enqueue(
+    role: str,
+    enqueue_schema: str | None,
+    revoke: bool,
+    target: str | None,
+    database_url: str | None,
+    schema: str | None,
+) -> None:
+    """Let ROLE add jobs, and nothing else, through pgworker's SECURITY DEFINER
+    functions (installed or updated first). Run it as the worker schema's owner."""
+    with opened_app(database_url, schema, target) as app:
+        name = app.grant_enqueue(role, enqueue_schema=enqueue_schema, revoke=revoke)
+    done = "may no longer add" if revoke else "may add"
+    click.echo(f"Role {role!r} {done} jobs through {name}.add_job and {name}.add_jobs")
 
 
 for command in cli_admin.COMMANDS:

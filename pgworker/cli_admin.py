@@ -9,7 +9,7 @@ from typing import Any
 import click
 import msgspec
 
-from .admin import JOB_STATES, Admin, ListedJob
+from .admin import JOB_STATES, Admin, CleanupResult, ListedJob
 from .cli_common import CliError, database_options, log_options, opened_app, parse_run_at
 from .job import Job
 
@@ -210,7 +210,7 @@ def force_unlock_command(
 @click.option(
     "--gc-task-identifiers",
     is_flag=True,
-    help="Delete task identifiers no job and no registered worker uses.",
+    help="Delete task identifiers no job uses and no registered worker runs.",
 )
 @click.option("--keep", "keep", multiple=True, help="A task identifier to keep; repeat.")
 @database_options
@@ -235,9 +235,41 @@ def cleanup_command(
             gc_task_identifiers=gc_task_identifiers,
             task_identifiers_to_keep=keep,
         )
+    echo_cleanup(result)
+
+
+def echo_cleanup(result: CleanupResult) -> None:
+    """Say how many rows each cleanup step deleted."""
     for name, count in msgspec.structs.asdict(result).items():
         if count is not None:
             click.echo(f"Deleted {count} {name.replace('_', ' ')}")
+
+
+#: graphile-worker's cleanup task names (``graphile-worker --cleanup``).
+CLEANUP_TASKS = ("GC_TASK_IDENTIFIERS", "GC_JOB_QUEUES", "DELETE_PERMAFAILED_JOBS")
+
+
+def parse_cleanup_tasks(values: Sequence[str]) -> frozenset[str]:
+    """graphile-worker cleanup task names, given as comma-separated lists
+    (``GC_JOB_QUEUES,DELETE_PERMAFAILED_JOBS``); a usage error names any other."""
+    names = {name.strip() for value in values for name in value.split(",") if name.strip()}
+    unknown = sorted(names - set(CLEANUP_TASKS))
+    if unknown or not names:
+        raise click.BadParameter(
+            f"expected a comma-separated list of {', '.join(CLEANUP_TASKS)}; "
+            f"got {', '.join(values) or 'nothing'}",
+            param_hint="--cleanup",
+        )
+    return frozenset(names)
+
+
+def cleanup_by_names(admin: Admin, names: frozenset[str]) -> CleanupResult:
+    """Run the cleanup tasks named as in graphile-worker."""
+    return admin.cleanup(
+        delete_permanently_failed_jobs="DELETE_PERMAFAILED_JOBS" in names,
+        gc_job_queues="GC_JOB_QUEUES" in names,
+        gc_task_identifiers="GC_TASK_IDENTIFIERS" in names,
+    )
 
 
 @click.command("stats")

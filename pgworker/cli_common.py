@@ -15,9 +15,10 @@ from typing import Any
 
 import click
 
-from .app import DEFAULT_SCHEMA, App
+from .app import App
 from .errors import PgWorkerError
 from .logs import configure_logging
+from .settings import DEFAULT_SCHEMA, SCHEMA_VARIABLE
 
 _RELATIVE_TIME = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -177,7 +178,7 @@ def database_options(fn: Any) -> Any:
     fn = click.option(
         "--schema",
         default=None,
-        help=f"Worker schema (default: the app's, else {DEFAULT_SCHEMA}).",
+        help=f"Worker schema (default: the app's, else {SCHEMA_VARIABLE}, else {DEFAULT_SCHEMA}).",
     )(fn)
     fn = click.option(
         "--database-url",

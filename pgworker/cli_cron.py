@@ -9,7 +9,7 @@ import click
 
 from .cli_common import load_app, log_options, reported_errors
 from .cron import CronItem, parse_crontab
-from .crontab import format_cron_ts
+from .cron_expr import format_cron_ts
 
 #: How many upcoming run times ``cron list`` shows per item.
 UPCOMING = 3

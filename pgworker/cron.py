@@ -1,5 +1,5 @@
 """Recurring jobs: the Cron builder (the scheduler is in scheduler.py, the crontab text
-format in crontab.py; both are re-exported here)."""
+format in crontab.py, time expressions in cron_expr.py; all re-exported here)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from typing import Any, Protocol
 
 import msgspec
 
+from .cron_expr import CronExpression, CronExpressionError
 from .crontab import (
     CRON_ID,
     CRON_JOB_KEY_MODES,
-    CronExpression,
-    CronExpressionError,
     CronItem,
     CronJobKeyMode,
     CrontabError,

@@ -1,33 +1,25 @@
-"""The crontab format: cron time expressions, the cron items built on them, and crontab text."""
+"""The crontab format: the cron items built on cron expressions, and crontab text."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
-from bisect import bisect_left
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
+import json5
 import msgspec
 
+from .cron_expr import CronExpression, CronExpressionError, format_cron_ts
 from .errors import ConfigurationError, PayloadError
 from .payload import PayloadCodec
-from .spec import JobSpec
+from .spec import JobSpec, check_task_identifier
 
 #: The job key modes a cron item may use (``unsafe_dedupe`` is not one, as in graphile-worker).
 CronJobKeyMode = Literal["replace", "preserve_run_at"]
 CRON_JOB_KEY_MODES: tuple[CronJobKeyMode, ...] = ("replace", "preserve_run_at")
-#: Cron's unit of time: items are due at whole minutes.
-MINUTE = timedelta(minutes=1)
-#: How far ``next_after`` looks ahead: the longest gap between two matches is 8 years
-#: (29 February, 2096 to 2104).
-_LOOKAHEAD_DAYS = 9 * 366
-
-#: One term of a field's comma list: ``*``, ``N`` or ``A-B``, each optionally ``/STEP``.
-_TERM = re.compile(r"^(?:(\*)|([0-9]+)(?:-([0-9]+))?)(?:/([0-9]+))?$")
-#: graphile-worker's task identifiers in a crontab (slashes for nested task folders).
-_TASK = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9:/-]*$")
 #: graphile-worker's pattern for the ``id`` of a cron item (the crontab's ``?id=``).
 CRON_ID = re.compile(r"^[_a-zA-Z][-_a-zA-Z0-9]*$")
 #: The other crontab option patterns (graphile-worker's).
@@ -37,6 +29,8 @@ _MAX = re.compile(r"^[0-9]+$")
 _QUEUE = re.compile(r"^[-a-zA-Z0-9_:]+$")
 _PRIORITY = re.compile(r"^-?[0-9]+$")
 _FILL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The longest backfill period (Python's timedelta ends at 999,999,999 days).
+_MAX_FILL_SECONDS = 100_000_000 * 604800
 #: Option names as written in a crontab, mapped to one name per option (Node's camelCase
 #: and the Rust port's snake_case spellings of the job key options are both accepted).
 _OPTION_NAMES = {
@@ -65,15 +59,6 @@ _OPTION_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
 }
 
 
-class CronExpressionError(ConfigurationError):
-    """A cron time expression is malformed; ``problem`` says what is wrong in which field."""
-
-    def __init__(self, expression: str, problem: str) -> None:
-        super().__init__(f"invalid cron expression '{expression}': {problem}")
-        self.expression = expression
-        self.problem = problem
-
-
 class CrontabError(ConfigurationError):
     """A crontab line is malformed: the message names the line, quotes it and says why."""
 
@@ -83,172 +68,6 @@ class CrontabError(ConfigurationError):
         self.line_number = line_number
         self.line = line
         self.problem = problem
-
-
-class _Field(NamedTuple):
-    name: str
-    low: int
-    high: int
-
-
-_FIELDS = (
-    _Field("minute", 0, 59),
-    _Field("hour", 0, 23),
-    _Field("day-of-month", 1, 31),
-    _Field("month", 1, 12),
-    _Field("day-of-week", 0, 6),
-)
-_WEEKDAY = _FIELDS[4]
-
-
-def _parse_field(field: _Field, text: str) -> frozenset[int]:
-    """The values one field's comma list selects; raises ValueError naming the problem."""
-    # 7 is Sunday too (as in graphile-worker); the step then counts on up to 7.
-    high = 7 if field is _WEEKDAY else field.high
-    values: set[int] = set()
-    for term in text.split(","):
-        match = _TERM.match(term)
-        if match is None:
-            raise ValueError(
-                f"unsupported syntax '{term}' in the {field.name} field: expected a number N, "
-                "a range A-B, *, or one of these followed by /STEP"
-            )
-        star, first, last, step_text = match.groups()
-        if star:
-            start, end = field.low, field.high
-        else:
-            start = _bounded(field, high, int(first))
-            if last is not None:
-                end = _bounded(field, high, int(last))
-                if end < start:
-                    raise ValueError(
-                        f"invalid range '{term}' in the {field.name} field: "
-                        f"{end} is smaller than {start}"
-                    )
-            else:  # N/STEP counts from N to the field's end, as in most crons
-                end = max(start, field.high) if step_text is not None else start
-        step = 1 if step_text is None else int(step_text)
-        if step < 1:
-            raise ValueError(
-                f"invalid step '{term}' in the {field.name} field: "
-                f"the step '{step_text}' must be greater than zero"
-            )
-        values.update(range(start, end + 1, step))
-    if field is _WEEKDAY and 7 in values:
-        values = (values - {7}) | {0}
-    return frozenset(values)
-
-
-def _bounded(field: _Field, high: int, value: int) -> int:
-    if field.low <= value <= high:
-        return value
-    size = "large" if value > high else "small"
-    sunday = " (7 also means Sunday)" if field is _WEEKDAY else ""
-    raise ValueError(
-        f"too {size} value '{value}' in the {field.name} field: "
-        f"expected values in the range {field.low}-{field.high}{sunday}"
-    )
-
-
-class CronExpression(msgspec.Struct, frozen=True):
-    """A parsed five-field cron time expression, matched in UTC.
-
-    Fields: minute 0-59, hour 0-23, day of month 1-31, month 1-12, day of week 0-6 (0 or
-    7 is Sunday). Each field is a comma list of ``N``, ``A-B``, ``*``, ``*/S`` and, beyond
-    what graphile-worker accepts, ``A-B/S`` and ``N/S`` (N up to the field's end, step S).
-    No names (``MON``, ``JAN``) and no ``@daily``. When both day fields are restricted
-    (not every value), a time matches if either day field does, as in every cron.
-    """
-
-    text: str
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]
-
-    @classmethod
-    def parse(cls, text: str) -> CronExpression:
-        """Parse ``text``; raises CronExpressionError naming the field and the problem."""
-        fields = text.split()
-        if len(fields) != 5:
-            raise CronExpressionError(
-                text.strip(),
-                "expected 5 fields (minute hour day-of-month month day-of-week), "
-                f"got {len(fields)}",
-            )
-        try:
-            sets = [_parse_field(field, part) for field, part in zip(_FIELDS, fields, strict=True)]
-        except ValueError as exc:
-            raise CronExpressionError(" ".join(fields), str(exc)) from None
-        return cls(" ".join(fields), *sets)
-
-    def __repr__(self) -> str:
-        return f"CronExpression({self.text!r})"
-
-    def __str__(self) -> str:
-        return self.text
-
-    def matches(self, ts: datetime) -> bool:
-        """Whether the minute of ``ts`` (timezone-aware, compared in UTC) matches."""
-        if ts.tzinfo is not UTC:
-            if ts.tzinfo is None:
-                raise ValueError(f"cron matching needs a timezone-aware datetime, got {ts}")
-            ts = ts.astimezone(UTC)
-        return (
-            ts.minute in self.minutes
-            and ts.hour in self.hours
-            and ts.month in self.months
-            and self._day_matches(ts.day, ts.isoweekday() % 7)
-        )
-
-    def _day_matches(self, day: int, weekday: int) -> bool:
-        # "Restricted" means not every value, counted as graphile-worker counts it, so
-        # that a Node worker and pgworker pick the same minutes.
-        days_restricted = len(self.days) != 31
-        weekdays_restricted = len(self.weekdays) != 7
-        if days_restricted and weekdays_restricted:
-            return day in self.days or weekday in self.weekdays
-        if days_restricted:
-            return day in self.days
-        if weekdays_restricted:
-            return weekday in self.weekdays
-        return True
-
-    def next_after(self, ts: datetime) -> datetime | None:
-        """The first matching minute strictly after ``ts``, in UTC; None if there is none
-        (``0 0 30 2 *`` never matches)."""
-        if ts.tzinfo is None:
-            raise ValueError(f"cron matching needs a timezone-aware datetime, got {ts}")
-        first = floor_minute(ts.astimezone(UTC)) + MINUTE
-        hours, minutes = sorted(self.hours), sorted(self.minutes)
-        day = first.replace(hour=0, minute=0)
-        earliest_hour, earliest_minute = first.hour, first.minute  # on the first day only
-        for _ in range(_LOOKAHEAD_DAYS):
-            if day.month in self.months and self._day_matches(day.day, day.isoweekday() % 7):
-                for hour in hours[bisect_left(hours, earliest_hour) :]:
-                    index = bisect_left(minutes, earliest_minute if hour == earliest_hour else 0)
-                    if index < len(minutes):
-                        return day.replace(hour=hour, minute=minutes[index])
-            day += timedelta(days=1)
-            earliest_hour = earliest_minute = 0
-        return None
-
-
-def floor_minute(ts: datetime) -> datetime:
-    """``ts`` without its seconds and microseconds."""
-    return ts.replace(second=0, microsecond=0)
-
-
-def ceil_minute(ts: datetime) -> datetime:
-    """``ts`` rounded up to a whole minute (unchanged if it is one)."""
-    floored = floor_minute(ts)
-    return floored if floored == ts else floored + MINUTE
-
-
-def format_cron_ts(ts: datetime) -> str:
-    """``ts`` as graphile-worker writes ``_cron.ts``: ISO 8601 UTC with milliseconds and Z."""
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class CronItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -341,8 +160,9 @@ def parse_crontab(text: str, *, source: str = "crontab") -> list[CronItem]:
     lines starting with ``#`` are skipped. Options, URL-query style: ``id``, ``fill``
     (``1w2d3h4m5s``), ``max``, ``queue``, ``jobKey``, ``jobKeyMode``, ``priority``
     (``job_key`` and ``job_key_mode`` are accepted too); an unknown or repeated option is
-    an error. The payload is a JSON object to the end of the line: JSON, not the JSON5
-    graphile-worker reads, so quote keys and strings with double quotes.
+    an error. The payload is a JSON5 object that ends the line, as in graphile-worker
+    (``{greeting: 'hi', n: 0x10,}``). The task identifier follows ``App.task``'s rule,
+    dots included (graphile-worker's parser refuses dots).
 
     Raises CrontabError naming the line (``source`` names the file in messages), also
     for two items with one identifier.
@@ -407,11 +227,9 @@ def _parse_line(line: str) -> CronItem:
 def _split_command(command: str) -> tuple[str, str | None, str | None]:
     """``task [?options] [{payload}]`` as its three parts."""
     task, rest = _split_word(command)
-    if not _TASK.match(task):
-        raise ConfigurationError(
-            f"invalid task identifier '{task}': it must start with a letter or _ and hold "
-            "only letters, digits and _ : / -"
-        )
+    # One rule with App.task, so any registered task can be scheduled; graphile-worker's
+    # parser refuses dots, so a crontab naming such a task is pgworker's alone.
+    check_task_identifier(task)
     options = None
     if rest.startswith("?"):
         if len(rest) == 1 or rest[1].isspace():
@@ -419,13 +237,18 @@ def _split_command(command: str) -> tuple[str, str | None, str | None]:
         options, rest = _split_word(rest[1:])
     if not rest:
         return task, options, None
-    if rest.startswith("{"):
+    if rest.startswith("{") and rest.endswith("}"):
         return task, options, rest
     word = rest.split()[0]
-    hint = " (comments go on lines of their own)" if word.startswith("#") else ""
+    if rest.startswith("{"):
+        hint = " (the payload must end the line with its closing })"
+    elif word.startswith("#"):
+        hint = " (comments go on lines of their own)"
+    else:
+        hint = ""
     raise ConfigurationError(
         f"unexpected '{word}' after the task identifier: expected ?options, then a "
-        f"{{JSON payload}}{hint}"
+        f"{{JSON5 payload}}{hint}"
     )
 
 
@@ -459,26 +282,32 @@ def _parse_options(text: str | None) -> dict[str, str]:
 def _parse_fill(text: str) -> timedelta:
     """A backfill period such as ``1w2d3h4m5s`` (weeks, days, hours, minutes, seconds)."""
     seconds = sum(int(n) * _FILL_UNITS[unit] for n, unit in _FILL_PART.findall(text))
+    if seconds > _MAX_FILL_SECONDS:
+        raise ConfigurationError(
+            f"invalid value '{text}' for option 'fill': at most {_MAX_FILL_SECONDS // 604800} weeks"
+        )
     return timedelta(seconds=seconds)
 
 
 def _parse_payload(text: str) -> dict[str, Any]:
+    """A JSON5 object, as graphile-worker reads crontab payloads (unquoted keys, single
+    quotes, trailing commas, comments, hexadecimal numbers)."""
     try:
-        payload = json.loads(text, parse_constant=_reject_constant)
+        payload = json5.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except ValueError as exc:
-        detail = (
-            f"{exc.msg} at character {exc.pos + 1} of the payload"
-            if isinstance(exc, json.JSONDecodeError)
-            else str(exc)
-        )
-        raise ConfigurationError(
-            f"invalid JSON payload: {detail} (pgworker reads JSON, not JSON5: quote keys and "
-            "strings with double quotes)"
-        ) from None
+        raise ConfigurationError(f"invalid JSON5 payload: {exc}") from None
     if not isinstance(payload, dict):
-        raise ConfigurationError("the payload must be a JSON object")
+        raise ConfigurationError("the payload must be a JSON5 object")
     return payload
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    # Node's JSON5 reads them, then its JSON.stringify writes null: refuse instead.
+    raise ValueError(f"{name} cannot be stored in a JSON payload")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large to store in a JSON payload")
+    return value

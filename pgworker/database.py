@@ -63,6 +63,6 @@ def describe(conninfo: str) -> str:
 def package_version() -> str:
     """The installed pgworker's version ("unknown" when run from a bare source tree)."""
     try:
-        return metadata.version("pgworker")
+        return metadata.version("pgworker-queue")
     except metadata.PackageNotFoundError:
         return "unknown"

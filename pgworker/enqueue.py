@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import msgspec
 
 from .errors import ConfigurationError, PayloadError
 from .hooks import DeferSkipped, Hooks
@@ -13,6 +15,7 @@ from .job import Job
 from .payload import PayloadCodec
 from .spec import JobKeyMode, JobSpec, RawJob, check_identifier
 from .store import Connection, NewJob, Store
+from .store_enqueue import DefinerStatements, default_enqueue_schema
 from .task import Task
 
 _RAW_CODEC: PayloadCodec[Any] = PayloadCodec(Any)
@@ -21,11 +24,19 @@ _RAW_CODEC: PayloadCodec[Any] = PayloadCodec(Any)
 class Enqueueing:
     """The App's ways to add jobs by task identifier, without importing the task: a
     registered task's payload type and defaults apply; any other identifier takes any
-    JSON payload (None means ``{}``)."""
+    JSON payload (None means ``{}``).
+
+    With ``enqueue_schema`` set, jobs go through the SECURITY DEFINER functions of that
+    schema instead of graphile-worker's ``add_job``/``add_jobs`` (docs/permissions.md).
+    """
 
     tasks: dict[str, Task[Any, Any, Any]]
     hooks: Hooks
     store: Store
+    use_local_time: bool
+    schema: str
+    enqueue_schema: str | None
+    _definer: DefinerStatements | None = None
 
     def defer(
         self,
@@ -108,10 +119,12 @@ class Enqueueing:
             payload = {} if payload is None else payload
         else:
             codec, defaults = task.codec, task.defaults
-        spec = defaults.merge(spec)
+        spec = self._local_run_at(defaults.merge(spec))
         if self.hooks.intercepts_defer:
             payload = self.hooks.before_defer(identifier, payload, spec)
-        return self.store.add_job(identifier, codec.encode(payload), spec, conn=conn)
+        definer = self._definer_statements()
+        target = self.store if definer is None else definer
+        return target.add_job(identifier, codec.encode(payload), spec, conn=conn)
 
     def defer_raw(self, jobs: Iterable[RawJob], *, conn: Connection | None = None) -> list[Job]:
         """Enqueue a mixed batch (several tasks, each job its own options) in one
@@ -124,6 +137,7 @@ class Enqueueing:
             task = self.tasks.get(raw.identifier)
             codec = task.codec if task is not None else _RAW_CODEC
             spec = (task.defaults if task is not None else JobSpec()).merge(raw.spec)
+            spec = self._local_run_at(spec)
             if spec.job_key_mode == "unsafe_dedupe":
                 raise ConfigurationError("job_key_mode 'unsafe_dedupe' works only with defer()")
             payload = {} if raw.payload is None and task is None else raw.payload
@@ -145,4 +159,42 @@ class Enqueueing:
             raise ConfigurationError(
                 "a batch applies one job_key_mode to all its keyed jobs; split it by mode"
             )
-        return self.store.add_jobs(batch, preserve_run_at=modes == {"preserve_run_at"}, conn=conn)
+        definer = self._definer_statements()
+        target = self.store if definer is None else definer
+        return target.add_jobs(batch, preserve_run_at=modes == {"preserve_run_at"}, conn=conn)
+
+    def _local_run_at(self, spec: JobSpec) -> JobSpec:
+        """With ``use_local_time``, a job with no run_at runs from this process's now
+        (graphile-worker's useNodeTime), not from the database's ``now()``."""
+        if not self.use_local_time or spec.run_at is not None:
+            return spec
+        return msgspec.structs.replace(spec, run_at=datetime.now(UTC))
+
+    def grant_enqueue(
+        self, role: str, *, enqueue_schema: str | None = None, revoke: bool = False
+    ) -> str:
+        """Let ``role`` add jobs, and only that: install (or update) pgworker's SECURITY
+        DEFINER enqueue functions and grant ``role`` EXECUTE on them (``revoke``: take
+        that back). Run it as the role that owns the worker schema, after ``migrate``.
+
+        The functions live in ``enqueue_schema`` (default: the app's ``enqueue_schema``,
+        else the worker schema's name + ``_enqueue``), never in the worker schema.
+        Returns that schema's name. See docs/permissions.md.
+        """
+        name = enqueue_schema or self.enqueue_schema or default_enqueue_schema(self.schema)
+        DefinerStatements(self.store, name).grant(role, revoke=revoke)
+        return name
+
+    def _definer_statements(self) -> DefinerStatements | None:
+        """The enqueue functions' statements, when jobs go through them."""
+        if self.enqueue_schema is None:
+            return None
+        definer = self._definer
+        if (
+            definer is None
+            or definer.store is not self.store
+            or definer.enqueue_schema != self.enqueue_schema
+        ):
+            # Built once per store and name (configure(schema=...) makes a new store).
+            definer = self._definer = DefinerStatements(self.store, self.enqueue_schema)
+        return definer

@@ -13,6 +13,10 @@ class ConfigurationError(PgWorkerError):
     """A setting is missing or invalid; the message says which one and how to fix it."""
 
 
+class WorkerIdInUseError(ConfigurationError):
+    """Another live worker is registered under the worker id this one was given."""
+
+
 class DatabaseUnavailableError(PgWorkerError, psycopg.OperationalError):
     """The database could not be reached (also a ``psycopg.OperationalError``, so code
     that retries on those keeps working)."""

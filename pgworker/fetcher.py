@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Protocol
 
 import psycopg
@@ -15,6 +16,11 @@ from .inflight import InFlight, Room
 from .store import ClaimedJob, Store
 
 logger = logging.getLogger(__name__)
+
+
+def local_time() -> datetime:
+    """This process's clock, for ``App(use_local_time=True)``."""
+    return datetime.now(UTC)
 
 
 class AsyncLane(Protocol):
@@ -66,8 +72,10 @@ class Fetcher:
         hand_out: Callable[[ClaimedJob], None],
         async_task_names: dict[int, str] | None = None,
         async_lane: AsyncLane | None = None,
+        use_local_time: bool = False,
     ) -> None:
         self.store = store
+        self.use_local_time = use_local_time
         self.worker_id = worker_id
         self.hooks = hooks
         self.inflight = inflight
@@ -113,6 +121,8 @@ class Fetcher:
                 attempt = 0
                 if more:
                     continue
+                if not claimed:
+                    self.hooks.fetch_empty()
                 if once and not claimed and not self.inflight.unsettled:
                     if not self._wake.is_set():
                         return
@@ -163,6 +173,7 @@ class Fetcher:
             task_names=task_names,
             limit=limit,
             forbidden_flags=self.forbidden_flags(),
+            now=local_time() if self.use_local_time else None,
             conn=self._conn.get(),
         )
 

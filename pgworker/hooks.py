@@ -174,6 +174,26 @@ class Plugin:
     def on_cron_job_scheduled(self, identifier: str, moment: datetime, job_id: int) -> None:
         """The cron item ``identifier`` added the job ``job_id`` for the minute ``moment``."""
 
+    # -- graphile-worker's events (cron:starting/started, worker:getJob:empty, resetLocked:*)
+
+    def on_cron_starting(self) -> None:
+        """The cron scheduler is starting (again, after an error): it is about to register
+        its items and backfill."""
+
+    def on_cron_started(self) -> None:
+        """The cron scheduler registered its items and backfilled; it now waits for the
+        next minute."""
+
+    def on_fetch_empty(self) -> None:
+        """A fetch found no runnable job; the worker waits for a notification or the poll
+        interval. Called on every idle poll: keep it cheap."""
+
+    def on_reset_locked_started(self) -> None:
+        """The 4-hour stale-lock reset is starting (every 8 to 10 minutes)."""
+
+    def on_reset_locked_finished(self, error: str | None) -> None:
+        """The stale-lock reset finished: ``error`` is None on success, else why it failed."""
+
 
 def _overrides(plugin: Plugin, hook: str) -> bool:
     return getattr(type(plugin), hook) is not getattr(Plugin, hook)
@@ -281,6 +301,28 @@ class Hooks:
     def cron_job_scheduled(self, identifier: str, moment: datetime, job_id: int) -> None:
         """Tell the plugins cron item ``identifier`` added ``job_id``."""
         self._observe("on_cron_job_scheduled", identifier, moment, job_id)
+
+    # -- graphile-worker's events -------------------------------------------------------
+
+    def cron_starting(self) -> None:
+        """Tell the plugins the cron scheduler is starting."""
+        self._observe("on_cron_starting")
+
+    def cron_started(self) -> None:
+        """Tell the plugins the cron scheduler registered and backfilled."""
+        self._observe("on_cron_started")
+
+    def fetch_empty(self) -> None:
+        """Tell the plugins a fetch found nothing."""
+        self._observe("on_fetch_empty")
+
+    def reset_locked_started(self) -> None:
+        """Tell the plugins the stale-lock reset is starting."""
+        self._observe("on_reset_locked_started")
+
+    def reset_locked_finished(self, error: str | None) -> None:
+        """Tell the plugins the stale-lock reset finished (``error`` None on success)."""
+        self._observe("on_reset_locked_finished", error)
 
     # -- calling ----------------------------------------------------------------------
 

@@ -97,8 +97,8 @@ class OpenTelemetryPlugin(Plugin):
     ``forbid_unknown_fields``, which is detected) cannot carry it: list such tasks in
     ``untraced_payload_tasks``; they still get spans, and their runs start new traces.
 
-    ``tracer_provider`` defaults to the global one. Needs the ``otel`` extra:
-    ``pip install 'pgworker[otel]'``.
+    ``tracer_provider`` defaults to the global one. Needs the OpenTelemetry API:
+    the ``otel`` extra (``pip install opentelemetry-api``); the SDK is the application's choice.
     """
 
     def __init__(
@@ -109,7 +109,8 @@ class OpenTelemetryPlugin(Plugin):
     ) -> None:
         if _OTEL_MISSING:
             raise ConfigurationError(
-                "OpenTelemetryPlugin needs the OpenTelemetry packages: pip install 'pgworker[otel]'"
+                "OpenTelemetryPlugin needs the OpenTelemetry API: pip install opentelemetry-api "
+                "(the otel extra)"
             )
         self.tracer = trace.get_tracer("pgworker", tracer_provider=tracer_provider)
         self.untraced_payload_tasks = frozenset(untraced_payload_tasks)

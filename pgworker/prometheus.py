@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _MISSING_MESSAGE = (
-    "pgworker's Prometheus metrics need prometheus-client: pip install 'pgworker[prometheus]'"
+    "pgworker's Prometheus metrics need prometheus-client: pip install prometheus-client "
+    "(the prometheus extra)"
 )
 #: Job duration buckets in seconds: jobs run from milliseconds to an hour.
 DURATION_BUCKETS = (
@@ -69,7 +70,7 @@ class PrometheusPlugin(Plugin):
     The metrics go to ``registry``, a new CollectorRegistry by default (pass
     ``prometheus_client.REGISTRY`` to use the global one). Serve them with
     ``serve_metrics(plugin, port)``. Needs the ``prometheus`` extra:
-    ``pip install 'pgworker[prometheus]'``.
+    the ``prometheus`` extra (``pip install prometheus-client``).
     """
 
     def __init__(

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from .connections import OwnConnection
-from .errors import ConfigurationError
+from .errors import ConfigurationError, PgWorkerError, WorkerIdInUseError
 from .hooks import Hooks
 from .store import Store
 from .store_recovery import RUST_STALE_AFTER
@@ -93,18 +93,41 @@ class Heartbeat:
         interval: float,
         *,
         still_running: Callable[[float], bool],
+        stale_after: float = 45.0,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
         self.metadata = metadata
         self.interval = interval
+        self.stale_after = stale_after
         self.still_running = still_running
         self._conn = OwnConnection(conninfo)
         self.beats = 0
 
     def register(self) -> None:
-        """The first beat, at start: raises if the registry can't be written."""
-        self.store.heartbeat(self.worker_id, self.metadata, conn=self._conn.get())
+        """The first beat, at start: raises if the registry can't be written, and
+        WorkerIdInUseError if a live worker is registered under this worker's id. Jobs a
+        dead worker of the same id left locked are given back (graphile-worker's
+        ``force_unlock_workers``: the attempt they took stays counted)."""
+        try:
+            released = self.store.register_worker(
+                self.worker_id, self.metadata, stale_after=self.stale_after, conn=self._conn.get()
+            )
+        except BaseException:
+            self._conn.close()
+            raise
+        if released is None:
+            self._conn.close()
+            raise WorkerIdInUseError(
+                f"worker id {self.worker_id!r} belongs to a live worker (it heartbeat in the "
+                f"last {self.stale_after:g} s): give this worker another id, or stop that one"
+            )
+        if released:
+            logger.warning(
+                "Gave back %d job(s) that an earlier worker with id %s left locked",
+                released,
+                self.worker_id,
+            )
         self.beats = 1
 
     def run(self, stop: threading.Event) -> None:
@@ -214,13 +237,23 @@ class Sweeper:
     def reset_stale_locks(self, *, report_unserved: bool = True) -> None:
         """graphile-worker's 4-hour reset, and (``report_unserved``) a warning about jobs
         that no registered worker runs; errors are logged, never raised."""
+        self.hooks.reset_locked_started()
         try:
             self.store.reset_stale_locks(conn=self._conn.get())
-            if not report_unserved:
-                return
+        except Exception as exc:  # the maintenance thread must outlive any one failure
+            expected = isinstance(exc, psycopg.Error | PgWorkerError)
+            (logger.warning if expected else logger.exception)(
+                "Resetting stale locks failed: %s", exc
+            )
+            self.hooks.reset_locked_finished(str(exc).strip() or type(exc).__name__)
+            return
+        self.hooks.reset_locked_finished(None)
+        if not report_unserved:
+            return
+        try:
             unserved = self.store.unserved_tasks(conn=self._conn.get())
         except psycopg.Error as exc:
-            logger.warning("Resetting stale locks failed: %s", exc)
+            logger.warning("Looking for unserved tasks failed: %s", exc)
             return
         if unserved:
             logger.warning(

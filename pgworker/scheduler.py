@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from .connections import backoff_delay
-from .crontab import MINUTE, CronItem, ceil_minute, floor_minute, format_cron_ts
+from .cron_expr import MINUTE, ceil_minute, floor_minute, format_cron_ts
+from .crontab import CronItem
 from .errors import ConfigurationError
 from .hooks import Hooks
 
@@ -75,7 +76,9 @@ class CronScheduler:
         while not stop.is_set():
             try:
                 start = self._now()
+                self.hooks.cron_starting()
                 self.register_and_backfill(start, stop)
+                self.hooks.cron_started()
                 next_minute = ceil_minute(start)
                 slept = behind = False
                 while not stop.is_set():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +39,51 @@ class WorkerSettings:
     #: On an overrun, stop the worker (the CLI's process then exits), else only report.
     exit_on_overrun: bool = False
     once: bool = False
+    #: The lock-owner id asked for (``App(worker_id=...)``); None: a generated one.
+    worker_id: str | None = None
+    #: Runnable means run_at <= this process's clock, not the database's.
+    use_local_time: bool = False
 
 
-def check_schema(schema: str) -> None:
-    """A schema name PostgreSQL takes: 1 to 63 characters."""
+def check_schema(schema: str, *, source: str = "schema") -> None:
+    """A schema name PostgreSQL takes: 1 to 63 characters (``source`` names the setting
+    in the error)."""
     if not 0 < len(schema) <= 63:
-        raise ConfigurationError(f"schema must be 1 to 63 characters, got {schema!r}")
+        raise ConfigurationError(f"{source} must be 1 to 63 characters, got {schema!r}")
+
+
+#: The worker schema when nothing names one: graphile-worker's.
+DEFAULT_SCHEMA = "graphile_worker"
+#: The environment variable graphile-worker reads its default schema from.
+SCHEMA_VARIABLE = "GRAPHILE_WORKER_SCHEMA"
+
+
+def default_schema() -> str:
+    """The schema of an app that names none, as graphile-worker picks it:
+    ``GRAPHILE_WORKER_SCHEMA`` if set and not empty, else ``graphile_worker``. Read when
+    the app opens, never at import."""
+    value = os.environ.get(SCHEMA_VARIABLE)
+    if not value:
+        return DEFAULT_SCHEMA
+    check_schema(value, source=SCHEMA_VARIABLE)
+    return value
+
+
+#: The longest worker id accepted: it is ``locked_by`` of jobs, a registry key and a
+#: prefix of thread names, not a place for prose.
+MAX_WORKER_ID_LENGTH = 128
+
+
+def check_worker_id(worker_id: str) -> None:
+    """A worker id: 1 to 128 printable characters, no spaces."""
+    if not isinstance(worker_id, str) or not 0 < len(worker_id) <= MAX_WORKER_ID_LENGTH:
+        raise ConfigurationError(
+            f"worker_id must be 1 to {MAX_WORKER_ID_LENGTH} characters, got {worker_id!r}"
+        )
+    if not worker_id.isprintable() or any(c.isspace() for c in worker_id):
+        raise ConfigurationError(
+            f"worker_id must be printable characters without spaces, got {worker_id!r}"
+        )
 
 
 def check_positive(name: str, value: float) -> None:

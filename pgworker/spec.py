@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,9 @@ SMALLINT_MIN, SMALLINT_MAX = -32768, 32767
 MAX_IDENTIFIER_LENGTH = 128
 MAX_QUEUE_NAME_LENGTH = 128
 MAX_JOB_KEY_LENGTH = 512
+#: The task identifiers ``App.task`` registers and a crontab line may name: a letter or _,
+#: then letters, digits and _ : / . - (graphile-worker's own crontab parser refuses the dot).
+TASK_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_:/.\-]*")
 
 
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,6 +103,16 @@ def check_identifier(identifier: object) -> None:
     """Raise ConfigurationError unless ``identifier`` can name a task (a str of 1 to 128
     characters, as graphile-worker's ``tasks`` table allows)."""
     _check_text("task identifier", identifier, MAX_IDENTIFIER_LENGTH)
+
+
+def check_task_identifier(identifier: str) -> None:
+    """Raise ConfigurationError unless ``identifier`` is one ``App.task`` registers (see
+    ``TASK_IDENTIFIER``; at most 128 characters)."""
+    if not TASK_IDENTIFIER.fullmatch(identifier) or len(identifier) > MAX_IDENTIFIER_LENGTH:
+        raise ConfigurationError(
+            f"task identifier {identifier!r} must start with a letter or _, hold only "
+            "letters, digits and _ : / . -, and be at most 128 characters"
+        )
 
 
 def _shown(value: object) -> str:

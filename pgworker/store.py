@@ -90,7 +90,7 @@ class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatemen
         params = {
             "identifier": identifier,
             "payload": payload,
-            **_spec_options(spec),
+            **spec_options(spec),
             "job_key_mode": spec.job_key_mode or "replace",
         }
         with self.connection(conn) as c:
@@ -108,7 +108,7 @@ class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatemen
         """Add a batch of jobs in one statement through ``add_jobs``."""
         if not jobs:
             return []
-        specs = msgspec.json.encode([_spec_record(new) for new in jobs]).decode()
+        specs = msgspec.json.encode([spec_record(new) for new in jobs]).decode()
         params = {"specs": specs, "preserve_run_at": preserve_run_at}
         with self.connection(conn) as c:
             rows, reader = self._fetch_job_rows(c, "add_jobs", params)
@@ -132,14 +132,17 @@ class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatemen
         task_names: dict[int, str],
         limit: int,
         forbidden_flags: Sequence[str] | None = None,
+        now: datetime | None = None,
         conn: Connection | None = None,
     ) -> list[ClaimedJob]:
-        """Lock up to ``limit`` runnable jobs for ``worker_id``."""
+        """Lock up to ``limit`` jobs for ``worker_id`` that are runnable at ``now`` (None:
+        the database's ``now()``)."""
         params = {
             "worker_id": worker_id,
             "task_ids": list(task_names),
             "limit": limit,
             "forbidden_flags": list(forbidden_flags) if forbidden_flags else None,
+            "now": now,
         }
         with self.connection(conn) as c:
             rows, reader = self._fetch_job_rows(c, "claim_jobs", params)
@@ -218,16 +221,16 @@ class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatemen
         self._execute("ping", conn=conn)
 
 
-def _spec_record(new: NewJob) -> dict[str, Any]:
+def spec_record(new: NewJob) -> dict[str, Any]:
     """One element of add_jobs' JSON array of job_spec records."""
     return {
         "identifier": new.identifier,
         "payload": msgspec.Raw(new.payload.encode()),
-        **_spec_options(new.spec),
+        **spec_options(new.spec),
     }
 
 
-def _spec_options(spec: JobSpec) -> dict[str, Any]:
+def spec_options(spec: JobSpec) -> dict[str, Any]:
     """The options of a job as add_job and job_spec name them."""
     return {
         "queue_name": spec.queue,

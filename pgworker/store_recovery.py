@@ -82,6 +82,26 @@ class RegistryStatements(StoreBase):
             row = c.execute(self.queries["worker_heartbeat"], params).fetchone()
         return bool(row and row[0])
 
+    def register_worker(
+        self, worker_id: str, metadata: dict[str, Any], *, stale_after: float, conn: Connection
+    ) -> int | None:
+        """Register ``worker_id`` as it starts; None, with nothing changed, when a worker
+        of that id heartbeat within ``stale_after`` seconds. Otherwise the jobs and queues
+        still locked under that id (a dead predecessor's: this worker has none yet) are
+        released, and how many jobs that was is returned."""
+        params = {
+            "worker_id": worker_id,
+            "metadata": json.dumps(metadata),
+            "stale_after": stale_after,
+        }
+        with self.connection(conn) as c, c.transaction():
+            if c.execute(self.queries["register_worker"], params).fetchone() is None:
+                return None
+            row = c.execute(
+                self.queries["force_unlock_workers"], {"worker_ids": [worker_id]}
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def deregister(self, worker_id: str, *, conn: Connection | None = None) -> None:
         """Remove ``worker_id`` from the registry."""
         self._execute("worker_deregister", {"worker_id": worker_id}, conn=conn)

@@ -97,7 +97,7 @@ class Worker:
     ) -> None:
         if not tasks:
             raise PgWorkerError("the app has no tasks: register some with @app.task(...)")
-        self.worker_id = f"pgworker-{secrets.token_hex(9)}"
+        self.worker_id = settings.worker_id or f"pgworker-{secrets.token_hex(9)}"
         self.store = store
         self.conninfo = conninfo
         self.tasks = tasks
@@ -165,7 +165,7 @@ class Worker:
             self.settings.schema,
             self.settings.concurrency,
             tuple(sorted(self.tasks)),
-            Admin(self.store),
+            Admin(self.store, known_tasks=list(self.tasks)),
         )
 
     def run(self, *, install_signal_handlers: bool = True) -> None:
@@ -270,6 +270,7 @@ class Worker:
             hand_out=self.executors.submit,
             async_task_names={i: name for i, name in task_names.items() if is_async[i]},
             async_lane=self.async_jobs,
+            use_local_time=settings.use_local_time,
         )
         if settings.recovery.enabled:
             metadata = worker_metadata(self.worker_id, list(self.tasks), VERSION)
@@ -280,6 +281,7 @@ class Worker:
                 metadata,
                 settings.recovery.heartbeat_interval,
                 still_running=lambda timeout: not self.inflight.wait_running_done(timeout),
+                stale_after=settings.recovery.stale_after,
             )
             self.heartbeat.register()
         # If the process exits before every claimed job is recorded, give them back.

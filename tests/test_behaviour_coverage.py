@@ -24,8 +24,10 @@ STATUSES = ("covered", "partial", "missing", "not_applicable")
 ID = r"(?:HAR|MIG|ADD|AJ|Q|F|FL|BJ|FF|ADM|LR|CRP|CRS|LQ|SH|EV|WU|E|EDGE|RS|CLI)-\d{2}"
 REFERENCE_ENTRY = re.compile(rf"^- \*\*({ID})\b", re.MULTILINE)
 # Tests written before the marker existed may name their ids in the docstring instead:
-# "Covers CRP-05, CRP-28." counts as @pytest.mark.gw("CRP-05", "CRP-28").
-DOCSTRING_COVERS = re.compile(rf"\bCovers ({ID}(?:(?:,\s*|,?\s+and\s+){ID})*)")
+# "Covers CRP-05, CRP-28." counts as @pytest.mark.gw("CRP-05", "CRP-28"), and
+# "Covers CRP-14 to CRP-16" as CRP-14, CRP-15 and CRP-16.
+DOCSTRING_COVERS = re.compile(rf"\bCovers ({ID}(?:(?:,\s*|,?\s+and\s+|\s+to\s+){ID})*)")
+ID_RANGE = re.compile(rf"({ID})\s+to\s+({ID})")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,18 @@ def _marker_ids(node: ast.AST, where: str) -> list[str]:
     return ids
 
 
+def _expand_ranges(text: str) -> list[str]:
+    """The ids of a docstring's "Covers ..." list, "A-01 to A-03" spelled out."""
+    for first, last in ID_RANGE.findall(text):
+        prefix, start = first.rsplit("-", 1)
+        end_prefix, end = last.rsplit("-", 1)
+        if prefix != end_prefix or int(start) >= int(end):
+            raise AssertionError(f"a docstring names a bad range: {first} to {last}")
+        spelled = ", ".join(f"{prefix}-{n:02d}" for n in range(int(start), int(end) + 1))
+        text = text.replace(f"{first} to {last}", spelled)
+    return re.findall(ID, text)
+
+
 def _collect_from(scope: list[ast.stmt], where: str, found: dict[str, list[str]]) -> None:
     for node in scope:
         if isinstance(node, ast.Assign) and any(
@@ -92,7 +106,7 @@ def _collect_from(scope: list[ast.stmt], where: str, found: dict[str, list[str]]
             ids = [i for d in node.decorator_list for i in _marker_ids(d, name)]
             docstring = ast.get_docstring(node) or ""
             for match in DOCSTRING_COVERS.finditer(" ".join(docstring.split())):
-                ids.extend(re.findall(ID, match.group(1)))
+                ids.extend(_expand_ranges(match.group(1)))
             for marker_id in ids:
                 found.setdefault(marker_id, []).append(name)
 
@@ -188,10 +202,12 @@ def test_the_collector_reads_decorators_pytestmark_and_docstrings(tmp_path: Path
         '    @pytest.mark.gw("Q-01")\n'
         "    def test_c(self): pass\n"
         "def test_d():\n"
-        '    """Covers CRP-05, CRP-28 and E-03."""\n'
+        '    """Covers CRP-05, CRP-28 and E-03; Covers LQ-01 to LQ-03."""\n'
         '@pytest.mark.gw("F-01")\n'
         "def helper(): pass\n"
     )
     found = collect_markers(tmp_path)
-    assert sorted(found) == ["ADD-01", "ADD-02", "CRP-05", "CRP-28", "E-03", "MIG-01", "Q-01"]
+    assert sorted(found) == [
+        "ADD-01", "ADD-02", "CRP-05", "CRP-28", "E-03", "LQ-01", "LQ-02", "LQ-03", "MIG-01", "Q-01",
+    ]  # fmt: skip
     assert found["Q-01"] == ["test_sample.py::TestB::test_c"]

@@ -243,7 +243,7 @@ def test_run_once_finds_the_database_from_the_environment(
     assert count_jobs(db, schema) == 0
 
 
-@pytest.mark.gw("CRS-05")
+@pytest.mark.gw("CRS-05", "CRS-10", "EDGE-07")
 def test_a_four_hourly_item_fires_once_at_its_slot(opened: App, db: Conn, schema: str) -> None:
     scheduled: list[tuple[str, datetime]] = []
 

@@ -199,7 +199,7 @@ def test_without_prometheus_client_the_plugin_says_what_to_install(
     monkeypatch.delitem(sys.modules, "pgworker.prometheus")
     monkeypatch.setattr(pgworker, "prometheus", pgworker.prometheus, raising=False)
     fresh = importlib.import_module("pgworker.prometheus")
-    message = re.escape("pip install 'pgworker[prometheus]'")
+    message = re.escape("pip install prometheus-client")
     with pytest.raises(ConfigurationError, match=message):
         fresh.PrometheusPlugin()
     with pytest.raises(ConfigurationError, match=message):

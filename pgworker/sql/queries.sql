@@ -115,11 +115,13 @@ where id = any(%(queue_ids)s::int[])
 -- equal keys (one add_jobs batch, or one transaction, shares now()) come in no promised
 -- order. Adding "id" would make each claim sort every job sharing the first run_at:
 -- 11 ms a claim behind a 20,000-job batch, 48 ms behind 100,000, against 1 ms without.
+-- "Runnable now" is by the database's clock, or by the worker's when it sends %(now)s
+-- (App(use_local_time=True), graphile-worker's useNodeTime).
 with candidates as (
   select jobs.id, jobs.job_queue_id, jobs.priority, jobs.run_at
   from :SCHEMA._private_jobs as jobs
   where jobs.is_available = true
-  and jobs.run_at <= now()
+  and jobs.run_at <= coalesce(%(now)s::timestamptz, now())
   and jobs.task_id = any(%(task_ids)s::int[])
   and (
     jobs.job_queue_id is null
@@ -297,14 +299,16 @@ and not exists (
 
 -- name: gc_task_identifiers
 -- Cleanup: delete task identifiers no job uses, except those to keep and those a
--- registered worker serves: workers cache task ids, and a re-created identifier would
--- get a new id they never claim. (Node workers don't register: keep theirs by name.)
+-- registered pgworker worker runs (its metadata lists them): workers cache task ids, and
+-- a re-created identifier gets a new id they would never fetch. Node workers don't
+-- register: their identifiers must be in the keep list.
 delete from :SCHEMA._private_tasks as tasks
 where tasks.identifier <> all(%(keep)s::text[])
 and not exists (select 1 from :SCHEMA._private_jobs as jobs where jobs.task_id = tasks.id)
 and not exists (
   select 1 from :SCHEMA._private_workers as workers
-  where (workers.metadata -> 'tasks') ? tasks.identifier
+  where jsonb_typeof(workers.metadata -> 'tasks') = 'array'
+  and workers.metadata -> 'tasks' ? tasks.identifier
 )
 
 -- name: list_jobs

@@ -10,6 +10,17 @@ on conflict (id) do update
 set last_heartbeat_at = now(), metadata = excluded.metadata
 returning (xmax = 0) as created
 
+-- name: register_worker
+-- Register this worker as it starts, unless a worker of the same id heartbeat in the last
+-- %(stale_after)s seconds (then no row comes back, and this one must not start). The
+-- row of a dead worker of the same id (a crashed predecessor) is taken over.
+insert into :SCHEMA._private_workers as workers (id, last_heartbeat_at, metadata)
+values (%(worker_id)s, now(), %(metadata)s::jsonb)
+on conflict (id) do update
+set last_heartbeat_at = now(), started_at = now(), metadata = excluded.metadata
+where workers.last_heartbeat_at < now() - %(stale_after)s * interval '1 second'
+returning workers.id
+
 -- name: worker_deregister
 -- Forget this worker (a clean exit).
 delete from :SCHEMA._private_workers where id = %(worker_id)s
