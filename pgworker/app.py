@@ -29,9 +29,11 @@ from .hooks import Hooks, Plugin
 from .migrate import MigrationOutcome, migrate_pool
 from .payload import DEFAULT_MAX_PAYLOAD_BYTES
 from .recovery import Recovery
-from .registry import ForbiddenFlags, Registry
+from .registry import Registry
 from .settings import (
     DEFAULT_SCHEMA,
+    ForbiddenFlags,
+    check_database_source,
     check_not_negative,
     check_positive,
     check_schema,
@@ -74,7 +76,7 @@ class App(Registry, Enqueueing):
     - ``shutdown_grace_period``: seconds running jobs get to finish after a stop signal.
     - ``interrupted_retry_delay``: seconds before a job cut off by a forced stop runs again.
     - ``forbidden_flags``: flags whose jobs this app's workers leave to others: a list, or
-      a function returning one, called before every fetch (rate limiting recipes).
+      a function (plain or async) returning one, called before every fetch.
     - ``extensions``: objects tasks read with ``ctx.get_ext(TheirType)`` (app state).
     - ``plugins``: Plugin objects whose hooks see every step of workers and jobs.
     - ``crontab``, ``crontab_file``: recurring jobs in graphile-worker's crontab format;
@@ -137,6 +139,7 @@ class App(Registry, Enqueueing):
             check_schema(schema)
         if enqueue_schema is not None:
             check_schema(enqueue_schema)
+        check_database_source(pool, database_url)
         check_positive("concurrency", concurrency)
         check_positive("async_concurrency", async_concurrency)
         check_positive("poll_interval", poll_interval)

@@ -10,6 +10,7 @@ from .cron import Cron, CronItem, parse_crontab
 from .errors import ConfigurationError
 from .hooks import Hooks, Plugin
 from .retries import Backoff, check_backoff
+from .settings import ForbiddenFlags, resolve_forbidden_flags
 from .spec import JobSpec, check_task_identifier
 from .task import Task
 
@@ -19,9 +20,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: Forbidden flags: none, a list, or a function called before each fetch that returns one.
-ForbiddenFlags = Sequence[str] | Callable[[], Sequence[str] | None] | None
 
 
 class Registry:
@@ -59,13 +57,9 @@ class Registry:
         self.extensions.add(extension)
 
     def current_forbidden_flags(self) -> list[str] | None:
-        """The forbidden flags for the next fetch (calls ``forbidden_flags`` if callable)."""
-        flags = self.forbidden_flags() if callable(self.forbidden_flags) else self.forbidden_flags
-        if flags is None:
-            return None
-        if isinstance(flags, str) or not all(isinstance(f, str) for f in flags):
-            raise ConfigurationError(f"forbidden_flags must give a list of strings, got {flags!r}")
-        return list(flags)
+        """The forbidden flags for the next fetch (calls ``forbidden_flags`` if callable,
+        and awaits what an async one returns)."""
+        return resolve_forbidden_flags(self.forbidden_flags)
 
     def task(
         self,

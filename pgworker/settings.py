@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ConfigurationError
 from .recovery import Recovery
+
+#: ``App(forbidden_flags=...)``: the flags, or a function (plain or async) giving them.
+ForbiddenFlags = (
+    Sequence[str]
+    | Callable[[], Sequence[str] | None]
+    | Callable[[], Awaitable[Sequence[str] | None]]
+    | None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +96,28 @@ def check_not_negative(name: str, value: float) -> None:
     """Refuse a setting that must be at least 0."""
     if value < 0:
         raise ConfigurationError(f"{name} must be >= 0, got {value}")
+
+
+def check_database_source(pool: object | None, database_url: str | None) -> None:
+    """Refuse a pool and a database URL together: the pool already names its database."""
+    if pool is not None and database_url is not None:
+        raise ConfigurationError(
+            "give either pool or database_url, not both: the pool already names the database"
+        )
+
+
+def resolve_forbidden_flags(setting: ForbiddenFlags) -> list[str] | None:
+    """The forbidden flags for the next fetch: ``setting``, or what it returns when it is
+    a function; an async function is run to completion on the calling (fetcher) thread."""
+    flags: Any = setting() if callable(setting) else setting
+    if inspect.isawaitable(flags):
+        flags = asyncio.run(_awaited(flags))
+    if flags is None:
+        return None
+    if isinstance(flags, str) or not all(isinstance(f, str) for f in flags):
+        raise ConfigurationError(f"forbidden_flags must give a list of strings, got {flags!r}")
+    return list(flags)
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable

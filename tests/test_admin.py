@@ -47,6 +47,7 @@ def test_states_and_stats(opened: App, selection: dict[str, int]) -> None:
         admin.jobs(state="lost")  # type: ignore[arg-type]
 
 
+@pytest.mark.gw("ADM-01", "EDGE-06")
 def test_complete_jobs_spares_recently_locked_ones(
     opened: App, selection: dict[str, int], db: Conn, schema: str
 ) -> None:
@@ -58,6 +59,7 @@ def test_complete_jobs_spares_recently_locked_ones(
     assert list(rows(db, schema)) == [selection["running"]]
 
 
+@pytest.mark.gw("ADM-02")
 def test_permanently_fail_jobs(
     opened: App, selection: dict[str, int], db: Conn, schema: str
 ) -> None:
@@ -74,6 +76,7 @@ def test_permanently_fail_jobs(
     assert default[0].last_error == "Manually marked as failed"
 
 
+@pytest.mark.gw("ADM-03")
 def test_reschedule_jobs_takes_zero_as_a_value(
     opened: App, selection: dict[str, int], db: Conn, schema: str
 ) -> None:
@@ -97,6 +100,7 @@ def test_reschedule_jobs_takes_zero_as_a_value(
         opened.admin.reschedule_jobs(targets, run_at="tomorrow")  # type: ignore[arg-type]
 
 
+@pytest.mark.gw("ADD-19", "ADD-20")
 def test_remove_job_deletes_pending_and_disarms_running(
     opened: App, selection: dict[str, int], db: Conn, schema: str
 ) -> None:
@@ -112,6 +116,7 @@ def test_remove_job_deletes_pending_and_disarms_running(
     assert after[selection["running"]][3] is None  # key cleared, row kept while it runs
 
 
+@pytest.mark.gw("ADM-04", "EDGE-06")
 def test_force_unlock_workers_frees_jobs_and_queues(
     opened: App, selection: dict[str, int], db: Conn, schema: str
 ) -> None:
@@ -124,6 +129,7 @@ def test_force_unlock_workers_frees_jobs_and_queues(
     assert rows(db, schema)[selection["stale"]][4] == "gone"  # another worker's lock stays
 
 
+@pytest.mark.gw("ADM-05", "ADM-06", "EDGE-06")
 def test_cleanup(opened: App, selection: dict[str, int], db: Conn, schema: str) -> None:
     opened.admin.complete_jobs([selection["scheduled"], selection["waiting"]])
     result = opened.admin.cleanup(

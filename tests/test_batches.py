@@ -38,6 +38,7 @@ def counting(database_url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]
         yield conn
 
 
+@pytest.mark.gw("AJ-01", "AJ-08", "AJ-14")
 def test_defer_many_sends_10000_typed_jobs_in_one_statement(
     opened: App, counting: Conn, db: Conn, schema: str
 ) -> None:
@@ -68,6 +69,7 @@ def test_one_bad_payload_in_a_batch_writes_nothing(opened: App, db: Conn, schema
     assert db.execute(f'select count(*) from "{schema}".jobs').fetchone() == (0,)
 
 
+@pytest.mark.gw("AJ-10", "AJ-11", "AJ-14")
 def test_defer_raw_mixes_tasks_and_options_in_one_statement(
     opened: App, counting: Conn, db: Conn, schema: str
 ) -> None:
@@ -97,6 +99,7 @@ def test_defer_raw_mixes_tasks_and_options_in_one_statement(
     assert opened.defer_raw([]) == []
 
 
+@pytest.mark.gw("AJ-13")
 def test_keyed_jobs_in_batches_update_in_place(opened: App, db: Conn, schema: str) -> None:
     opened.defer_raw([RawJob("t", {"a": 1}, job_key="k"), RawJob("t", {"b": 1}), RawJob("t")])
     [updated] = opened.defer_raw([RawJob("t", {"a": 2}, job_key="k")])
@@ -106,6 +109,7 @@ def test_keyed_jobs_in_batches_update_in_place(opened: App, db: Conn, schema: st
     assert row == ({"a": 2},)
 
 
+@pytest.mark.gw("AJ-06")
 def test_batches_refuse_modes_they_cannot_honour(opened: App) -> None:
     with pytest.raises(ConfigurationError, match="unsafe_dedupe"):
         opened.defer_raw([RawJob("t", job_key="k", job_key_mode="unsafe_dedupe")])

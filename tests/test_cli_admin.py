@@ -29,6 +29,7 @@ def run(database_url: str, schema: str) -> Any:
     return invoke
 
 
+@pytest.mark.gw("RS-08")
 def test_jobs_lists_with_filters_and_json(run: Any, selection: dict[str, int]) -> None:
     table = run("jobs")
     assert table.exit_code == 0
@@ -49,6 +50,7 @@ def test_jobs_lists_with_filters_and_json(run: Any, selection: dict[str, int]) -
     assert run("jobs", "--state", "lost").exit_code == 2
 
 
+@pytest.mark.gw("RS-08")
 def test_job_shows_one_job_with_payload(run: Any, selection: dict[str, int]) -> None:
     shown = run("job", str(selection["scheduled"]))
     assert shown.exit_code == 0

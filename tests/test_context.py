@@ -31,6 +31,7 @@ def remaining(db: Conn, schema: str) -> list[tuple[Any, ...]]:
     return db.execute(f'select task_identifier, flags from "{schema}".jobs order by id').fetchall()
 
 
+@pytest.mark.gw("WU-10", "FF-07", "F-05")
 def test_the_context_carries_the_job(make_app: Callable[..., App]) -> None:
     app = make_app()
     seen: list[tuple[Any, ...]] = []
@@ -75,6 +76,7 @@ def test_extensions_are_shared_state(make_app: Callable[..., App]) -> None:
         app.extensions.get(datetime)
 
 
+@pytest.mark.gw("WU-18")
 def test_a_task_defers_a_follow_up_and_queries_through_the_pool(
     make_app: Callable[..., App], db: Conn, schema: str
 ) -> None:
@@ -103,6 +105,7 @@ def test_a_task_defers_a_follow_up_and_queries_through_the_pool(
     assert [r[0] for r in remaining(db, schema)] == ["check_ws"]
 
 
+@pytest.mark.gw("FF-01")
 def test_forbidden_flags_leave_jobs_for_other_workers(
     make_app: Callable[..., App], db: Conn, schema: str
 ) -> None:
@@ -127,6 +130,7 @@ def test_forbidden_flags_leave_jobs_for_other_workers(
     ]
 
 
+@pytest.mark.gw("FF-02")
 def test_forbidden_flags_from_a_function_are_asked_before_each_fetch(
     make_app: Callable[..., App], db: Conn, schema: str
 ) -> None:

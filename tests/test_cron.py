@@ -131,6 +131,7 @@ def year_of_minutes() -> list[Minute]:
 
 
 @pytest.mark.parametrize("seed", range(8))
+@pytest.mark.gw("CRP-24")
 def test_matcher_agrees_with_brute_force_over_a_year(
     seed: int, year_of_minutes: list[Minute]
 ) -> None:
@@ -185,6 +186,7 @@ def test_random_expressions_parse_to_the_reference_sets() -> None:
             assert values == {v for v, hit in enumerate(table) if hit}, text
 
 
+@pytest.mark.gw("CRP-22", "CRP-23", "CRP-24", "CRP-31")
 def test_graphile_worker_matcher_cases() -> None:
     every = CronExpression.parse("* * * * *")
     for ts in [at(0, 0), at(23, 59, day=31), datetime(2021, 2, 28, 13, 7, tzinfo=UTC)]:
@@ -205,6 +207,7 @@ def test_graphile_worker_matcher_cases() -> None:
     assert not step_days.matches(datetime(2012, 12, 17, 11, 30, tzinfo=UTC))
 
 
+@pytest.mark.gw("CRS-11")
 def test_matching_is_in_utc() -> None:
     four = CronExpression.parse("0 4 * * *")
     paris = datetime(2024, 1, 1, 5, 0, tzinfo=UTC).astimezone(ZoneInfo("Europe/Paris"))
@@ -224,6 +227,7 @@ def test_next_after() -> None:
     assert hourly.next_after(at(4, 14, 59)) == at(4, 15)
 
 
+@pytest.mark.gw("CRP-21", "CRP-32", "E-09")
 def test_expression_errors_name_the_field() -> None:
     cases = {
         "* * *": "expected 5 fields (minute hour day-of-month month day-of-week), got 3",
@@ -238,6 +242,7 @@ def test_expression_errors_name_the_field() -> None:
             CronExpression.parse(text)
 
 
+@pytest.mark.gw("CRS-09")
 def test_cron_ts_format() -> None:
     assert format_cron_ts(at(4, 30)) == "2024-01-01T04:30:00.000Z"
     new_york = at(4, 30).astimezone(ZoneInfo("America/New_York"))
@@ -312,6 +317,7 @@ def test_constructor_arguments_are_checked() -> None:
         Cron("0 0 32 * *", "t")
 
 
+@pytest.mark.gw("WU-19")
 def test_options_by_keyword_and_by_chaining(tasks: App) -> None:
     by_keyword = Cron(
         "0 4 * * 1-5",
@@ -494,6 +500,7 @@ def minutes(first: datetime, count: int) -> list[str]:
     return [format_cron_ts(first + timedelta(minutes=i)) for i in range(count)]
 
 
+@pytest.mark.gw("CRS-01", "CRS-02", "CRS-09")
 def test_backfill_after_an_outage(opened: App, db: Conn, schema: str) -> None:
     filled = Cron.every_minute("a").fill(timedelta(minutes=10)).build()
     unfilled = Cron.every_minute("b").build()
@@ -523,6 +530,7 @@ def test_backfill_after_an_outage(opened: App, db: Conn, schema: str) -> None:
     assert known(db, schema)["c"] == (at(12, 33, 30), at(12, 35))
 
 
+@pytest.mark.gw("CRS-01", "CRS-03")
 def test_first_sight_registers_without_backfilling(opened: App, db: Conn, schema: str) -> None:
     item = Cron("0 */4 * * *", "do_it").fill(timedelta(days=1)).build()
     scheduler = CronScheduler(opened.store, [item])
@@ -596,6 +604,7 @@ def test_three_schedulers_make_each_minute_once(
     assert [(j.ts, j.key, j.revision) for j in keyed] == [(live[-1], "c-key", 4)]
 
 
+@pytest.mark.gw("CRS-08")
 def test_job_key_replace_and_preserve_run_at(opened: App, db: Conn, schema: str) -> None:
     replace = Cron("0 */4 * * *", "my_task").job_key("foo").build()
     preserve = (
@@ -641,6 +650,7 @@ def test_job_key_replace_and_preserve_run_at(opened: App, db: Conn, schema: str)
         assert renewed[0].run_at == third
 
 
+@pytest.mark.gw("CRS-09", "EDGE-04")
 def test_cron_payload_shape_and_job_options(opened: App, db: Conn, schema: str) -> None:
     full = (
         Cron("30 4 * * *", "report", queue="reports", priority=-3, max_attempts=2)
@@ -678,6 +688,7 @@ def test_cron_payload_shape_and_job_options(opened: App, db: Conn, schema: str) 
     assert (made[1].queue, made[1].priority, made[1].max_attempts) == (None, 0, 25)
 
 
+@pytest.mark.gw("CRS-06")
 def test_a_minute_is_scheduled_once_and_never_backwards(opened: App, db: Conn, schema: str) -> None:
     scheduler = CronScheduler(opened.store, [Cron.every_minute("t").build()])
     assert scheduler.schedule_minute(at(4, 0)) == ["t"]
@@ -688,6 +699,7 @@ def test_a_minute_is_scheduled_once_and_never_backwards(opened: App, db: Conn, s
         scheduler.schedule_minute(at(4, 1, 30))
 
 
+@pytest.mark.gw("CRS-06", "CRS-07", "CRS-12", "CRS-14")
 def test_timer_drift_early_wakes_sleep_again_and_late_ones_catch_up(
     opened: App, db: Conn, schema: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -762,6 +774,7 @@ def test_run_returns_at_once_without_items(opened: App) -> None:
     CronScheduler(opened.store, []).run(stop)  # no thread left waiting on anything
 
 
+@pytest.mark.gw("CRS-13")
 def test_run_stops_promptly_on_the_real_clock(opened: App, db: Conn, schema: str) -> None:
     scheduler = CronScheduler(opened.store, [Cron.every_minute("t").build()])
     stop = threading.Event()

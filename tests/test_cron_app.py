@@ -24,6 +24,7 @@ class SayHello(msgspec.Struct):
     message: str
 
 
+@pytest.mark.gw("WU-17")
 def test_the_cron_table_comes_from_python_and_crontab_text(
     make_app: Callable[..., App], tmp_path: Path
 ) -> None:

@@ -238,6 +238,7 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize(("bad", "problem"), MALFORMED, ids=[bad for bad, _ in MALFORMED])
+@pytest.mark.gw("E-03", "E-04", "E-05", "E-06", "E-07", "E-08")
 def test_malformed_line_names_its_line_and_problem(bad: str, problem: str) -> None:
     """Covers CRP-14 to CRP-19, CRP-25, CRP-29, CRP-32."""
     text = (

@@ -48,6 +48,7 @@ def payloads(db: Conn, schema: str) -> list[Any]:
     return [r[0] for r in db.execute(f'select payload from "{schema}"._private_jobs order by id')]
 
 
+@pytest.mark.gw("WU-19")
 def test_defer_accepts_a_struct_or_a_dict_of_its_shape(opened: App, db: Conn, schema: str) -> None:
     @opened.task("say_hello")
     def say_hello(payload: SayHello, ctx: JobContext) -> None: ...
@@ -100,6 +101,7 @@ def test_a_struct_built_with_wrong_field_types_is_caught(
     assert count_jobs(db, schema) == 0
 
 
+@pytest.mark.gw("ADD-21", "EDGE-01", "EDGE-02")
 def test_defer_options_are_stored(opened: App, db: Conn, schema: str) -> None:
     @opened.task("say_hello", queue="default-q", max_attempts=7)
     def say_hello(payload: SayHello) -> None: ...
@@ -130,6 +132,7 @@ def test_defer_options_are_stored(opened: App, db: Conn, schema: str) -> None:
     assert row == ({"slow": True, "big": True},)
 
 
+@pytest.mark.gw("ADD-07")
 def test_same_key_replaces_the_pending_job(opened: App, db: Conn, schema: str) -> None:
     for a in range(1, 5):
         job = opened.defer("job3", {"a": a}, job_key="UNIQUE")
@@ -137,6 +140,7 @@ def test_same_key_replaces_the_pending_job(opened: App, db: Conn, schema: str) -
     assert payloads(db, schema) == [{"a": 4}]
 
 
+@pytest.mark.gw("ADD-03", "ADD-04")
 def test_app_defer_by_identifier_needs_no_task(opened: App, db: Conn, schema: str) -> None:
     job = opened.defer("elsewhere", {"raw": [1, 2]}, queue="q")
     empty = opened.defer("elsewhere")
@@ -154,6 +158,7 @@ def test_app_defer_checks_registered_tasks_payloads(opened: App) -> None:
         opened.defer("say_hello", {"message": 1})
 
 
+@pytest.mark.gw("ADD-22")
 def test_defer_in_the_callers_transaction(
     app: App, db: Conn, schema: str, database_url: str
 ) -> None:
@@ -250,11 +255,13 @@ def test_task_registration_errors(app: App) -> None:
         app.task("too_many")(lambda a, b, c: None)
 
 
+@pytest.mark.gw("EDGE-01")
 def test_run_at_round_trips_to_the_microsecond(opened: App) -> None:
     moment = datetime.now(UTC) + timedelta(days=365 * 180, microseconds=123)
     assert opened.defer("later", run_at=moment).run_at == moment
 
 
+@pytest.mark.gw("ADD-10")
 def test_unsafe_dedupe_returns_the_existing_job_with_its_own_names(opened: App) -> None:
     first = opened.defer("original", {"a": 1}, job_key="k", queue="q1")
     again = opened.defer("other", {"b": 2}, job_key="k", job_key_mode="unsafe_dedupe")

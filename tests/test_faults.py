@@ -65,6 +65,7 @@ def locked_anything(db: Conn, schema: str) -> list[tuple[Any, ...]]:
 # -- 1-3: signals and SIGKILL ------------------------------------------------------------
 
 
+@pytest.mark.gw("SH-02", "SH-08")
 def test_sigterm_lets_running_jobs_finish(
     spawn_worker: Callable[..., WorkerProcess], client: App, db: Conn, schema: str
 ) -> None:
@@ -91,6 +92,7 @@ def test_sigterm_lets_running_jobs_finish(
     assert elapsed < 10, f"exit took {elapsed:.1f} s"
 
 
+@pytest.mark.gw("SH-10")
 def test_second_signal_gives_running_jobs_back(
     spawn_worker: Callable[..., WorkerProcess], client: App, db: Conn, schema: str
 ) -> None:
@@ -123,6 +125,7 @@ def test_second_signal_gives_running_jobs_back(
     assert elapsed < 5
 
 
+@pytest.mark.gw("RS-04")
 def test_sigkill_job_is_recovered_by_a_live_workers_sweep(
     spawn_worker: Callable[..., WorkerProcess], client: App, db: Conn, schema: str
 ) -> None:
@@ -270,6 +273,7 @@ def add_job_sql(db: Conn, schema: str, message: str, payload: str | None = None)
     return int(row[0])
 
 
+@pytest.mark.gw("F-09", "F-11")
 def test_notified_job_starts_fast_and_listener_survives_termination(
     hello_app: Callable[..., InProcess],
     running: Callable[[App], WorkerHandle],
@@ -324,6 +328,7 @@ def test_notified_job_starts_fast_and_listener_survives_termination(
     assert replacement != listener
 
 
+@pytest.mark.gw("F-11")
 def test_listener_reconnects_promptly_after_every_drop(
     hello_app: Callable[..., InProcess],
     running: Callable[[App], WorkerHandle],
@@ -353,6 +358,7 @@ def test_listener_reconnects_promptly_after_every_drop(
     assert latency < NOTIFY_LATENCY, latency
 
 
+@pytest.mark.gw("F-11")
 def test_job_without_notification_is_found_by_polling(
     hello_app: Callable[..., InProcess],
     running: Callable[[App], WorkerHandle],

@@ -96,6 +96,7 @@ def make_work_app(make_app: Callable[..., App], *plugins: Plugin) -> App:
     return app
 
 
+@pytest.mark.gw("EV-08", "EV-09", "LQ-21", "SH-05")
 def test_every_hook_fires_in_order(make_app: Callable[..., App], db: Conn, schema: str) -> None:
     recorder = Recorder()
     app = make_work_app(make_app, recorder)
@@ -133,6 +134,7 @@ class Verdict(Plugin):
         return Fail("success overruled")
 
 
+@pytest.mark.gw("EV-10")
 def test_after_job_run_decides_the_outcome(
     make_app: Callable[..., App], db: Conn, schema: str
 ) -> None:
@@ -157,6 +159,7 @@ class Gatekeeper(Plugin):
         return None
 
 
+@pytest.mark.gw("EV-11")
 def test_before_defer_rewrites_skips_and_rejects(
     make_app: Callable[..., App], db: Conn, schema: str
 ) -> None:
@@ -231,6 +234,7 @@ class Lifecycle(Plugin):
         self.events.append(("scheduled", identifier, moment, job_id))
 
 
+@pytest.mark.gw("SH-10", "LQ-23")
 def test_interrupted_jobs_are_reported(make_app: Callable[..., App]) -> None:
     lifecycle = Lifecycle()
     app = make_app(plugins=[lifecycle])
@@ -254,6 +258,7 @@ def test_interrupted_jobs_are_reported(make_app: Callable[..., App]) -> None:
         assert app.admin.job(job.id) is None
 
 
+@pytest.mark.gw("CRS-15", "EV-07")
 def test_cron_ticks_and_scheduled_jobs_are_reported(opened: App, db: Conn, schema: str) -> None:
     lifecycle = Lifecycle()
     item = Cron.every_minute("report").build()

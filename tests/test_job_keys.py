@@ -84,6 +84,7 @@ STATES = {
 
 @pytest.mark.parametrize("state", list(STATES))
 @pytest.mark.parametrize("mode", ["replace", "preserve_run_at", "unsafe_dedupe"])
+@pytest.mark.gw("ADD-09", "ADD-10", "ADD-11", "ADD-14", "ADD-15", "ADD-16", "EDGE-02")
 def test_job_key_modes_row_by_row(
     opened: App, db: Conn, schema: str, state: str, mode: JobKeyMode
 ) -> None:
@@ -125,6 +126,7 @@ def test_job_key_modes_row_by_row(
 
 
 @pytest.mark.parametrize("mode", ["replace", "preserve_run_at", "unsafe_dedupe"])
+@pytest.mark.gw("BJ-01")
 def test_array_payloads_merge_under_one_key(
     opened: App, db: Conn, schema: str, mode: JobKeyMode
 ) -> None:

@@ -157,6 +157,7 @@ def start_workers(
 
 
 @pytest.mark.slow
+@pytest.mark.gw("Q-01")
 def test_multiprocess_runs_each_job_once_and_queues_in_order(
     database_url: str, schema: str, runs_table: str, tmp_path: Path
 ) -> None:

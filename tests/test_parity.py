@@ -321,6 +321,7 @@ def test_run_cleanup_refuses_what_it_cannot_do(
     assert message in result.output
 
 
+@pytest.mark.gw("ADM-08")
 def test_task_identifier_cleanup_keeps_the_ids_a_running_worker_knows(
     make_app: Callable[..., App], database_url: str, schema: str, db: Conn
 ) -> None:
@@ -381,6 +382,7 @@ class Events(Plugin):
         return [name for name, _ in self.seen]
 
 
+@pytest.mark.gw("EV-05")
 def test_a_fetch_that_finds_nothing_is_reported(make_app: Callable[..., App]) -> None:
     events = Events()
     app = make_app(plugins=[events])
@@ -400,6 +402,7 @@ def test_a_fetch_that_finds_nothing_is_reported(make_app: Callable[..., App]) ->
             handle.stop(5)
 
 
+@pytest.mark.gw("CRS-04", "EV-07")
 def test_cron_reports_starting_then_started_after_registering(
     make_app: Callable[..., App], db: Conn, schema: str
 ) -> None:
@@ -428,6 +431,7 @@ def test_cron_reports_starting_then_started_after_registering(
     assert known == [1]  # the item was registered before "started"
 
 
+@pytest.mark.gw("LR-02", "EV-06")
 def test_the_stale_lock_reset_reports_start_and_success(
     make_app: Callable[..., App], db: Conn, schema: str
 ) -> None:
@@ -452,6 +456,7 @@ def test_the_stale_lock_reset_reports_start_and_success(
     assert ran == [1]
 
 
+@pytest.mark.gw("EV-06")
 def test_a_failed_stale_lock_reset_is_reported(database_url: str, opened: App) -> None:
     events = Events()
     missing = Store(opened.pool, "pgw_no_such_schema")
@@ -470,6 +475,7 @@ def test_a_failed_stale_lock_reset_is_reported(database_url: str, opened: App) -
 
 
 @pytest.mark.parametrize("use_local_time", [True, False])
+@pytest.mark.gw("ADD-06", "AJ-07", "EDGE-07")
 def test_use_local_time_gives_a_deferred_job_this_process_s_now(
     make_app: Callable[..., App], use_local_time: bool
 ) -> None:
@@ -493,6 +499,7 @@ def test_use_local_time_gives_a_deferred_job_this_process_s_now(
 
 
 @pytest.mark.parametrize("use_local_time", [True, False])
+@pytest.mark.gw("F-07", "F-08", "EDGE-07")
 def test_use_local_time_fetches_by_this_process_s_clock(
     make_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch, use_local_time: bool
 ) -> None:

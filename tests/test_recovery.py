@@ -87,6 +87,7 @@ def held_by(
     return job.id
 
 
+@pytest.mark.gw("RS-03", "RS-04", "RS-06")
 def test_registry_and_what_a_sweep_takes_back(
     make_app: Callable[..., App], db: Conn, schema: str
 ) -> None:
@@ -242,6 +243,7 @@ def test_a_job_that_kills_its_worker_is_failed_after_the_recovery_cap(
             handle.stop()
 
 
+@pytest.mark.gw("RS-03", "RS-08")
 def test_workers_command_lists_live_stale_and_unregistered_workers(
     make_app: Callable[..., App], db: Conn, schema: str, database_url: str
 ) -> None:

@@ -65,6 +65,7 @@ def migrated(app: App) -> MigrationOutcome:
         return app.migrate()
 
 
+@pytest.mark.gw("MIG-01", "MIG-15", "MIG-18", "RS-01")
 def test_fresh_install_matches_graphile_worker_revision_20(app: App, db: Conn, schema: str) -> None:
     """Node graphile-worker 0.17's revisions 1 to 19 plus the Rust port's 20."""
     assert migrated(app) is MigrationOutcome.INSTALLED
@@ -141,6 +142,7 @@ def test_fresh_install_matches_graphile_worker_revision_20(app: App, db: Conn, s
     ]
 
 
+@pytest.mark.gw("MIG-02", "MIG-03")
 def test_migrating_again_changes_nothing_and_keeps_jobs(app: App, db: Conn, schema: str) -> None:
     with app:
         app.migrate()
@@ -152,6 +154,7 @@ def test_migrating_again_changes_nothing_and_keeps_jobs(app: App, db: Conn, sche
     assert db.execute(f'select count(*) from "{schema}".migrations').fetchone() == (20,)
 
 
+@pytest.mark.gw("MIG-04")
 def test_concurrent_migrations_end_with_one_schema(
     database_url: str, db: Conn, schema: str
 ) -> None:
@@ -178,6 +181,7 @@ def test_concurrent_migrations_end_with_one_schema(
     db.execute(f"""select "{schema}".add_job('after_race')""")
 
 
+@pytest.mark.gw("MIG-07", "E-01")
 def test_newer_breaking_revision_is_refused(app: App, db: Conn, schema: str) -> None:
     migrated(app)
     db.execute(f'insert into "{schema}".migrations (id, breaking) values (999999, true)')
@@ -185,6 +189,7 @@ def test_newer_breaking_revision_is_refused(app: App, db: Conn, schema: str) -> 
         migrated(app)
 
 
+@pytest.mark.gw("RS-01")
 def test_newer_non_breaking_revisions_are_accepted(
     app: App, db: Conn, schema: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -211,6 +216,7 @@ def test_revision_18_ledger_is_taken_to_19_and_node_workers_are_told(
     )
 
 
+@pytest.mark.gw("RS-01")
 def test_revision_19_ledger_gets_the_worker_registry(app: App, db: Conn, schema: str) -> None:
     """A database Node graphile-worker 0.17 migrated (1 to 19) is taken to 20."""
     migrated(app)
@@ -257,6 +263,7 @@ def test_old_ledgers_are_sent_to_graphile_worker_first(app: App, db: Conn, schem
         migrated(app)
 
 
+@pytest.mark.gw("MIG-16", "MIG-17")
 def test_schema_names_that_need_quoting_work(make_app: Callable[..., App], db: Conn) -> None:
     name = "Case-Schema select"
     app = make_app(schema=name)

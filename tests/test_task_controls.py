@@ -371,6 +371,7 @@ def per_item(payload: list[dict[str, int]], ctx: JobContext) -> BatchResult:
     )
 
 
+@pytest.mark.gw("BJ-01", "BJ-04", "BJ-05", "BJ-07")
 def test_only_the_failed_items_of_a_batch_are_retried(
     make_app: Callable[..., App], db: Conn, schema: str, is_async: bool
 ) -> None:
@@ -395,6 +396,7 @@ def test_only_the_failed_items_of_a_batch_are_retried(
     assert recorder.events == [("failed", "job3", "True")]
 
 
+@pytest.mark.gw("BJ-02", "BJ-11")
 def test_a_batch_whose_items_all_succeed_completes(
     make_app: Callable[..., App], db: Conn, schema: str, is_async: bool
 ) -> None:
@@ -407,6 +409,7 @@ def test_a_batch_whose_items_all_succeed_completes(
     assert recorder.events == [("completed", "job3")]
 
 
+@pytest.mark.gw("BJ-06", "BJ-09")
 def test_a_result_of_the_wrong_length_fails_the_whole_batch(
     make_app: Callable[..., App], db: Conn, schema: str, is_async: bool
 ) -> None:
@@ -427,6 +430,7 @@ def test_a_result_of_the_wrong_length_fails_the_whole_batch(
     assert not_a_list["payload"] == {"a": 1}
 
 
+@pytest.mark.gw("BJ-08")
 def test_a_partial_batch_and_a_last_attempt_fire_each_hook_once(
     make_app: Callable[..., App], db: Conn, schema: str, is_async: bool
 ) -> None:

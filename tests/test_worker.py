@@ -30,6 +30,7 @@ def job_rows(db: Conn, schema: str) -> list[tuple[Any, ...]]:
     ).fetchall()
 
 
+@pytest.mark.gw("F-04", "F-05")
 def test_run_once_runs_what_is_due_and_leaves_the_future(
     opened: App, db: Conn, schema: str
 ) -> None:
@@ -51,6 +52,7 @@ def test_run_once_runs_what_is_due_and_leaves_the_future(
     ]
 
 
+@pytest.mark.gw("F-12")
 def test_jobs_run_by_priority_then_run_at(opened: App) -> None:
     order: list[str] = []
     opened.concurrency = 1
@@ -69,6 +71,7 @@ def test_jobs_run_by_priority_then_run_at(opened: App) -> None:
     assert order == ["first", "a-early", "b-late", "b-later", "c-low"]
 
 
+@pytest.mark.gw("FL-01", "FL-02", "FL-06")
 def test_a_failure_follows_graphile_workers_backoff(opened: App, db: Conn, schema: str) -> None:
     @opened.task("flaky")
     def flaky(payload: dict[str, Any]) -> None:
@@ -102,6 +105,7 @@ def test_a_failure_follows_graphile_workers_backoff(opened: App, db: Conn, schem
         assert expected - 1.0 < float(row[0]) <= expected, attempt
 
 
+@pytest.mark.gw("FL-04", "FL-05")
 def test_after_max_attempts_the_job_stays_and_is_not_fetched(
     opened: App, db: Conn, schema: str
 ) -> None:
@@ -158,6 +162,7 @@ def test_a_payload_that_does_not_decode_is_logged_in_one_line(
     assert record.exc_info is None
 
 
+@pytest.mark.gw("Q-01", "Q-05")
 def test_named_queues_run_one_job_at_a_time_in_order(opened: App) -> None:
     opened.concurrency = 4
     active: dict[str, int] = {}
@@ -186,6 +191,7 @@ def test_named_queues_run_one_job_at_a_time_in_order(opened: App) -> None:
     assert order == list(range(8))
 
 
+@pytest.mark.gw("F-09", "SH-02", "SH-09", "LQ-19")
 def test_start_and_stop_inside_one_process(opened: App, db: Conn, schema: str) -> None:
     done = threading.Event()
     seen: list[str] = []
@@ -208,6 +214,7 @@ def test_start_and_stop_inside_one_process(opened: App, db: Conn, schema: str) -
     assert handle.worker.wait_stopped(0)
 
 
+@pytest.mark.gw("F-09")
 def test_a_running_worker_wakes_on_notification(make_app: Callable[..., App]) -> None:
     app = make_app(poll_interval=60)  # only a notification can explain a quick pickup
     started = threading.Event()
@@ -229,6 +236,7 @@ def test_a_running_worker_wakes_on_notification(make_app: Callable[..., App]) ->
             handle.stop(timeout=5)
 
 
+@pytest.mark.gw("WU-02", "E-10")
 def test_an_app_without_tasks_refuses_to_run(opened: App) -> None:
     with pytest.raises(Exception, match="no tasks"):
         opened.run_once()
@@ -269,6 +277,7 @@ def test_run_once_waits_for_a_queue_unlocked_during_an_empty_claim(
     assert job_rows(db, schema) == []
 
 
+@pytest.mark.gw("LQ-13", "LQ-15", "Q-09")
 def test_prefetched_jobs_that_never_started_go_back_untouched(
     make_app: Callable[..., App], db: Conn, schema: str
 ) -> None:
@@ -389,6 +398,7 @@ def test_a_payload_error_raised_by_task_code_is_an_ordinary_failure(
     assert job.id
 
 
+@pytest.mark.gw("F-12")
 def test_prefetched_jobs_run_in_priority_order(make_app: Callable[..., App]) -> None:
     app = make_app(concurrency=1, prefetch=30)
     order: list[int] = []
@@ -444,6 +454,7 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True):
     n: int
 
 
+@pytest.mark.gw("ADD-23")
 def test_strict_payload_types_accept_trace_context(opened: App, db: Conn, schema: str) -> None:
     """Tracing (ours, or the Rust crate's) adds `_trace` to object payloads."""
     seen: list[Any] = []
@@ -464,6 +475,7 @@ def test_strict_payload_types_accept_trace_context(opened: App, db: Conn, schema
     assert job_rows(db, schema) == []
 
 
+@pytest.mark.gw("WU-13")
 def test_the_start_line_names_database_schema_tasks_and_version(
     make_app: Callable[..., App], database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

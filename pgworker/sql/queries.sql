@@ -15,8 +15,13 @@ select
     where schemaname = %(schema)s and tablename = 'migrations'
   ),
   exists (
-    select 1 from information_schema.columns
-    where table_schema = %(schema)s and table_name = 'migrations' and column_name = 'breaking'
+    -- The catalog, not information_schema: that hides the columns of a table the role
+    -- may not read, and a permission problem would pass for a pre-0.11 ledger.
+    select 1 from pg_catalog.pg_attribute as columns
+    join pg_catalog.pg_class as tables on tables.oid = columns.attrelid
+    join pg_catalog.pg_namespace as schemas on schemas.oid = tables.relnamespace
+    where schemas.nspname = %(schema)s and tables.relname = 'migrations'
+    and columns.attname = 'breaking' and not columns.attisdropped
   )
 
 -- name: take_migration_lock
