@@ -26,6 +26,17 @@ from .run import MAX_ROUNDS, RunResult, run_jobs
 APP_INI_OPTION = "pgworker_app"
 #: The environment variable naming the test database (as in pgworker's own tests).
 DATABASE_VARIABLE = "PGWORKER_TEST_DATABASE_URL"
+#: The App attributes ``pgworker_app`` changes for a test and restores afterwards.
+MOVED_ATTRIBUTES = (
+    "database_url",
+    "schema",
+    "_schema_given",
+    "store",
+    "_own_pool",
+    "_pool",
+    "enqueue_schema",
+    "_definer",
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -114,16 +125,19 @@ def pgworker_app(pgworker_base_app: App, pgworker_database_url: str) -> Iterator
     """The App under test, moved for the length of the test onto a fresh worker schema
     of its own in the test database, migrated and open; afterwards it is closed, its
     settings restored and the schema dropped. Tasks deferred through it (``task.defer``)
-    land there, and ``run_jobs`` runs them."""
+    land there, and ``run_jobs`` runs them. An ``enqueue_schema`` is set aside for the
+    test: jobs are added directly."""
     app = pgworker_base_app
     if app.is_open:
         raise pytest.UsageError(
             "the App under test is already open: the pgworker_app fixture opens it on a "
             "schema of its own (don't open it at import time)"
         )
-    saved = (app.database_url, app.schema, app.store, app._own_pool, app._pool)
+    saved = {name: getattr(app, name) for name in MOVED_ATTRIBUTES if hasattr(app, name)}
     app.configure(database_url=pgworker_database_url, schema=f"pgw_test_{secrets.token_hex(5)}")
     app._own_pool, app._pool = True, None  # a pool of its own, even if it was given one
+    # Jobs go straight into the test's schema: no enqueue functions are installed there.
+    app.enqueue_schema = None
     try:
         app.open()
         app.migrate()
@@ -134,7 +148,8 @@ def pgworker_app(pgworker_base_app: App, pgworker_database_url: str) -> Iterator
                 app.store.drop_schema()
         finally:
             app.close()
-            app.database_url, app.schema, app.store, app._own_pool, app._pool = saved
+            for name, value in saved.items():
+                setattr(app, name, value)
 
 
 @pytest.fixture
