@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ from .task import Task
 
 if TYPE_CHECKING:
     from .control import WorkerHandle
+    from .testing.eager import EagerMode
     from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -312,6 +313,13 @@ class App(Registry, Enqueueing):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def eager(self) -> AbstractContextManager[EagerMode]:
+        """For tests: within ``with app.eager():``, a deferred job runs its task inline,
+        without a database, and ``defer`` returns once it ran (see pgworker.testing)."""
+        from .testing.eager import eager_mode
+
+        return eager_mode(self)
 
     @property
     def admin(self) -> Admin:

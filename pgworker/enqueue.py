@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -17,6 +17,9 @@ from .spec import JobKeyMode, JobSpec, RawJob, check_identifier
 from .store import Connection, NewJob, Store
 from .store_enqueue import DefinerStatements, default_enqueue_schema
 from .task import Task
+
+if TYPE_CHECKING:
+    from .testing.eager import EagerMode
 
 _RAW_CODEC: PayloadCodec[Any] = PayloadCodec(Any)
 
@@ -39,6 +42,8 @@ class Enqueueing:
     _definer: DefinerStatements | None = None
     #: The largest payload ``defer`` sends, in bytes of JSON (None: no limit).
     max_payload_bytes: int | None
+    #: Set by ``App.eager()`` (pgworker.testing): jobs then run inline, not stored.
+    _eager_mode: EagerMode | None = None
 
     def defer(
         self,
@@ -126,6 +131,8 @@ class Enqueueing:
         if self.hooks.intercepts_defer:
             payload = self.hooks.before_defer(identifier, payload, spec)
         encoded = codec.encode(payload, max_bytes=self.max_payload_bytes)
+        if self._eager_mode is not None:
+            return self._eager_mode.run_deferred(identifier, encoded, spec)
         definer = self._definer_statements()
         target = self.store if definer is None else definer
         return target.add_job(identifier, encoded, spec, conn=conn)
@@ -163,6 +170,9 @@ class Enqueueing:
             raise ConfigurationError(
                 "a batch applies one job_key_mode to all its keyed jobs; split it by mode"
             )
+        if self._eager_mode is not None:
+            eager = self._eager_mode
+            return [eager.run_deferred(new.identifier, new.payload, new.spec) for new in batch]
         definer = self._definer_statements()
         target = self.store if definer is None else definer
         return target.add_jobs(batch, preserve_run_at=modes == {"preserve_run_at"}, conn=conn)

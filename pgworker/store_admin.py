@@ -131,6 +131,17 @@ class AdminStatements(StoreBase):
             row = conn.execute(self.queries["job_payload"], {"job_id": job_id}).fetchone()
         return None if row is None else str(row[0])
 
+    def job_payloads(self, job_ids: Sequence[int]) -> dict[int, str]:
+        """The payloads of these jobs as JSON text, by id (missing ids left out)."""
+        with self.connection() as conn:
+            rows = conn.execute(self.queries["job_payloads"], {"job_ids": list(job_ids)})
+            return {int(job_id): str(payload) for job_id, payload in rows}
+
+    def drop_schema(self) -> None:
+        """Drop the worker schema and everything in it (for throwaway test schemas)."""
+        with self.connection() as conn:
+            conn.execute(self.queries["drop_schema"])
+
     def job_stats(self) -> list[StatRow]:
         """Job counts by task, queue and state (every job is counted)."""
         with self.connection() as conn:

@@ -339,6 +339,14 @@ limit %(limit)s
 -- Admin: the payload of one job.
 select payload::text from :SCHEMA._private_jobs where id = %(job_id)s
 
+-- name: job_payloads
+-- Testing helpers: the payloads of several jobs.
+select id, payload::text from :SCHEMA._private_jobs where id = any(%(job_ids)s::bigint[])
+
+-- name: drop_schema
+-- Testing helpers: drop a throwaway worker schema and everything in it.
+drop schema if exists :SCHEMA cascade
+
 -- name: job_stats
 -- Admin: how many jobs each task has in each queue and state (states as in list_jobs).
 select
