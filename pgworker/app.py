@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import ConnectionPool
@@ -15,17 +14,13 @@ from psycopg_pool import ConnectionPool
 from .admin import Admin
 from .context import Extensions, JobContext
 from .cron import CronItem
-from .database import open_pool
 from .embedded import (
     EmbeddedServer,
-    configured_database_url,
-    embedded_allowed,
-    no_database_error,
-    start_embedded,
 )
 from .enqueue import Enqueueing
 from .errors import ConfigurationError
 from .hooks import Hooks, Plugin
+from .lifecycle import Lifecycle
 from .migrate import MigrationOutcome, migrate_pool
 from .payload import DEFAULT_MAX_PAYLOAD_BYTES
 from .recovery import Recovery
@@ -38,7 +33,6 @@ from .settings import (
     check_positive,
     check_schema,
     check_worker_id,
-    default_schema,
 )
 from .store import Connection, Store
 from .task import Task
@@ -51,7 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class App(Registry, Enqueueing):
+class App(Lifecycle, Registry, Enqueueing):
     """A pgworker application: tasks are registered on it, jobs deferred and run through it.
 
     Nothing connects until ``open()`` (or ``with app:``); ``run()``, ``run_once()`` and
@@ -244,76 +238,6 @@ class App(Registry, Enqueueing):
             self.database_url = database_url
         return self
 
-    # -- lifecycle --------------------------------------------------------------------
-
-    @property
-    def is_open(self) -> bool:
-        """Whether the app has a pool to work with."""
-        return self.store.pool is not None
-
-    def open(self, database_url: str | None = None) -> App:
-        """Connect: check the database answers, then open the connection pool.
-
-        ``database_url`` overrides the one given to the constructor. Opening an open app
-        does nothing. Raises DatabaseUnavailableError with libpq's reason on failure.
-        """
-        if self.is_open:
-            return self
-        if database_url is not None:
-            self.database_url = database_url
-        self._settle_schema()
-        url = configured_database_url(self.database_url)
-        if url is None:
-            if not (self.embedded and embedded_allowed()):
-                raise no_database_error()
-            self._embedded = start_embedded()
-            url = self._embedded.url
-        try:
-            pool = open_pool(
-                url,
-                max_size=self.max_pool_size,
-                timeout=self.pool_timeout,
-                name=f"pgworker:{self.schema}",
-            )
-        except BaseException:
-            self._release_embedded()
-            raise
-        self._pool = self.store.pool = pool
-        return self
-
-    def _settle_schema(self) -> None:
-        """Fix the schema of an app that names none (GRAPHILE_WORKER_SCHEMA), as it opens."""
-        if self._schema_given:
-            return
-        schema = default_schema()
-        if schema != self.schema:
-            self.schema = schema
-            self.store = Store(None, schema)
-
-    def close(self) -> None:
-        """Close the pool the app opened (a pool given to the constructor stays open),
-        and let go of the embedded server if the app started one."""
-        if self._own_pool and self._pool is not None:
-            self._pool.close()
-            self._pool = self.store.pool = None
-        self._release_embedded()
-
-    def _release_embedded(self) -> None:
-        if self._embedded is not None:
-            self._embedded.release()
-            self._embedded = None
-
-    def __enter__(self) -> App:
-        return self.open()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def eager(self) -> AbstractContextManager[EagerMode]:
         """For tests: within ``with app.eager():``, a deferred job runs its task inline,
         without a database, and ``defer`` returns once it ran (see pgworker.testing)."""
@@ -325,19 +249,6 @@ class App(Registry, Enqueueing):
     def admin(self) -> Admin:
         """Operations on jobs: remove, complete, fail, reschedule, unlock, clean up, list."""
         return Admin(self.store, known_tasks=list(self.tasks))
-
-    @property
-    def conninfo(self) -> str:
-        """The connection string the app's connections use."""
-        pool = self.store.pool
-        if pool is not None and isinstance(pool.conninfo, str):
-            return pool.conninfo
-        return self.database_url or ""
-
-    @property
-    def pool(self) -> ConnectionPool[Connection]:
-        """The connection pool; the app must be open."""
-        return self.store.require_pool()
 
     # -- running ----------------------------------------------------------------------
 
@@ -411,15 +322,3 @@ class App(Registry, Enqueueing):
             forbidden_flags=self.current_forbidden_flags,
             cron_items=self.cron_items,
         )
-
-    @contextmanager
-    def _opened(self) -> Iterator[App]:
-        """The app, opened for the length of the block if it was closed before it."""
-        if self.is_open:
-            yield self
-            return
-        self.open()
-        try:
-            yield self
-        finally:
-            self.close()
