@@ -71,6 +71,11 @@ class Proxy:
             link.frozen.set()
         return len(frozen)
 
+    def links_with(self, marker: bytes) -> list[Link]:
+        """The connections whose client has sent ``marker``."""
+        with self._lock:
+            return [link for link in self.links if marker in link.seen]
+
     def thaw(self) -> None:
         """Forward new connections normally again (silent ones stay silent)."""
         with self._lock:
