@@ -21,6 +21,7 @@ _COLUMNS = (
     ("STARTED", 20),
     ("JOBS", 5),
     ("QUEUES", 7),
+    ("LISTEN", 27),
 )
 
 
@@ -81,6 +82,7 @@ def _line(worker: RegisteredWorker, stale_after: float) -> str:
         _when(worker.started_at),
         str(worker.jobs_held),
         str(worker.queues_held),
+        _listen_cell(worker),
     )
     return " ".join(cell.ljust(width) for cell, (_, width) in zip(cells, _COLUMNS, strict=True)) + (
         f" {host}"
@@ -89,6 +91,30 @@ def _line(worker: RegisteredWorker, stale_after: float) -> str:
 
 def _when(moment: datetime | None) -> str:
     return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _listen(worker: RegisteredWorker) -> dict[str, Any] | None:
+    """The state of a pgworker worker's LISTEN connection, as its heartbeat last wrote
+    it into its registry metadata (the listener reports changes within a second)."""
+    entry = (worker.metadata or {}).get("listen")
+    return entry if isinstance(entry, dict) and "state" in entry else None
+
+
+def _listen_cell(worker: RegisteredWorker) -> str:
+    """``listening``, ``reconnecting since HH:MM:SS`` (in the STARTED column's time
+    zone), or ``-`` (not a pgworker worker, a run-once one, or not connected yet)."""
+    entry = _listen(worker)
+    if entry is None:
+        return "-"
+    if entry["state"] == "listening":
+        return "listening"
+    try:
+        since = datetime.fromisoformat(entry["since"])
+    except (KeyError, TypeError, ValueError):
+        return str(entry["state"])
+    if worker.started_at is not None and worker.started_at.tzinfo is not None:
+        since = since.astimezone(worker.started_at.tzinfo)
+    return f"{entry['state']} since {since:%H:%M:%S}"
 
 
 def _as_json(worker: RegisteredWorker, stale_after: float) -> dict[str, Any]:
@@ -103,6 +129,7 @@ def _as_json(worker: RegisteredWorker, stale_after: float) -> dict[str, Any]:
         ),
         "jobs_held": worker.jobs_held,
         "queues_held": worker.queues_held,
+        "listen": _listen(worker),
         "metadata": worker.metadata,
     }
 

@@ -122,6 +122,15 @@ class Plugin:
     def on_workers_recovered(self, worker_ids: list[str], job_ids: list[int]) -> None:
         """This worker's sweep found ``worker_ids`` dead and gave their jobs back."""
 
+    def on_listen_lost(self, reason: str) -> None:
+        """The worker's LISTEN connection died (an error, or no answer to its periodic
+        check within seconds) or could not be made: new jobs are found by polling, more
+        often than usual, until ``on_listen_restored``."""
+
+    def on_listen_restored(self, seconds_down: float) -> None:
+        """The LISTEN connection is back after ``seconds_down`` seconds; new jobs wake
+        the worker at once again."""
+
     # -- jobs -------------------------------------------------------------------------
 
     def on_job_fetched(self, job: Job) -> None:
@@ -234,6 +243,14 @@ class Hooks:
     def workers_recovered(self, worker_ids: list[str], job_ids: list[int]) -> None:
         """Tell the plugins a sweep took jobs back from dead workers."""
         self._observe("on_workers_recovered", worker_ids, job_ids)
+
+    def listen_lost(self, reason: str) -> None:
+        """Tell the plugins the LISTEN connection is down."""
+        self._observe("on_listen_lost", reason)
+
+    def listen_restored(self, seconds_down: float) -> None:
+        """Tell the plugins the LISTEN connection is back."""
+        self._observe("on_listen_restored", seconds_down)
 
     # -- jobs -------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ RESET_INTERVAL = (480.0, 600.0)
 #: A heartbeat must be at most this fraction of the stale threshold: one late or failed
 #: beat must never make a live worker look dead.
 MAX_HEARTBEAT_SHARE = 1 / 3
+#: How soon a change ``Heartbeat.report`` makes to the registry metadata is written.
+REPORT_WITHIN = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,14 @@ class Heartbeat:
         self.stale_after = stale_after
         self.still_running = still_running
         self._conn = OwnConnection(conninfo)
+        self._reported = threading.Event()
         self.beats = 0
+
+    def report(self, key: str, value: Any) -> None:
+        """Set ``key`` of this worker's registry metadata; the row is written within
+        ``REPORT_WITHIN`` seconds instead of at the next beat. Any thread may call it."""
+        self.metadata = {**self.metadata, key: value}  # replaced whole: beats read it
+        self._reported.set()
 
     def register(self) -> None:
         """The first beat, at start: raises if the registry can't be written, and
@@ -138,13 +148,26 @@ class Heartbeat:
                     # still_running waits up to the interval for the last job to return.
                     if not self.still_running(self.interval):
                         return
-                elif stop.wait(self.interval):
+                elif self._sleep(stop):
                     continue
                 self._beat()
         finally:
             self._conn.close()
 
+    def _sleep(self, stop: threading.Event) -> bool:
+        """Wait for the next beat: ``interval``, or less when a report is pending; True
+        when ``stop`` was set meanwhile."""
+        deadline = time.monotonic() + self.interval
+        while not self._reported.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if stop.wait(min(remaining, REPORT_WITHIN)):
+                return True
+        return False
+
     def _beat(self) -> None:
+        self._reported.clear()
         try:
             created = self.store.heartbeat(self.worker_id, self.metadata, conn=self._conn.get())
         except Exception as exc:  # the heartbeat must outlive any one failure

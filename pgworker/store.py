@@ -10,6 +10,7 @@ import msgspec
 
 from .errors import JobNotCreatedError, PgWorkerError
 from .job import Job
+from .roundtrip import round_trip
 from .spec import JobSpec
 from .store_admin import AdminStatements
 from .store_base import Connection, StoreBase
@@ -212,13 +213,17 @@ class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatemen
         """Release anything still locked by ``worker_id``."""
         self._execute("unlock_worker", {"worker_id": worker_id}, conn=conn)
 
-    def listen(self, conn: Connection) -> None:
-        """Subscribe ``conn`` to graphile-worker's channels (and pgworker's cancels)."""
-        self._execute("listen", conn=conn)
+    def listen(self, conn: Connection, *, timeout: float) -> list[tuple[str, str]]:
+        """Subscribe ``conn`` to graphile-worker's channels (and pgworker's cancels),
+        within ``timeout`` seconds (else TimeoutError); returns the notifications that
+        arrived meanwhile."""
+        return round_trip(conn, self.queries["listen"], timeout)
 
-    def ping(self, conn: Connection) -> None:
-        """A round trip on ``conn``, to notice a dead connection."""
-        self._execute("ping", conn=conn)
+    def ping(self, conn: Connection, *, timeout: float) -> list[tuple[str, str]]:
+        """A round trip on ``conn`` within ``timeout`` seconds (else TimeoutError), to
+        notice a dead or silent connection; returns the notifications that arrived
+        meanwhile."""
+        return round_trip(conn, self.queries["ping"], timeout)
 
 
 def spec_record(new: NewJob) -> dict[str, Any]:

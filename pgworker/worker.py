@@ -60,7 +60,7 @@ from .fetcher import Fetcher
 from .giveback import GiveBack
 from .hooks import Hooks, WorkerInfo
 from .inflight import InFlight
-from .listener import Listener
+from .listener import Listener, ListenState
 from .migrate import SCHEMA_REVISION
 from .recovery import Heartbeat, Sweeper, worker_metadata
 from .runner import Executors, JobRunner
@@ -320,11 +320,21 @@ class Worker:
             on_notify=self.wake,
             on_breaking=self._on_breaking,
             on_cancel=self.watch.wake,
+            hooks=self.hooks,
+            on_state=self._on_listen_state,
         )
         spawn("listener", self.listener.run)
         spawn("maintenance", self.sweeper.run)
         if self.cron_items:
             spawn("cron", CronScheduler(self.store, self.cron_items, hooks=self.hooks).run)
+
+    def _on_listen_state(self, state: ListenState) -> None:
+        # Polling stands in for LISTEN while it is down; the registry shows the state.
+        if self.fetcher is not None:
+            self.fetcher.poll_interval = state.poll_interval(self.settings.poll_interval)
+            self.fetcher.wake()
+        if self.heartbeat is not None:
+            self.heartbeat.report("listen", state.as_metadata())
 
     def _on_breaking(self, revision: int) -> None:
         # worker:migrate is not per schema: a breaking migration of another schema in the

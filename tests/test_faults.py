@@ -253,11 +253,13 @@ def running() -> Iterator[Callable[[App], WorkerHandle]]:
 
 
 def listener_pids(db: Conn, application_name: str) -> list[int]:
-    """The backends of this app's LISTEN connection (never this test's own)."""
+    """The backends of this app's LISTEN connection (never this test's own): its last
+    statement is its LISTEN or its health check."""
     rows = db.execute(
         """select pid from pg_stat_activity
         where datname = current_database() and application_name = %s
-        and query like 'LISTEN%%' and pid <> pg_backend_pid()""",
+        and (query like 'LISTEN%%' or query like '%%listener_ping%%')
+        and pid <> pg_backend_pid()""",
         [application_name],
     ).fetchall()
     return [pid for (pid,) in rows]

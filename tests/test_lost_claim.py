@@ -6,8 +6,6 @@ must give back what it locked without knowing, and run those jobs soon."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from processes import wait_for
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from proxy import Link, Proxy, server_address
 
 from pgworker import App, DatabaseUnavailableError
 
@@ -26,81 +24,23 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 CLAIM_MARKER = b"locked_queues"
 
 
-class LosingProxy:
+class LosingProxy(Proxy):
     """Forwards connections to PostgreSQL; the first connection that sends the claim
     statement gets no answer to it, and is cut half a second later (once the server has
-    committed). ``go_down()`` stops it: every connection cut, new ones refused."""
+    committed)."""
 
     def __init__(self, target: tuple[int, str | tuple[str, int]]) -> None:
-        self.family, self.address = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.cut = threading.Event()
-        self._closing = threading.Event()
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target)
 
-    def close(self) -> None:
-        self._closing.set()
-        # shutdown() stops a listening socket at once (close() alone waits for the
-        # blocked accept to return, and goes on accepting meanwhile).
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-
-    def go_down(self) -> None:
-        self.close()
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def _accept(self) -> None:
-        while not self._closing.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.socket(self.family, socket.SOCK_STREAM)
-            server.connect(self.address)
-            self._sockets += [client, server]
-            swallow = threading.Event()
-            threading.Thread(target=self._up, args=(client, server, swallow), daemon=True).start()
-            threading.Thread(target=self._down, args=(server, client, swallow), daemon=True).start()
-
-    def _up(self, client: socket.socket, server: socket.socket, swallow: threading.Event) -> None:
-        with client, server:
-            while data := _recv(client):
-                server.sendall(data)
-                if CLAIM_MARKER in data and not self.cut.is_set():
-                    self.cut.set()
-                    swallow.set()
-                    time.sleep(0.5)  # the claim commits; its rows go nowhere
-                    client.shutdown(socket.SHUT_RDWR)
-                    return
-
-    def _down(self, server: socket.socket, client: socket.socket, swallow: threading.Event) -> None:
-        while (data := _recv(server)) and not swallow.is_set():
-            try:
-                client.sendall(data)
-            except OSError:
-                return
-
-
-def _recv(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(65536)
-    except OSError:
-        return b""
-
-
-def server_address(database_url: str) -> tuple[int, str | tuple[str, int]]:
-    """Where the test database listens: a TCP address or a unix socket path."""
-    params = conninfo_to_dict(database_url)
-    host = str(params.get("host") or "127.0.0.1")
-    port = int(params.get("port") or 5432)
-    if host.startswith("/"):
-        return socket.AF_UNIX, f"{host}/.s.PGSQL.{port}"
-    return socket.AF_INET, (host, port)
+    def client_sent(self, link: Link, data: bytes) -> bool:
+        if CLAIM_MARKER in data and not self.cut.is_set():
+            self.cut.set()
+            link.swallow.set()
+            time.sleep(0.5)  # the claim commits; its rows go nowhere
+            link.cut()
+            return False
+        return True
 
 
 @pytest.fixture
@@ -113,9 +53,7 @@ def proxy(database_url: str) -> Iterator[LosingProxy]:
 def test_jobs_a_lost_claim_locked_still_run(
     make_app: Callable[..., App], proxy: LosingProxy, database_url: str, db: Conn, schema: str
 ) -> None:
-    through_proxy = make_conninfo(
-        database_url, host="127.0.0.1", hostaddr="127.0.0.1", port=proxy.port, sslmode="disable"
-    )
+    through_proxy = proxy.conninfo(database_url)
     client = make_app().open()
     client.migrate()
     app = make_app(database_url=through_proxy, concurrency=4)
@@ -158,9 +96,7 @@ def test_defer_during_an_outage_fails_fast(
 ) -> None:
     """A web request that defers while the database is unreachable gets a clear error
     within the pool timeout, instead of hanging."""
-    through_proxy = make_conninfo(
-        database_url, host="127.0.0.1", hostaddr="127.0.0.1", port=proxy.port, sslmode="disable"
-    )
+    through_proxy = proxy.conninfo(database_url)
     make_app().open().migrate()
     app = make_app(database_url=through_proxy, pool_timeout=1.0)
     with app:

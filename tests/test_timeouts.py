@@ -232,7 +232,8 @@ def test_cancel_from_the_cli_reaches_an_async_job_while_the_listener_is_down(
                     while time.monotonic() < deadline:
                         conn.execute(
                             """select pg_terminate_backend(pid) from pg_stat_activity
-                            where application_name = %s and query like 'LISTEN%%'""",
+                            where application_name = %s
+                            and (query like 'LISTEN%%' or query like '%%listener_ping%%')""",
                             [name],
                         )
                         cutting.set()

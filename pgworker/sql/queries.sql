@@ -58,8 +58,9 @@ LISTEN "worker:migrate";
 LISTEN "pgworker:cancel"
 
 -- name: ping
--- A round trip, to notice a dead connection.
-select 1
+-- A round trip on the LISTEN connection, to notice a dead or silent one (named, so that
+-- pg_stat_activity shows whose it is).
+select 1 as listener_ping
 
 -- name: register_tasks
 -- Make sure each task identifier has a row. (Its own statement: a read in the same
