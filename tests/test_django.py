@@ -3,102 +3,19 @@ tasks into the test database, and pgworker workers run them."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import subprocess
-import sys
-from collections.abc import Iterator
 from contextlib import suppress
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 pytest.importorskip("django")
-from django.utils import timezone
+pytest.register_assert_rewrite("django_support")
+from django.utils import timezone  # noqa: E402
+from django_support import job_row, make_runnable, run_worker  # noqa: E402
 
-from pgworker import App
-
-TESTS_DIR = Path(__file__).resolve().parent
-ROOT = TESTS_DIR.parent
-WORKER_OPTIONS: dict[str, Any] = {
-    "concurrency": 1,
-    "poll_interval": 0.2,
-    "shutdown_grace_period": 5.0,
-}
-
-
-@pytest.fixture(scope="module")
-def django_schema(database_url: str) -> Iterator[str]:
-    """Django set up with tests/django_project on the test database and a worker schema of
-    this module's own (installed with its results table), dropped afterwards."""
-    schema = f"pgw_django_{secrets.token_hex(4)}"
-    os.environ["PGWORKER_DJANGO_DATABASE_URL"] = database_url
-    os.environ["PGWORKER_DJANGO_SCHEMA"] = schema
-    os.environ["DJANGO_SETTINGS_MODULE"] = "django_project.settings"
-    import django
-    from django.conf import settings
-
-    if settings.configured and settings.TASKS["default"]["OPTIONS"]["SCHEMA"] != schema:
-        pytest.skip("Django was set up for another schema in this process")
-    django.setup()
-    from pgworker.contrib.django.worker import build_worker_app, prepare
-
-    with build_worker_app("default", **WORKER_OPTIONS) as app:
-        prepare(app)
-    yield schema
-    from django.db import connections
-
-    connections.close_all()
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'drop schema if exists "{schema}" cascade')
-        conn.execute(f'drop schema if exists "{schema}_results" cascade')
-
-
-@pytest.fixture
-def project(django_schema: str, db: psycopg.Connection[tuple[Any, ...]]) -> str:
-    """A clean queue and results table for each test; the schema's name."""
-    from django_project import tasks
-
-    db.execute(f'delete from "{django_schema}"._private_jobs')
-    db.execute(f'delete from "{django_schema}_results".django_task_results')
-    tasks.RUNS.clear()
-    return django_schema
-
-
-def run_worker(alias: str = "default", queues: list[str] | None = None) -> str:
-    """Run every runnable Django job with a worker of ``alias`` serving ``queues``;
-    return the worker's id."""
-    from pgworker.contrib.django.worker import build_worker_app
-
-    worker_id = f"django-test-{secrets.token_hex(4)}"
-    app: App = build_worker_app(alias, queues, worker_id=worker_id, **WORKER_OPTIONS)
-    with app:
-        app.run_once(install_signal_handlers=False)
-    return worker_id
-
-
-def job_row(db: psycopg.Connection[tuple[Any, ...]], schema: str, result_id: str) -> Any:
-    """(task identifier, queue_name, priority, run_at, attempts, locked_by) of a result's
-    job, or None."""
-    return db.execute(
-        f"""select tasks.identifier, jobs.job_queue_id, jobs.priority, jobs.run_at,
-                   jobs.attempts, jobs.locked_by
-            from "{schema}"._private_jobs as jobs
-            join "{schema}"._private_tasks as tasks on tasks.id = jobs.task_id
-            where jobs.key = %s""",
-        (f"django:{result_id}",),
-    ).fetchone()
-
-
-def make_runnable(db: psycopg.Connection[tuple[Any, ...]], schema: str, result_id: str) -> None:
-    """Bring a waiting job's run_at (a retry's backoff, a run_after) to now."""
-    db.execute(
-        f'update "{schema}"._private_jobs set run_at = now() where key = %s',
-        (f"django:{result_id}",),
-    )
+pytest_plugins = ["django_support"]  # the Django fixtures, set up once per session
 
 
 # -- acceptance: view -> worker, atomic(), get_result ---------------------------------------
@@ -368,124 +285,3 @@ def test_without_a_shared_connection_the_job_is_added_on_commit(
     assert job_row(db, project, dropped.id) is None
     run_worker()
     assert tasks.add.get_result(kept.id).return_value == 6
-
-
-def test_without_the_results_store_get_result_knows_only_the_job(
-    project: str, db: psycopg.Connection[tuple[Any, ...]]
-) -> None:
-    from django_project import tasks
-
-    from pgworker.contrib.django.compat import TaskResultDoesNotExist
-    from pgworker.contrib.django.state import JobError
-
-    result = tasks.flaky.using(backend="no_results").enqueue("x")
-    run_worker("no_results")
-    result.refresh()
-    assert result.status == "READY"
-    assert result.attempts == 1
-    assert result.errors[0].exception_class is JobError
-    assert "PaymentDeclinedError: declined on attempt 1" in result.errors[0].traceback
-
-    make_runnable(db, project, result.id)
-    run_worker("no_results")
-    assert tasks.RUNS == []
-    with pytest.raises(TaskResultDoesNotExist):
-        result.refresh()  # done and deleted; nothing was stored
-    stored = db.execute(f'select count(*) from "{project}_results".django_task_results')
-    assert stored.fetchone() == (0,)
-
-
-def test_expired_results_are_forgotten_and_deleted(
-    project: str, db: psycopg.Connection[tuple[Any, ...]]
-) -> None:
-    from django.db import connection
-    from django_project import tasks
-
-    from pgworker.contrib.django.compat import TaskResultDoesNotExist
-    from pgworker.contrib.django.results import ResultsStore
-
-    result = tasks.add.enqueue(1, 2)
-    run_worker()
-    table = f'"{project}_results".django_task_results'
-    expires = db.execute(f"select expires_at - finished_at from {table}").fetchone()[0]
-    assert expires == timedelta(hours=1)  # RESULTS_TTL of the test project
-    db.execute(f"update {table} set expires_at = now() - interval '1 second'")
-    with pytest.raises(TaskResultDoesNotExist):
-        tasks.add.get_result(result.id)
-    store = ResultsStore(project, f"{project}_results", ttl=60)
-    connection.ensure_connection()
-    assert store.expire_due(connection.connection) == 1
-    assert db.execute(f"select count(*) from {table}").fetchone() == (0,)
-
-
-# -- the management command and the Django 6 leg --------------------------------------------
-
-
-def test_manage_py_pgworker_runs_the_jobs(project: str, database_url: str) -> None:
-    from django_project import tasks
-
-    result = tasks.add.enqueue(20, 22)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS_DIR)]),
-        "PGWORKER_DJANGO_DATABASE_URL": database_url,
-        "PGWORKER_DJANGO_SCHEMA": project,
-    }
-    done = subprocess.run(
-        [sys.executable, str(TESTS_DIR / "django_project" / "manage.py"), "pgworker", "--once"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=TESTS_DIR,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result.refresh()
-    assert result.status == "SUCCESSFUL"
-    assert result.return_value == 42
-
-
-def django6_python() -> str | None:
-    """An interpreter with Django 6: PGWORKER_DJANGO6_PYTHON, else .venv-django6's."""
-    named = os.environ.get("PGWORKER_DJANGO6_PYTHON")
-    candidate = named or str(ROOT / ".venv-django6" / "bin" / "python")
-    return candidate if named or Path(candidate).exists() else None
-
-
-def test_django_6_with_its_own_django_tasks(database_url: str) -> None:
-    """Django 6 (django.tasks) needs Python >= 3.12: run this module there too."""
-    if os.environ.get("PGWORKER_DJANGO6_LEG"):
-        pytest.skip("this is the Django 6 leg itself")
-    python = django6_python()
-    if python is None:
-        pytest.skip(
-            "Django 6 leg skipped: it needs Python >= 3.12 with Django 6 installed; none was "
-            "given (PGWORKER_DJANGO6_PYTHON) or built (`make venv-django6`). Django 5.2 with "
-            "the django-tasks backport ran instead"
-        )
-    probe = subprocess.run(
-        [python, "-c", "import django, django.tasks; print(django.get_version())"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert probe.returncode == 0, f"{python} has no Django 6: {probe.stderr[-1000:]}"
-    done = subprocess.run(
-        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "PGWORKER_TEST_DATABASE_URL": database_url,
-            "PGWORKER_DJANGO6_LEG": "1",
-        },
-        cwd=ROOT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert " passed" in done.stdout
-    assert " failed" not in done.stdout

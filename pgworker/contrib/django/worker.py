@@ -13,6 +13,7 @@ from django.utils import timezone
 from pgworker.app import App
 from pgworker.context import JobContext
 from pgworker.controls import PermanentFailure
+from pgworker.hooks import Plugin, WorkerInfo
 
 from .compat import (
     FAILED,
@@ -39,7 +40,8 @@ def build_worker_app(
     """An App serving the Django queues ``queues`` of the task backend ``alias`` (all of
     the backend's QUEUES when None); ``app_options`` go to ``App`` (concurrency, ...).
 
-    It is not opened; ``prepare()`` installs the worker schema and the results table.
+    It is not opened. Its workers create the results table as they start (when results
+    are on); ``prepare()`` does it beforehand, with the worker schema.
     """
     from .backend import PgWorkerBackend
     from .compat import BaseTaskBackend
@@ -60,6 +62,8 @@ def build_worker_app(
     app_options.setdefault("embedded", False)
     app = App(schema=settings.schema, **app_options)
     store = backend.results if settings.results else None
+    if store is not None:
+        app.add_plugin(ResultsTable(app, store))
     for queue_name in chosen:
         app.task(task_identifier(queue_name))(DjangoDispatcher(store))
     return app
@@ -75,6 +79,20 @@ def prepare(app: App, alias: str = "default") -> None:
     if isinstance(backend, PgWorkerBackend) and backend.settings.results:
         with app.pool.connection() as conn:
             backend.results.create(conn)
+
+
+class ResultsTable(Plugin):
+    """Creates the results table when a worker of ``app`` starts, however it was started
+    (``manage.py pgworker``, ``app.run()``, ``app.start()``)."""
+
+    def __init__(self, app: App, store: ResultsStore) -> None:
+        self.app = app
+        self.store = store
+
+    def on_worker_init(self, worker: WorkerInfo) -> None:
+        """Create the results schema and table if missing."""
+        with self.app.pool.connection() as conn:
+            self.store.create(conn)
 
 
 class DjangoDispatcher:
