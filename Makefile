@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format typecheck docs bench clean
+.PHONY: demo test test-slow lint format typecheck docs bench clean venv-django6
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +38,12 @@ docs: $(STAMP)  ## the documentation site, into site/ (any warning fails the bui
 bench: $(STAMP)  ## throughput against Node graphile-worker on the same database
 	$(BIN)/python -m benchmarks.throughput $(BENCH_ARGS)
 
+# Django 6 needs Python >= 3.12: tests/test_django.py runs itself again in this venv.
+PYTHON_DJANGO6 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python3) \
+	$(shell command -v python3.13 python3.12 2>/dev/null))
+venv-django6:  ## a Python >= 3.12 venv with Django 6, for the Django 6 leg of the tests
+	$(PYTHON_DJANGO6) -m venv .venv-django6
+	.venv-django6/bin/pip install --quiet -e . 'django>=6' pytest pytest-timeout
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
+	rm -rf .venv-django6 $(VENV) .pytest_cache .mypy_cache .ruff_cache site

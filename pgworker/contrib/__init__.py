@@ -1,0 +1,1 @@
+"""Integrations of pgworker with frameworks, each an optional extra (``pgworker[django]``)."""
