@@ -10,7 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_TARGET = "faults.app:app"
-NODE_DIR = ROOT / "tests" / "interop" / "node"
+#: Where graphile-worker 0.17 is installed (``npm ci`` there); FAULTS_NODE_DIR overrides.
+NODE_DIR = Path(os.environ.get("FAULTS_NODE_DIR") or ROOT / "tests" / "interop" / "node")
 
 
 def _pgworker_script() -> str:
