@@ -73,6 +73,27 @@ def queued(conn: Conn, schema: str, ids: Iterable[int]) -> set[int]:
     return {row[0] for row in rows}
 
 
+def finished(conn: Conn) -> set[int]:
+    """Every job id with a finish in the ledger."""
+    rows = conn.execute(
+        sql.SQL("select distinct job_id from {} where event = 'finish'").format(
+            sql.Identifier(TABLE)
+        )
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def lockers(conn: Conn, schema: str, ids: Iterable[int]) -> list[tuple[int, str | None]]:
+    """(job id, locked_by) of ``ids`` still in the queue."""
+    rows = conn.execute(
+        sql.SQL("select id, locked_by from {}._private_jobs where id = any(%s) order by id").format(
+            sql.Identifier(schema)
+        ),
+        (list(ids),),
+    ).fetchall()
+    return [(row[0], row[1]) for row in rows]
+
+
 def running_at(all_events: Iterable[Event], moment: float) -> set[int]:
     """Jobs with a start and no finish at ``moment``: those in flight then."""
     open_runs: Counter[int] = Counter()
