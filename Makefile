@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format typecheck docs bench clean venv-django6
+.PHONY: demo test test-slow lint format typecheck docs bench faults clean venv-django6
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ docs: $(STAMP)  ## the documentation site, into site/ (any warning fails the bui
 
 bench: $(STAMP)  ## throughput against Node graphile-worker on the same database
 	$(BIN)/python -m benchmarks.throughput $(BENCH_ARGS)
+
+faults: $(STAMP)  ## pgworker through crashes, outages, overload on a private cluster (~15 min); FAULTS_ARGS="--only worker_sigkill --scale 0.2"
+	$(BIN)/python -m faults $(FAULTS_ARGS)
 
 # Django 6 needs Python >= 3.12: tests/test_django.py runs itself again in this venv.
 PYTHON_DJANGO6 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python3) \
