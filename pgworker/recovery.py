@@ -185,14 +185,31 @@ class Heartbeat:
 class Sweeper:
     """Gives back the jobs of dead workers (every ``sweep_interval``, one sweeper at a
     time across the fleet) and runs graphile-worker's 4-hour reset for lock owners that
-    never heartbeat (every 8 to 10 minutes)."""
+    never heartbeat (every 8 to 10 minutes).
 
-    def __init__(self, store: Store, conninfo: str, recovery: Recovery, hooks: Hooks) -> None:
+    A database outage silences every worker's heartbeat at once: when it ends, each
+    registry row looks as old as the outage, though the workers live. So a sweeper that
+    lost the database itself sweeps again only ``stale_after`` seconds after its last
+    failure, once the live workers have had time to beat; and it never sweeps the
+    worker it belongs to (``worker_id``).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        conninfo: str,
+        recovery: Recovery,
+        hooks: Hooks,
+        worker_id: str | None = None,
+    ) -> None:
         self.store = store
         self.recovery = recovery
         self.hooks = hooks
+        self.worker_id = worker_id
         self._conn = OwnConnection(conninfo)
         self.sweeps = 0
+        #: When this sweeper last failed to reach the database (time.monotonic()).
+        self.last_failure: float | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Sweep and reset on their schedules until ``stop`` is set."""
@@ -220,16 +237,28 @@ class Sweeper:
 
     def sweep(self) -> None:
         """One sweep; errors are logged, never raised."""
+        since_failure = self.seconds_since_failure()
+        if since_failure is not None and since_failure < self.recovery.stale_after:
+            logger.debug(
+                "Not sweeping: this worker lost the database %.0f s ago, and live workers "
+                "may not have beaten since",
+                since_failure,
+            )
+            return
         try:
             result = self.store.sweep_dead_workers(
                 threshold=self.recovery.stale_after,
                 foreign_threshold=RUST_STALE_AFTER,
                 max_recoveries=self.recovery.max_recoveries,
+                self_id=self.worker_id,
                 conn=self._conn.get(),
             )
         except Exception as exc:
-            log = logger.warning if isinstance(exc, psycopg.Error) else logger.exception
-            log("Sweeping for dead workers failed: %s", exc)
+            if isinstance(exc, psycopg.Error | PgWorkerError):
+                self.last_failure = time.monotonic()
+                logger.warning("Sweeping for dead workers failed: %s", exc)
+            else:
+                logger.exception("Sweeping for dead workers failed: %s", exc)
             return
         if result is None:
             logger.debug("Another worker is sweeping")
@@ -256,6 +285,12 @@ class Sweeper:
         self.hooks.workers_recovered(
             [d.worker_id for d in result.dead], [r.job_id for r in result.recovered]
         )
+
+    def seconds_since_failure(self) -> float | None:
+        """Seconds since this sweeper last failed to reach the database (None: never)."""
+        if self.last_failure is None:
+            return None
+        return time.monotonic() - self.last_failure
 
     def reset_stale_locks(self, *, report_unserved: bool = True) -> None:
         """graphile-worker's 4-hour reset, and (``report_unserved``) a warning about jobs

@@ -112,11 +112,13 @@ class RegistryStatements(StoreBase):
         threshold: float,
         foreign_threshold: float,
         max_recoveries: int,
+        self_id: str | None = None,
         conn: Connection | None = None,
     ) -> SweepResult | None:
         """In one transaction under the sweep lock: find registered workers whose
-        heartbeat is older than their threshold, give their jobs and queues back and
-        forget them. None when another sweeper holds the lock."""
+        heartbeat is older than their threshold, other than the sweeping worker
+        ``self_id``, give their jobs and queues back and forget them. None when another
+        sweeper holds the lock."""
         with self.connection(conn) as c, c.transaction():
             lock = {"class_id": SWEEP_LOCK[0], "object_id": SWEEP_LOCK[1]}
             row = c.execute(self.queries["try_sweep_lock"], lock).fetchone()
@@ -124,7 +126,11 @@ class RegistryStatements(StoreBase):
                 return None
             found = c.execute(
                 self.queries["lock_dead_workers"],
-                {"threshold": threshold, "foreign_threshold": foreign_threshold},
+                {
+                    "threshold": threshold,
+                    "foreign_threshold": foreign_threshold,
+                    "self_id": self_id,
+                },
             ).fetchall()
             dead = [DeadWorker(worker_id, age) for worker_id, age in found]
             if not dead:

@@ -137,7 +137,7 @@ class Worker:
             self.inflight.async_room = self.async_jobs.free_slots
         self.fetcher: Fetcher | None = None
         self.heartbeat: Heartbeat | None = None
-        self.sweeper = Sweeper(store, conninfo, settings.recovery, hooks)
+        self.sweeper = Sweeper(store, conninfo, settings.recovery, hooks, self.worker_id)
         self.listener: Listener | None = None
         self._stop = threading.Event()
         self._forced = threading.Event()

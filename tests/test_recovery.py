@@ -26,6 +26,8 @@ from processes import WorkerProcess, wait_for
 
 from pgworker import App, JobContext, RawJob, Recovery
 from pgworker.cli import cli
+from pgworker.hooks import Hooks
+from pgworker.recovery import Sweeper
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -429,3 +431,73 @@ def test_jobs_no_registered_worker_runs_are_reported(
     assert "Jobs wait for tasks that no registered worker runs" in caplog.text
     assert "nobody_runs_this (2)" in caplog.text
     assert "here (" not in caplog.text
+
+
+def _stale_worker_with_a_job(
+    opened: App, db: psycopg.Connection[Any], schema: str, worker: str
+) -> int:
+    """A registry row for ``worker`` silent for a minute, holding one job."""
+    job = opened.defer("elsewhere", {"of": worker})
+    db.execute(
+        f"""update "{schema}"._private_jobs set locked_by = %s,
+        locked_at = now() - interval '1 minute', attempts = 1 where id = %s""",
+        [worker, job.id],
+    )
+    db.execute(
+        f"""insert into "{schema}"._private_workers (id, last_heartbeat_at, metadata)
+        values (%s, now() - interval '1 minute', '{{"runtime": "pgworker"}}')""",
+        [worker],
+    )
+    return job.id
+
+
+def _locked_by(db: psycopg.Connection[Any], schema: str, job_id: int) -> str | None:
+    row = db.execute(f'select locked_by from "{schema}".jobs where id = %s', [job_id]).fetchone()
+    assert row is not None
+    return row[0]
+
+
+FAST_SWEEP = Recovery(heartbeat_interval=0.2, stale_after=1.0, sweep_interval=0.5)
+
+
+def test_a_sweeper_never_takes_its_own_worker_for_dead(
+    opened: App, db: psycopg.Connection[Any], schema: str, database_url: str
+) -> None:
+    """After an outage the sweeping worker's own row is as old as anyone's: its running
+    jobs must stay with it."""
+    mine = _stale_worker_with_a_job(opened, db, schema, "pgworker-me")
+    theirs = _stale_worker_with_a_job(opened, db, schema, "pgworker-gone")
+    sweeper = Sweeper(opened.store, database_url, FAST_SWEEP, Hooks(), "pgworker-me")
+    try:
+        sweeper.sweep()
+    finally:
+        sweeper.close()
+    assert _locked_by(db, schema, mine) == "pgworker-me"
+    assert _locked_by(db, schema, theirs) is None
+
+
+def test_a_sweeper_that_lost_the_database_waits_before_sweeping(
+    opened: App, db: psycopg.Connection[Any], schema: str, database_url: str
+) -> None:
+    """Every live worker's heartbeat was silenced by the same outage: a sweeper whose own
+    connection just failed gives them stale_after seconds to beat again."""
+    theirs = _stale_worker_with_a_job(opened, db, schema, "pgworker-other")
+    recovery = Recovery(heartbeat_interval=0.2, stale_after=1.5, sweep_interval=0.5)
+    sweeper = Sweeper(opened.store, database_url, recovery, Hooks(), "pgworker-me")
+    try:
+        sweeper.reset_stale_locks(report_unserved=False)  # opens the sweeper's connection
+        pid = sweeper._conn.get().info.backend_pid
+        db.execute("select pg_terminate_backend(%s)", [pid])
+        sweeper.sweep()  # fails on the dead connection: an outage, as this worker saw it
+        assert sweeper.last_failure is not None
+        sweeper.sweep()  # the database is back, but the other worker may not have beaten
+        assert _locked_by(db, schema, theirs) == "pgworker-other"
+        wait_for(
+            lambda: (sweeper.seconds_since_failure() or 0) > recovery.stale_after,
+            5,
+            "the grace after the failure to pass",
+        )
+        sweeper.sweep()
+        assert _locked_by(db, schema, theirs) is None
+    finally:
+        sweeper.close()

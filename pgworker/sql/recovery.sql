@@ -35,10 +35,12 @@ select pg_try_advisory_xact_lock(%(class_id)s::int, %(object_id)s::int)
 -- heartbeat waits, then finds its row gone). pgworker's rows say so in their metadata
 -- and go stale after %(threshold)s seconds; any other row is a Rust worker's and keeps
 -- the Rust crate's rule: %(foreign_threshold)s seconds, three times that while it holds
--- a job flagged infrastructure_resilient.
+-- a job flagged infrastructure_resilient. The sweeping worker (%(self_id)s) is alive
+-- whatever its row says, and is never among them.
 select workers.id, extract(epoch from now() - workers.last_heartbeat_at)::float8
 from :SCHEMA._private_workers as workers
-where workers.last_heartbeat_at < now() - case
+where workers.id is distinct from %(self_id)s::text
+and workers.last_heartbeat_at < now() - case
   when workers.metadata->>'runtime' = 'pgworker' then %(threshold)s * interval '1 second'
   when exists (
     select 1 from :SCHEMA._private_jobs as jobs
