@@ -26,7 +26,7 @@ def check_bind(host: str, password: str | None) -> None:
     """Refuse to listen on an address other machines can reach without a password."""
     if host not in LOOPBACK_HOSTS and not password:
         raise ConfigurationError(
-            f"the dashboard would listen on {host}, reachable from other machines, "
+            f"the dashboard would be reachable from other machines at {host} "
             f"without a password: set {PASSWORD_VARIABLE}, or bind 127.0.0.1"
         )
 
