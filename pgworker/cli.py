@@ -24,6 +24,7 @@ from .cli_common import (
     reported_errors,
 )
 from .cli_cron import cron_group
+from .cli_dashboard import dashboard_command
 from .cli_workers import cancel_command, workers_command
 from .logs import configure_logging
 
@@ -248,6 +249,7 @@ for command in cli_admin.COMMANDS:
 cli.add_command(cron_group)
 cli.add_command(workers_command)
 cli.add_command(cancel_command)
+cli.add_command(dashboard_command)
 
 
 def main(argv: list[str] | None = None) -> None:
