@@ -39,6 +39,7 @@ from .settings import (
     check_schema,
     check_worker_id,
     default_schema,
+    worker_settings,
 )
 from .store import Connection, Store
 from .task import Task
@@ -372,25 +373,9 @@ class App(Registry, Enqueueing):
 
     def _worker(self, *, once: bool = False, exit_on_overrun: bool = False) -> Worker:
         """A worker for this app's tasks, plugins and settings."""
-        from .settings import WorkerSettings
         from .worker import Worker
 
-        settings = WorkerSettings(
-            schema=self.schema,
-            concurrency=self.concurrency,
-            prefetch=self.prefetch,
-            poll_interval=self.poll_interval,
-            shutdown_grace_period=self.shutdown_grace_period,
-            interrupted_retry_delay=self.interrupted_retry_delay,
-            recovery=self.recovery,
-            async_concurrency=self.async_concurrency,
-            default_timeout=self.default_timeout,
-            hard_timeout=self.hard_timeout,
-            exit_on_overrun=exit_on_overrun,
-            once=once,
-            worker_id=self.worker_id,
-            use_local_time=self.use_local_time,
-        )
+        settings = worker_settings(self, once=once, exit_on_overrun=exit_on_overrun)
         return Worker(
             store=self.store,
             conninfo=self.conninfo,

@@ -7,10 +7,13 @@ import inspect
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .recovery import Recovery
+
+if TYPE_CHECKING:
+    from .app import App
 
 #: ``App(forbidden_flags=...)``: the flags, or a function (plain or async) giving them.
 ForbiddenFlags = (
@@ -43,6 +46,26 @@ class WorkerSettings:
     worker_id: str | None = None
     #: Runnable means run_at <= this process's clock, not the database's.
     use_local_time: bool = False
+
+
+def worker_settings(app: App, *, once: bool, exit_on_overrun: bool) -> WorkerSettings:
+    """What a worker of ``app`` takes from its settings (``once``: a run-once worker)."""
+    return WorkerSettings(
+        schema=app.schema,
+        concurrency=app.concurrency,
+        prefetch=app.prefetch,
+        poll_interval=app.poll_interval,
+        shutdown_grace_period=app.shutdown_grace_period,
+        interrupted_retry_delay=app.interrupted_retry_delay,
+        recovery=app.recovery,
+        async_concurrency=app.async_concurrency,
+        default_timeout=app.default_timeout,
+        hard_timeout=app.hard_timeout,
+        exit_on_overrun=exit_on_overrun,
+        once=once,
+        worker_id=app.worker_id,
+        use_local_time=app.use_local_time,
+    )
 
 
 def check_schema(schema: str, *, source: str = "schema") -> None:
