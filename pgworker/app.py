@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -33,12 +34,14 @@ from .registry import Registry
 from .settings import (
     DEFAULT_SCHEMA,
     ForbiddenFlags,
+    LocalQueue,
+    check_batch_delays,
     check_database_source,
-    check_not_negative,
     check_positive,
     check_schema,
     check_worker_id,
     default_schema,
+    local_queue,
     worker_settings,
 )
 from .store import Connection, Store
@@ -82,9 +85,12 @@ class App(Registry, Enqueueing):
     - ``plugins``: Plugin objects whose hooks see every step of workers and jobs.
     - ``crontab``, ``crontab_file``: recurring jobs in graphile-worker's crontab format;
       ``app.cron(...)`` adds them from Python.
-    - ``prefetch``: how many jobs a worker may claim beyond those it is running, so that it
-      claims in batches. Good for many short jobs; keep 0 (the default) for long ones, or
-      prefetched jobs wait behind them while other workers idle.
+    - ``prefetch``: the local queue: how many jobs a worker may claim beyond those it is
+      running, so that it claims in batches; a ``LocalQueue`` also sets how long they may
+      wait (5 min) and a refetch delay. Good for many short jobs; keep 0 (the default)
+      for long ones, or prefetched jobs wait behind them while other workers idle.
+    - ``complete_batch_delay``, ``fail_batch_delay``: seconds a worker waits to gather
+      more successes (failures) into one statement; 0 (the default) writes at once.
     - ``recovery``: how workers heartbeat and give back the jobs of dead ones (on by
       default: a crashed worker's jobs run again within a minute); ``Recovery(enabled=
       False)`` leaves them to graphile-worker's 4-hour rule.
@@ -122,7 +128,9 @@ class App(Registry, Enqueueing):
         pool_timeout: float = 5.0,
         shutdown_grace_period: float = 30.0,
         interrupted_retry_delay: float = 30.0,
-        prefetch: int = 0,
+        prefetch: int | LocalQueue = 0,
+        complete_batch_delay: float = 0.0,
+        fail_batch_delay: float = 0.0,
         forbidden_flags: ForbiddenFlags = None,
         extensions: Iterable[object] = (),
         plugins: Iterable[Plugin] = (),
@@ -144,7 +152,8 @@ class App(Registry, Enqueueing):
         check_positive("concurrency", concurrency)
         check_positive("async_concurrency", async_concurrency)
         check_positive("poll_interval", poll_interval)
-        check_not_negative("prefetch", prefetch)
+        self.local_queue = local_queue(prefetch, poll_interval)
+        check_batch_delays(complete_batch_delay, fail_batch_delay)
         if default_timeout is not None:
             check_positive("default_timeout", default_timeout)
         check_positive("hard_timeout", hard_timeout)
@@ -171,7 +180,8 @@ class App(Registry, Enqueueing):
         self.pool_timeout = pool_timeout
         self.shutdown_grace_period = shutdown_grace_period
         self.interrupted_retry_delay = interrupted_retry_delay
-        self.prefetch = prefetch
+        self.complete_batch_delay = complete_batch_delay
+        self.fail_batch_delay = fail_batch_delay
         self.recovery = recovery or Recovery()
         self.default_timeout = default_timeout
         self.hard_timeout = hard_timeout
@@ -235,8 +245,7 @@ class App(Registry, Enqueueing):
             check_positive("poll_interval", poll_interval)
             self.poll_interval = poll_interval
         if prefetch is not None:
-            check_not_negative("prefetch", prefetch)
-            self.prefetch = prefetch
+            self.local_queue = replace(self.local_queue, size=prefetch)
         if worker_id is not None:
             check_worker_id(worker_id)
             self.worker_id = worker_id
