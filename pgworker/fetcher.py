@@ -138,22 +138,33 @@ class Fetcher:
         self._conn = OwnConnection(conninfo)
         self._wake = threading.Event()
         self._unsure = False
+        # After a TTL give-back: claim for executors only once one of them is done.
+        self._after_finishes = -1
+        self._once = False
 
     def wake(self, *, notification: bool = True) -> None:
         """Claim now instead of at the next poll (after a refetch delay, which enough
-        ``notification`` wake-ups cut short)."""
-        if notification and self.refetch is not None:
-            self.refetch.notified()
+        ``notification`` wake-ups cut short). Other wake-ups (an outcome was recorded)
+        are ignored with a refetch delay, except by a run-once worker: such a worker
+        fetches when notified, when it has room and at each poll."""
+        if self.refetch is not None:
+            if notification:
+                self.refetch.notified()
+            elif not self._once:
+                return
         self._wake.set()
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
         """Claim until ``stop`` is set; with ``once``, return when nothing is runnable
         and nothing claimed is unsettled."""
+        self._once = once
         attempt = 0
         try:
             while not stop.is_set():
                 expiry = self._give_back_expired()
-                room = self.inflight.room(self.batch, stop, until=expiry)
+                room = self.inflight.room(
+                    self.batch, stop, until=expiry, after_finishes=self._after_finishes
+                )
                 if stop.is_set():
                     return
                 if not any(room) or self._paused(stop):
@@ -174,6 +185,8 @@ class Fetcher:
                     stop.wait(delay)
                     continue
                 attempt = 0
+                if room.sync:
+                    self._after_finishes = -1
                 if more:
                     continue
                 if not claimed:
@@ -206,8 +219,12 @@ class Fetcher:
         next waiting one runs out of time (time.monotonic()), None if none waits."""
         if self.ttl is None:
             return None
+        finishes = self.inflight.finishes  # before: a job that finishes meanwhile counts
         expired = self.inflight.expire(time.monotonic() - self.ttl)
         if expired:
+            # Every executor is still busy: claiming again now would take the same jobs
+            # back from the workers that could run them.
+            self._after_finishes = finishes
             ids = [c.job.id for c in expired]
             logger.info(
                 "Giving back %d prefetched job(s) that waited %g s: %s",

@@ -40,16 +40,26 @@ class InFlight:
         self._running: dict[int, RunningJob] = {}
         self._unsettled: set[int] = set()
         self._async: set[int] = set()  # the waiting or running jobs that are async
+        #: How many jobs' code has returned so far.
+        self.finishes = 0
 
-    def room(self, need: int, stop: threading.Event, until: float | None = None) -> Room:
+    def room(
+        self,
+        need: int,
+        stop: threading.Event,
+        until: float | None = None,
+        *,
+        after_finishes: int = -1,
+    ) -> Room:
         """Wait until at least ``need`` sync slots or one async slot are free; return
-        how many of each the worker can take (sync slots only if ``need`` are free;
-        nothing once ``stop`` is set, or at ``until`` on time.monotonic())."""
+        how many of each the worker can take (sync slots only if ``need`` are free and
+        more than ``after_finishes`` jobs have finished; nothing once ``stop`` is set, or
+        at ``until`` on time.monotonic())."""
         with self._changed:
             while not stop.is_set():
                 held = len(self._waiting) + len(self._running) - len(self._async)
                 free = self.capacity - held
-                sync = free if free >= need else 0
+                sync = free if free >= need and self.finishes > after_finishes else 0
                 async_ = self.async_room() if self.async_room is not None else 0
                 if sync or async_:
                     return Room(sync, async_)
@@ -86,6 +96,7 @@ class InFlight:
         with self._changed:
             self._running.pop(job_id, None)
             self._async.discard(job_id)
+            self.finishes += 1
             self._changed.notify_all()
 
     def settled(self, job_ids: list[int]) -> None:

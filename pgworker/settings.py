@@ -35,7 +35,10 @@ class RefetchDelay:
     returns ``threshold`` jobs or fewer (and fewer than it asked for). Notifications of
     new jobs cut the pause short after a random count up to ``max_abort_threshold``
     (None: five times the fetch size). Fewer, fuller fetches on a trickle of jobs, for
-    up to 1.5 times ``duration`` more latency; ``duration`` may not exceed the poll interval.
+    up to 1.5 times ``duration`` more latency; ``duration`` may not exceed the poll
+    interval. As in graphile-worker's local queue, a worker with a refetch delay fetches
+    when notified, when it has room for a batch, and at each poll, but not each time it
+    records an outcome: the next job of a named queue may wait for the poll.
     """
 
     duration: float = 0.1

@@ -5,12 +5,17 @@ delay and a give-back on shutdown) and batched outcomes (``complete_batch_delay`
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
+from processes import wait_for
 
-from pgworker import App
+from pgworker import App, ConfigurationError, LocalQueue, Plugin, RefetchDelay
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -50,3 +55,200 @@ def test_a_batch_claim_takes_one_job_per_named_queue(
     assert ns == {"serial": 0, "other": 4, None: 6}
     assert again == [], "a second worker took a job of a locked queue"
     assert [row[1] for row in locked_jobs(db, schema)] == ["serial", "other", None]
+
+
+def job_rows(db: Conn, schema: str) -> list[tuple[int, str | None, int, str | None]]:
+    """(payload n, locked_by, attempts, last_error) of every job, by n."""
+    return db.execute(
+        f"select (payload->>'n')::int, locked_by, attempts, last_error "
+        f"from {schema}._private_jobs order by 1"
+    ).fetchall()
+
+
+def gated_app(make_app: Callable[..., App], **options: Any) -> tuple[App, Counter[int], Any]:
+    """An app whose ``gated`` task counts its runs by payload ``n``; a job with
+    ``"wait": true`` waits for the returned event first."""
+    app = make_app(**options)
+    runs: Counter[int] = Counter()
+    lock = threading.Lock()
+    gate = threading.Event()
+
+    @app.task("gated")
+    def gated(payload: dict[str, Any]) -> None:
+        with lock:
+            runs[payload["n"]] += 1
+        if payload.get("wait"):
+            assert gate.wait(30), "the test never opened the gate"
+
+    return app, runs, gate
+
+
+@pytest.mark.gw("LQ-14")
+def test_prefetched_jobs_that_wait_past_the_ttl_go_back_refunded(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    """Ten jobs, one executor busy with the first: the nine prefetched behind it go back
+    after the TTL, unlocked with the attempt refunded, and stay back (for other workers)
+    until the executor is free again; then all ten run once."""
+    app, runs, gate = gated_app(
+        make_app, concurrency=1, prefetch=LocalQueue(size=10, ttl=0.5), poll_interval=0.2
+    )
+    with app:
+        app.migrate()
+        app.tasks["gated"].defer({"n": 0, "wait": True})
+        app.tasks["gated"].defer_many([{"n": n} for n in range(1, 10)])
+        with app.start() as handle:
+            wait_for(lambda: runs[0] == 1, 10, "the first job to start")
+            claimed_at = time.monotonic()
+            locked = [r for r in job_rows(db, schema) if r[1] == handle.worker_id]
+            assert len(locked) == 10, "the worker did not prefetch the other nine"
+
+            def given_back() -> list[Any]:
+                rows = job_rows(db, schema)
+                back = [r for r in rows if r[1] is None]
+                return back if len(back) >= 8 else []
+
+            back = wait_for(given_back, 10, "the prefetched jobs to go back")
+            assert time.monotonic() - claimed_at >= 0.3
+            assert all(attempts == 0 and error is None for _, _, attempts, error in back)
+            # The executor is still busy: the worker must not claim them again.
+            time.sleep(0.6)
+            assert len([r for r in job_rows(db, schema) if r[1] is None]) == 9
+            assert sum(runs.values()) == 1
+            gate.set()
+            wait_for(lambda: not job_rows(db, schema), 10, "every job to run")
+    assert runs == dict.fromkeys(range(10), 1)
+
+
+@pytest.mark.gw("LQ-13")
+def test_shutdown_gives_back_the_prefetched_jobs_that_never_started(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    """Two executors busy, eight jobs waiting in the local queue: a stop gives the eight
+    back at once (attempt refunded, unlocked), before the running two finish."""
+    app, runs, gate = gated_app(make_app, concurrency=2, prefetch=LocalQueue(size=20))
+    with app:
+        app.migrate()
+        app.tasks["gated"].defer_many([{"n": n, "wait": True} for n in range(10)])
+        handle = app.start()
+        wait_for(lambda: sum(runs.values()) == 2, 10, "two jobs to start")
+        stopper = threading.Thread(target=handle.stop, kwargs={"timeout": 20})
+        stopper.start()
+
+        def eight_back() -> bool:
+            return len([r for r in job_rows(db, schema) if r[1] is None]) == 8
+
+        wait_for(eight_back, 10, "the eight waiting jobs to go back")
+        assert all(r[2] == 0 for r in job_rows(db, schema) if r[1] is None)
+        gate.set()
+        stopper.join(20)
+        assert not stopper.is_alive()
+    ran = set(runs)
+    assert len(ran) == 2
+    assert [(n, locked_by, attempts) for n, locked_by, attempts, _ in job_rows(db, schema)] == [
+        (n, None, 0) for n in range(10) if n not in ran
+    ]
+
+
+class EmptyFetches(Plugin):
+    """Counts empty fetches, and when each job started."""
+
+    def __init__(self) -> None:
+        self.empty = 0
+        self.started: list[float] = []
+
+    def on_fetch_empty(self) -> None:
+        self.empty += 1
+
+    def on_job_started(self, job: Any) -> None:
+        self.started.append(time.monotonic())
+
+
+@pytest.mark.parametrize(("abort_after", "holds"), [(10**6, True), (1, False)])
+def test_a_refetch_delay_holds_the_next_fetch_unless_notifications_cut_it_short(
+    make_app: Callable[..., App], db: Conn, schema: str, abort_after: int, holds: bool
+) -> None:
+    """After an empty fetch, a job added at once waits out the refetch delay (1 to 3 s),
+    though its notification wakes the worker; with an abort threshold of one, that one
+    notification ends the delay and the job runs at once."""
+    watcher = EmptyFetches()
+    delay = RefetchDelay(2.0, threshold=0, max_abort_threshold=abort_after)
+    app, runs, _ = gated_app(
+        make_app,
+        concurrency=2,
+        poll_interval=2.0,
+        prefetch=LocalQueue(size=4, refetch_delay=delay),
+        plugins=[watcher],
+    )
+    with app:
+        app.migrate()
+        with app.start() as handle:
+            assert handle.worker.wait_listening(10)
+            seen = watcher.empty
+            wait_for(lambda: watcher.empty > seen, 10, "an empty fetch")
+            added = time.monotonic()
+            app.tasks["gated"].defer({"n": 1})
+            wait_for(lambda: runs[1] == 1, 10, "the job to run")
+    waited = watcher.started[0] - added
+    if holds:
+        assert waited >= 0.5, f"the job ran {waited:.2f} s after it was added"
+    else:
+        assert waited < 0.9, f"the job ran {waited:.2f} s after it was added"
+
+
+@pytest.mark.gw("LQ-09", "LQ-11")
+@pytest.mark.parametrize(("duration", "threshold", "abort"), [(0.2, 5, None), (0.1, 3, 10)])
+def test_jobs_below_the_refetch_threshold_still_run(
+    make_app: Callable[..., App], duration: float, threshold: int, abort: int | None
+) -> None:
+    delay = RefetchDelay(duration, threshold=threshold, max_abort_threshold=abort)
+    app, runs, _ = gated_app(make_app, concurrency=2, prefetch=LocalQueue(8, refetch_delay=delay))
+    with app:
+        app.migrate()
+        app.tasks["gated"].defer_many([{"n": n} for n in range(5)])
+        app.run_once()
+        with app.start():
+            for n in range(5, 8):
+                app.tasks["gated"].defer({"n": n})
+            wait_for(lambda: len(runs) == 8, 10, "the jobs added one by one")
+    assert runs == dict.fromkeys(range(8), 1)
+
+
+@pytest.mark.gw("LQ-10")
+def test_notifications_end_a_long_refetch_delay(make_app: Callable[..., App]) -> None:
+    """A 30 s delay (poll 30 s), abort threshold 3: five jobs 50 ms apart all run well
+    before the delay could have run out."""
+    delay = RefetchDelay(30.0, threshold=0, max_abort_threshold=3)
+    app, runs, _ = gated_app(
+        make_app, concurrency=2, poll_interval=30.0, prefetch=LocalQueue(4, refetch_delay=delay)
+    )
+    with app:
+        app.migrate()
+        with app.start() as handle:
+            assert handle.worker.wait_listening(10)
+            started = time.monotonic()
+            for n in range(5):
+                app.tasks["gated"].defer({"n": n})
+                time.sleep(0.05)
+            wait_for(lambda: len(runs) == 5, 12, "the five jobs")
+            assert time.monotonic() - started < 12
+    assert runs == dict.fromkeys(range(5), 1)
+
+
+@pytest.mark.gw("LQ-12")
+def test_local_queue_settings_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="must not be longer than poll_interval"):
+        App(poll_interval=1.0, prefetch=LocalQueue(4, refetch_delay=RefetchDelay(2.0)))
+    app = App(poll_interval=3.0, prefetch=LocalQueue(4, refetch_delay=RefetchDelay(2.0)))
+    app.configure(poll_interval=1.0)
+    with pytest.raises(ConfigurationError, match="poll_interval"):
+        app._worker()
+    with pytest.raises(ConfigurationError, match="ttl"):
+        LocalQueue(4, ttl=0)
+    with pytest.raises(ConfigurationError, match="prefetch"):
+        App(prefetch=-1)
+    with pytest.raises(ConfigurationError, match="threshold"):
+        RefetchDelay(0.1, threshold=-1)
+    with pytest.raises(ConfigurationError, match="complete_batch_delay"):
+        App(complete_batch_delay=-0.1)
+    assert App(prefetch=3).local_queue == LocalQueue(size=3)
