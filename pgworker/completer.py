@@ -87,7 +87,8 @@ class Completer:
                     self._flush(pending.pop(kind))
                 if not due and stop.is_set() and not self.inflight.unsettled:
                     return
-                wait = min(due.values()) - now if due else IDLE_CHECK
+                # Never longer than IDLE_CHECK: a stop must cut a batch's wait short.
+                wait = min(min(due.values()) - now, IDLE_CHECK) if due else IDLE_CHECK
                 try:
                     add(self.outcomes.get(timeout=max(wait, 0.0)))
                 except queue.Empty:

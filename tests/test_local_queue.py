@@ -5,17 +5,31 @@ delay and a give-back on shutdown) and batched outcomes (``complete_batch_delay`
 from __future__ import annotations
 
 import json
+import random
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from processes import wait_for
+from processes import wait_for, worker_spawner
+from psycopg import sql
+from test_multiprocess import (
+    RUNS_TABLE_VARIABLE,
+    Run,
+    jobs_by_queue,
+    remaining,
+    runs_table,  # noqa: F401 (a fixture)
+)
 
-from pgworker import App, ConfigurationError, LocalQueue, Plugin, RefetchDelay
+from pgworker import App, ConfigurationError, JobSpec, LocalQueue, Plugin, RefetchDelay
+from pgworker.store import NewJob
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -252,3 +266,176 @@ def test_local_queue_settings_are_checked() -> None:
     with pytest.raises(ConfigurationError, match="complete_batch_delay"):
         App(complete_batch_delay=-0.1)
     assert App(prefetch=3).local_queue == LocalQueue(size=3)
+
+
+@pytest.mark.gw("LQ-19")
+def test_batched_outcomes_are_flushed_on_shutdown(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    """With 30 s batch delays, a stop right after the jobs ran writes their outcomes at
+    once: the successes are deleted, the failure recorded and unlocked."""
+    app = make_app(concurrency=4, complete_batch_delay=30.0, fail_batch_delay=30.0)
+    ran: list[int] = []
+
+    @app.task("job")
+    def job(payload: dict[str, int]) -> None:
+        ran.append(payload["n"])
+        if payload["n"] == 3:
+            raise RuntimeError("three fails")
+
+    with app:
+        app.migrate()
+        job.defer_many([{"n": n} for n in range(4)])
+        handle = app.start()
+        wait_for(lambda: len(ran) == 4, 10, "the four jobs to run")
+        assert len(job_rows(db, schema)) == 4, "an outcome was written before its delay"
+        stopped = time.monotonic()
+        handle.stop(timeout=20)
+        assert time.monotonic() - stopped < 10
+    rows = job_rows(db, schema)
+    assert [(n, locked_by, attempts) for n, locked_by, attempts, _ in rows] == [(3, None, 1)]
+    assert "three fails" in str(rows[0][3])
+
+
+class Completions(Plugin):
+    """When each job's success was reported (after its batch was written)."""
+
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    def on_job_completed(self, job: Any, duration_ms: float) -> None:
+        self.at.append(time.monotonic())
+
+
+@pytest.mark.gw("LQ-18")
+def test_a_complete_batch_delay_gathers_successes(make_app: Callable[..., App]) -> None:
+    """With a 1 s delay, no success is written until a second after the first finished."""
+    completions = Completions()
+    app = make_app(concurrency=4, complete_batch_delay=1.0, plugins=[completions])
+    finished: list[float] = []
+
+    @app.task("job")
+    def job(payload: dict[str, int]) -> None:
+        finished.append(time.monotonic())
+
+    with app:
+        app.migrate()
+        job.defer_many([{"n": n} for n in range(10)])
+        with app.start():
+            wait_for(lambda: len(completions.at) == 10, 15, "ten completions")
+    assert min(completions.at) - min(finished) >= 0.9
+
+
+def blocked_flush(db: Conn, schema: str, other_than: int | None = None) -> int | None:
+    """The pid of a backend whose complete_jobs statement on ``schema`` waits for a row
+    lock (not ``other_than``), or None."""
+    row = db.execute(
+        "select pid from pg_stat_activity where datname = current_database() "
+        "and wait_event_type = 'Lock' and query like 'with done as%%' "
+        "and position(%s in query) > 0 and pid is distinct from %s",
+        (schema, other_than),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def test_no_completion_is_lost_when_the_connection_drops_mid_flush(
+    make_app: Callable[..., App], db: Conn, database_url: str, schema: str
+) -> None:
+    """A test transaction locks one job's row, so the flush of five completions blocks;
+    its backend is terminated; the completer reconnects and retries (blocking again);
+    once the lock is released every completion is written, and no job ran twice."""
+    app, runs, gate = gated_app(make_app, concurrency=5, complete_batch_delay=0.2)
+    with app:
+        app.migrate()
+        jobs = app.tasks["gated"].defer_many([{"n": n, "wait": True} for n in range(5)])
+        with app.start() as handle, psycopg.connect(database_url) as locker:
+            wait_for(lambda: sum(runs.values()) == 5, 10, "the five jobs to start")
+            locker.execute(
+                f"select 1 from {schema}._private_jobs where id = %s for update", (jobs[2].id,)
+            )
+            gate.set()
+            first = wait_for(lambda: blocked_flush(db, schema), 10, "the flush to block")
+            db.execute("select pg_terminate_backend(%s)", (first,))
+            wait_for(lambda: blocked_flush(db, schema, first), 15, "the retried flush to block")
+            assert len(job_rows(db, schema)) == 5, "a flush was written in part"
+            locker.rollback()
+            wait_for(lambda: not job_rows(db, schema), 10, "the completions to be written")
+            wait_for(lambda: not handle.worker.inflight.unsettled, 5, "the jobs to settle")
+    assert runs == dict.fromkeys(range(5), 1)
+
+
+PROCESSES = 4
+SERIAL_QUEUES = ("alpha", "beta")
+SERIAL_JOBS = 40  # per queue
+OTHER_JOBS = 200
+
+
+def test_named_queues_stay_serial_and_ordered_across_four_prefetching_processes(
+    database_url: str,
+    schema: str,
+    runs_table: str,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """Four ``pgworker run --prefetch 8`` processes on one schema: each job runs once, and
+    the runs of each named queue never overlap (the task sleeps, so an overlap would
+    show) and follow (priority, run_at)."""
+    rng = random.Random(621)
+    now = datetime.now(UTC)
+    queues = [q for q in SERIAL_QUEUES for _ in range(SERIAL_JOBS)] + [None] * OTHER_JOBS
+    rng.shuffle(queues)
+    new_jobs = [
+        NewJob(
+            "record",
+            json.dumps({"n": n}),
+            JobSpec(
+                queue=queue,
+                priority=rng.choice((-1, 0, 1)),
+                run_at=now - timedelta(seconds=rng.randrange(600)),
+            ),
+        )
+        for n, queue in enumerate(queues)
+    ]
+    with App(database_url=database_url, schema=schema) as app:
+        app.migrate()
+        app.store.add_jobs(new_jobs, preserve_run_at=False)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        expected = jobs_by_queue(conn, schema)
+    env = {RUNS_TABLE_VARIABLE: runs_table}
+    args = ("--prefetch", "8", "--concurrency", "4")
+    workers = worker_spawner(database_url, schema, tmp_path)
+    spawn = next(workers)
+    try:
+        procs = [spawn("multiprocess_app:app", extra_args=args, **env) for _ in range(PROCESSES)]
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            wait_for(
+                lambda: all(p.running() for p in procs) and remaining(conn, schema) == 0,
+                90,
+                "the queue to drain",
+                detail=lambda: "\n".join(p.log() for p in procs),
+            )
+        for proc in procs:
+            proc.signal(signal.SIGTERM)
+        assert [proc.wait_exit(30) for proc in procs] == [0] * PROCESSES
+    finally:
+        workers.close()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        runs = [
+            Run(*row)
+            for row in conn.execute(
+                sql.SQL(
+                    "select job_id, queue_name, started_ns, ended_ns, n, worker_id from {}"
+                ).format(sql.Identifier(runs_table))
+            )
+        ]
+    assert Counter(run.n for run in runs) == dict.fromkeys(range(len(queues)), 1)
+    for queue_name in SERIAL_QUEUES:
+        queue_runs = sorted(
+            (r for r in runs if r.queue_name == queue_name), key=lambda r: r.started_ns
+        )
+        overlaps = [
+            (a.job_id, b.job_id) for a, b in pairwise(queue_runs) if a.ended_ns > b.started_ns
+        ]
+        assert not overlaps, f"queue {queue_name}: runs overlapped: {overlaps}"
+        keys = [expected[queue_name][r.job_id] for r in queue_runs]
+        assert keys == sorted(keys), f"queue {queue_name} ran out of (priority, run_at) order"
+    assert len({run.worker_id for run in runs}) >= 2, "the jobs did not spread over processes"
