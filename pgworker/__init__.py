@@ -34,6 +34,7 @@ from .hooks import (
 from .job import Job
 from .migrate import MigrationOutcome
 from .recovery import Recovery
+from .settings import LocalQueue, RefetchDelay
 from .spec import JobKeyMode, JobSpec, RawJob
 from .task import Task
 
@@ -65,6 +66,7 @@ __all__ = [
     "JobState",
     "JobTimeoutError",
     "ListedJob",
+    "LocalQueue",
     "MigrationError",
     "MigrationOutcome",
     "PayloadError",
@@ -73,6 +75,7 @@ __all__ = [
     "Plugin",
     "RawJob",
     "Recovery",
+    "RefetchDelay",
     "Reject",
     "Retry",
     "RewritePayload",

@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +29,14 @@ from .registry import Registry
 from .settings import (
     DEFAULT_SCHEMA,
     ForbiddenFlags,
+    LocalQueue,
+    check_batch_delays,
     check_database_source,
-    check_not_negative,
     check_positive,
     check_schema,
     check_worker_id,
+    local_queue,
+    worker_settings,
 )
 from .store import Connection, Store
 from .task import Task
@@ -76,9 +80,12 @@ class App(Lifecycle, Registry, Enqueueing):
     - ``plugins``: Plugin objects whose hooks see every step of workers and jobs.
     - ``crontab``, ``crontab_file``: recurring jobs in graphile-worker's crontab format;
       ``app.cron(...)`` adds them from Python.
-    - ``prefetch``: how many jobs a worker may claim beyond those it is running, so that it
-      claims in batches. Good for many short jobs; keep 0 (the default) for long ones, or
-      prefetched jobs wait behind them while other workers idle.
+    - ``prefetch``: the local queue: how many jobs a worker may claim beyond those it is
+      running, so that it claims in batches; a ``LocalQueue`` also sets how long they may
+      wait (5 min) and a refetch delay. Good for many short jobs; keep 0 (the default)
+      for long ones, or prefetched jobs wait behind them while other workers idle.
+    - ``complete_batch_delay``, ``fail_batch_delay``: seconds a worker waits to gather
+      more successes (failures) into one statement; 0 (the default) writes at once.
     - ``recovery``: how workers heartbeat and give back the jobs of dead ones (on by
       default: a crashed worker's jobs run again within a minute); ``Recovery(enabled=
       False)`` leaves them to graphile-worker's 4-hour rule.
@@ -116,7 +123,9 @@ class App(Lifecycle, Registry, Enqueueing):
         pool_timeout: float = 5.0,
         shutdown_grace_period: float = 30.0,
         interrupted_retry_delay: float = 30.0,
-        prefetch: int = 0,
+        prefetch: int | LocalQueue = 0,
+        complete_batch_delay: float = 0.0,
+        fail_batch_delay: float = 0.0,
         forbidden_flags: ForbiddenFlags = None,
         extensions: Iterable[object] = (),
         plugins: Iterable[Plugin] = (),
@@ -138,7 +147,8 @@ class App(Lifecycle, Registry, Enqueueing):
         check_positive("concurrency", concurrency)
         check_positive("async_concurrency", async_concurrency)
         check_positive("poll_interval", poll_interval)
-        check_not_negative("prefetch", prefetch)
+        self.local_queue = local_queue(prefetch, poll_interval)
+        check_batch_delays(complete_batch_delay, fail_batch_delay)
         if default_timeout is not None:
             check_positive("default_timeout", default_timeout)
         check_positive("hard_timeout", hard_timeout)
@@ -165,7 +175,8 @@ class App(Lifecycle, Registry, Enqueueing):
         self.pool_timeout = pool_timeout
         self.shutdown_grace_period = shutdown_grace_period
         self.interrupted_retry_delay = interrupted_retry_delay
-        self.prefetch = prefetch
+        self.complete_batch_delay = complete_batch_delay
+        self.fail_batch_delay = fail_batch_delay
         self.recovery = recovery or Recovery()
         self.default_timeout = default_timeout
         self.hard_timeout = hard_timeout
@@ -229,8 +240,7 @@ class App(Lifecycle, Registry, Enqueueing):
             check_positive("poll_interval", poll_interval)
             self.poll_interval = poll_interval
         if prefetch is not None:
-            check_not_negative("prefetch", prefetch)
-            self.prefetch = prefetch
+            self.local_queue = replace(self.local_queue, size=prefetch)
         if worker_id is not None:
             check_worker_id(worker_id)
             self.worker_id = worker_id
@@ -291,25 +301,9 @@ class App(Lifecycle, Registry, Enqueueing):
 
     def _worker(self, *, once: bool = False, exit_on_overrun: bool = False) -> Worker:
         """A worker for this app's tasks, plugins and settings."""
-        from .settings import WorkerSettings
         from .worker import Worker
 
-        settings = WorkerSettings(
-            schema=self.schema,
-            concurrency=self.concurrency,
-            prefetch=self.prefetch,
-            poll_interval=self.poll_interval,
-            shutdown_grace_period=self.shutdown_grace_period,
-            interrupted_retry_delay=self.interrupted_retry_delay,
-            recovery=self.recovery,
-            async_concurrency=self.async_concurrency,
-            default_timeout=self.default_timeout,
-            hard_timeout=self.hard_timeout,
-            exit_on_overrun=exit_on_overrun,
-            once=once,
-            worker_id=self.worker_id,
-            use_local_time=self.use_local_time,
-        )
+        settings = worker_settings(self, once=once, exit_on_overrun=exit_on_overrun)
         return Worker(
             store=self.store,
             conninfo=self.conninfo,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import threading
@@ -25,11 +26,19 @@ IDLE_CHECK = 0.05
 
 
 class Completer:
-    """Takes outcomes from the executors and records them, as many per statement as are
-    waiting. A batch that hits a lost connection is retried until it is written: an
-    outcome is never dropped while the process lives (if it exits first, the job is
-    given back and runs again). After a stop it goes on until every claimed job is
-    settled, so a job still running then is recorded when it returns."""
+    """Takes outcomes from the executors and records them in batches, one statement per
+    batch: successes (a ``complete_jobs``), failures and snoozes (a ``fail_jobs``), and
+    jobs given back by a forced stop are batched apart. A batch is written once its first
+    outcome has waited ``complete_delay`` (``fail_delay``) seconds, or when it is full;
+    with the default 0, whatever is waiting goes at once (no delay when idle, large
+    batches under load). After a stop nothing waits: every batch is written as soon as
+    it has an outcome, until every claimed job is settled, so a job still running then
+    is recorded when it returns.
+
+    A batch that hits a lost connection is retried until it is written: an outcome is
+    never dropped while the process lives (if it exits first, the job is given back and
+    runs again). A retry after a write whose answer was lost does nothing twice: each
+    statement only touches jobs still locked by this worker."""
 
     def __init__(
         self,
@@ -41,6 +50,8 @@ class Completer:
         *,
         on_settled: Callable[[], None],
         interrupted_retry_delay: float = 0.0,
+        complete_delay: float = 0.0,
+        fail_delay: float = 0.0,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
@@ -48,6 +59,7 @@ class Completer:
         self.inflight = inflight
         self.on_settled = on_settled
         self.interrupted_retry_delay = interrupted_retry_delay
+        self.delays = {Kind.COMPLETE: complete_delay, Kind.FAIL: fail_delay, Kind.RETURN: 0.0}
         self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._conn = OwnConnection(conninfo)
 
@@ -57,38 +69,61 @@ class Completer:
 
     def run(self, stop: threading.Event) -> None:
         """Write outcomes until ``stop`` is set and every claimed job is settled."""
+        pending: dict[Kind, list[Outcome]] = {}
+        due: dict[Kind, float] = {}  # when each pending batch is written (time.monotonic())
+
+        def add(outcome: Outcome) -> None:
+            kind = Kind.of(outcome)
+            batch = pending.setdefault(kind, [])
+            batch.append(outcome)
+            if kind not in due:
+                due[kind] = time.monotonic() + (0.0 if stop.is_set() else self.delays[kind])
+
         try:
             while True:
+                now = time.monotonic()
+                for kind in [k for k, at in due.items() if at <= now or stop.is_set()]:
+                    del due[kind]
+                    self._flush(pending.pop(kind))
+                if not due and stop.is_set() and not self.inflight.unsettled:
+                    return
+                # Never longer than IDLE_CHECK: a stop must cut a batch's wait short.
+                wait = min(min(due.values()) - now, IDLE_CHECK) if due else IDLE_CHECK
                 try:
-                    first = self.outcomes.get(timeout=IDLE_CHECK)
+                    add(self.outcomes.get(timeout=max(wait, 0.0)))
                 except queue.Empty:
-                    if stop.is_set() and not self.inflight.unsettled:
-                        return
                     continue
-                batch = [first]
-                # Whatever else is already waiting goes in the same statement: no delay
-                # when idle, large batches under load.
-                while len(batch) < MAX_OUTCOME_BATCH:
+                # Whatever else is already waiting joins its batch.
+                while True:
                     try:
-                        batch.append(self.outcomes.get_nowait())
+                        add(self.outcomes.get_nowait())
                     except queue.Empty:
                         break
-                try:
-                    self._write(batch)
-                except Exception:  # the completer must outlive any one batch
-                    logger.exception("Recording %d job outcome(s) failed", len(batch))
-                finally:
-                    # Wake the fetcher before counting the batch settled: a run-once
-                    # fetcher that sees nothing unsettled then also sees the wake-up (a
-                    # queue this batch unlocked may hold a runnable job).
-                    self.on_settled()
-                    self.inflight.settled([o.job.id for o in batch])
-                # Plugins hear of outcomes once they are recorded and settled, so a slow
-                # hook delays no bookkeeping.
-                for outcome in batch:
-                    self._report(outcome)
+                for kind, batch in pending.items():
+                    if len(batch) >= MAX_OUTCOME_BATCH:
+                        due[kind] = now  # full: written on the next turn
         finally:
             self._conn.close()
+
+    def _flush(self, outcomes: list[Outcome]) -> None:
+        """Write a batch (in parts of MAX_OUTCOME_BATCH), count it settled, then tell the
+        plugins."""
+        for start in range(0, len(outcomes), MAX_OUTCOME_BATCH):
+            batch = outcomes[start : start + MAX_OUTCOME_BATCH]
+            try:
+                self._write(batch)
+            except Exception:  # the completer must outlive any one batch
+                logger.exception("Recording %d job outcome(s) failed", len(batch))
+            finally:
+                # Wake the fetcher before counting the batch settled: a run-once fetcher
+                # that sees nothing unsettled then also sees the wake-up (a queue this
+                # batch unlocked may hold a runnable job).
+                self.on_settled()
+                self.inflight.settled([o.job.id for o in batch])
+            # Plugins hear of outcomes once they are recorded and settled, so a slow hook
+            # delays no bookkeeping.
+            for outcome in batch:
+                self._report(outcome)
 
     def _write(self, batch: list[Outcome]) -> None:
         """Write a batch, retrying while the database is unreachable. A batch the database
@@ -160,6 +195,21 @@ class Completer:
         hooks.job_failed(job, error, will_retry=not final)
         if final:
             hooks.job_permanently_failed(job, error)
+
+
+class Kind(enum.Enum):
+    """Which statement records an outcome: outcomes of one kind are batched together."""
+
+    COMPLETE = "complete"
+    FAIL = "fail"
+    RETURN = "return"
+
+    @staticmethod
+    def of(outcome: Outcome) -> Kind:
+        """The kind of ``outcome``."""
+        if outcome.interrupted:
+            return Kind.RETURN
+        return Kind.COMPLETE if outcome.error is None else Kind.FAIL
 
 
 def _failure(outcome: Outcome) -> Failure:

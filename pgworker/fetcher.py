@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
@@ -13,6 +15,7 @@ import psycopg
 from .connections import OwnConnection, backoff_delay
 from .hooks import Hooks
 from .inflight import InFlight, Room
+from .settings import RefetchDelay
 from .store import ClaimedJob, Store
 
 logger = logging.getLogger(__name__)
@@ -40,11 +43,53 @@ class AsyncLane(Protocol):
         ...
 
 
+class RefetchPause:
+    """The state of a ``RefetchDelay``: after a short fetch, when the next may start.
+    Only the fetcher thread calls ``after_fetch`` and ``remaining``; ``notified`` comes
+    from the listener."""
+
+    def __init__(self, delay: RefetchDelay, batch: int) -> None:
+        self.delay = delay
+        self.max_abort = delay.max_abort_threshold or 5 * batch
+        self._until = 0.0
+        self._abort_at = 0.0
+        self._notified = 0
+
+    def after_fetch(self, claimed: int, asked: int) -> None:
+        """Pause if the fetch came back short: ``threshold`` jobs or fewer, and fewer than
+        ``asked``."""
+        if claimed > self.delay.threshold or claimed >= asked:
+            return
+        self._notified = 0
+        self._abort_at = random.random() * self.max_abort or float("inf")
+        self._until = time.monotonic() + self.delay.duration * (0.5 + random.random())
+        logger.debug("Refetch delay: %d job(s) fetched, pausing until %.3f", claimed, self._until)
+
+    def notified(self) -> None:
+        """A notification of a new job: enough of them end the pause."""
+        self._notified += 1
+        if self._until and self._notified >= self._abort_at:
+            self._until = 0.0
+
+    def remaining(self) -> float:
+        """Seconds before the next fetch may start (0: now)."""
+        if not self._until:
+            return 0.0
+        left = self._until - time.monotonic()
+        if left <= 0:
+            self._until = 0.0
+            return 0.0
+        return left
+
+
 class Fetcher:
-    """The claim loop. With a prefetch buffer it claims only once there is room for a
-    whole batch (fewer, larger claims); without one, as soon as an executor is free.
-    Between claims that find nothing it sleeps until ``wake()`` (a notification, or a
-    settled outcome that may have unlocked a queue) or the poll interval.
+    """The claim loop: the local queue. With a prefetch buffer (``batch`` > 1) it claims
+    only once there is room for a whole batch (fewer, larger claims); without one, as
+    soon as an executor is free. Between claims that find nothing it sleeps until
+    ``wake()`` (a notification, or a settled outcome that may have unlocked a queue) or
+    the poll interval; after short fetches, a ``refetch_delay`` holds the next one back.
+    Jobs that waited in the buffer for ``ttl`` seconds go back to the database (attempt
+    refunded), as the whole buffer does when the worker stops (``Worker``'s shutdown).
 
     The jobs of sync tasks (``task_names``) are claimed against free executor slots and
     handed to ``hand_out``; those of async tasks (``async_task_names``), if any, against
@@ -73,8 +118,12 @@ class Fetcher:
         async_task_names: dict[int, str] | None = None,
         async_lane: AsyncLane | None = None,
         use_local_time: bool = False,
+        ttl: float | None = None,
+        refetch_delay: RefetchDelay | None = None,
     ) -> None:
         self.store = store
+        self.ttl = ttl
+        self.refetch = None if refetch_delay is None else RefetchPause(refetch_delay, batch)
         self.use_local_time = use_local_time
         self.worker_id = worker_id
         self.hooks = hooks
@@ -89,20 +138,37 @@ class Fetcher:
         self._conn = OwnConnection(conninfo)
         self._wake = threading.Event()
         self._unsure = False
+        # After a TTL give-back: claim for executors only once one of them is done.
+        self._after_finishes = -1
+        self._once = False
 
-    def wake(self) -> None:
-        """Claim now instead of at the next poll."""
+    def wake(self, *, notification: bool = True) -> None:
+        """Claim now instead of at the next poll (after a refetch delay, which enough
+        ``notification`` wake-ups cut short). Other wake-ups (an outcome was recorded)
+        are ignored with a refetch delay, except by a run-once worker: such a worker
+        fetches when notified, when it has room and at each poll."""
+        if self.refetch is not None:
+            if notification:
+                self.refetch.notified()
+            elif not self._once:
+                return
         self._wake.set()
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
         """Claim until ``stop`` is set; with ``once``, return when nothing is runnable
         and nothing claimed is unsettled."""
+        self._once = once
         attempt = 0
         try:
             while not stop.is_set():
-                room = self.inflight.room(self.batch, stop)
+                expiry = self._give_back_expired()
+                room = self.inflight.room(
+                    self.batch, stop, until=expiry, after_finishes=self._after_finishes
+                )
                 if stop.is_set():
                     return
+                if not any(room) or self._paused(stop):
+                    continue  # a prefetched job's time ran out, or room must be asked again
                 self._wake.clear()
                 try:
                     if self._unsure:
@@ -119,6 +185,8 @@ class Fetcher:
                     stop.wait(delay)
                     continue
                 attempt = 0
+                if room.sync:
+                    self._after_finishes = -1
                 if more:
                     continue
                 if not claimed:
@@ -127,9 +195,50 @@ class Fetcher:
                     if not self._wake.is_set():
                         return
                     continue
-                self._wake.wait(None if once else self.poll_interval)
+                timeout = None if once else self.poll_interval
+                if expiry is not None:  # a prefetched job's time runs out first
+                    left = max(0.0, expiry - time.monotonic())
+                    timeout = left if timeout is None else min(timeout, left)
+                self._wake.wait(timeout)
         finally:
             self._conn.close()
+
+    def _paused(self, stop: threading.Event) -> bool:
+        """Wait out a refetch delay; True if it was waited on (the caller asks for room
+        again: it may have changed)."""
+        if self.refetch is None or not (left := self.refetch.remaining()):
+            return False
+        while left and not stop.is_set():
+            self._wake.wait(left)
+            self._wake.clear()
+            left = self.refetch.remaining()
+        return True
+
+    def _give_back_expired(self) -> float | None:
+        """Give back the prefetched jobs that waited ``ttl`` seconds; return when the
+        next waiting one runs out of time (time.monotonic()), None if none waits."""
+        if self.ttl is None:
+            return None
+        finishes = self.inflight.finishes  # before: a job that finishes meanwhile counts
+        expired = self.inflight.expire(time.monotonic() - self.ttl)
+        if expired:
+            # Every executor is still busy: claiming again now would take the same jobs
+            # back from the workers that could run them.
+            self._after_finishes = finishes
+            ids = [c.job.id for c in expired]
+            logger.info(
+                "Giving back %d prefetched job(s) that waited %g s: %s",
+                len(ids),
+                self.ttl,
+                ", ".join(f"#{i}" for i in ids),
+            )
+            try:
+                self.store.return_jobs(ids, worker_id=self.worker_id, conn=self._conn.get())
+            except Exception as exc:  # still locked by us: the next claim releases them
+                logger.warning("Giving back prefetched jobs failed (%s); retrying", exc)
+                self._unsure = True
+        oldest = self.inflight.oldest_claim()
+        return None if oldest is None else oldest + self.ttl
 
     def _release_unheld(self) -> None:
         """Give back what a claim whose answer was lost locked for this worker."""
@@ -150,6 +259,8 @@ class Fetcher:
         claimed, more = 0, False
         if room.sync and self.task_names:
             jobs = self._claim_jobs(self.task_names, room.sync)
+            if self.refetch is not None:
+                self.refetch.after_fetch(len(jobs), room.sync)
             self._hand_out(jobs, self.hand_out, is_async=False)
             claimed += len(jobs)
             more = more or _may_be_more(jobs, room.sync)

@@ -27,38 +27,55 @@ class InFlight:
     *unsettled*. Jobs of both kinds are counted alike, but only sync jobs take up the
     ``capacity`` (executor slots plus prefetch): async jobs take the slots of the event
     loop, which ``async_room`` reports. ``close()`` takes the waiting jobs out (to give
-    back): whoever picks one of them up later finds it gone.
+    back), as ``expire()`` does those that waited too long: whoever picks one of them up
+    later finds it gone.
     """
 
     def __init__(self, capacity: int, *, async_room: Callable[[], int] | None = None) -> None:
         self.capacity = capacity
         self.async_room = async_room
         self._changed = threading.Condition()
-        self._waiting: dict[int, ClaimedJob] = {}
+        self._waiting: dict[int, ClaimedJob] = {}  # in claim order
+        self._claimed_at: dict[int, float] = {}  # of the waiting jobs, on time.monotonic()
         self._running: dict[int, RunningJob] = {}
         self._unsettled: set[int] = set()
         self._async: set[int] = set()  # the waiting or running jobs that are async
+        #: How many jobs' code has returned so far.
+        self.finishes = 0
 
-    def room(self, need: int, stop: threading.Event) -> Room:
+    def room(
+        self,
+        need: int,
+        stop: threading.Event,
+        until: float | None = None,
+        *,
+        after_finishes: int = -1,
+    ) -> Room:
         """Wait until at least ``need`` sync slots or one async slot are free; return
-        how many of each the worker can take (sync slots only if ``need`` are free;
-        nothing once ``stop`` is set)."""
+        how many of each the worker can take (sync slots only if ``need`` are free and
+        more than ``after_finishes`` jobs have finished; nothing once ``stop`` is set, or
+        at ``until`` on time.monotonic())."""
         with self._changed:
             while not stop.is_set():
                 held = len(self._waiting) + len(self._running) - len(self._async)
                 free = self.capacity - held
-                sync = free if free >= need else 0
+                sync = free if free >= need and self.finishes > after_finishes else 0
                 async_ = self.async_room() if self.async_room is not None else 0
                 if sync or async_:
                     return Room(sync, async_)
-                self._changed.wait()
+                if until is None:
+                    self._changed.wait()
+                elif not self._changed.wait(until - time.monotonic()):
+                    break
         return Room(0, 0)
 
     def claimed(self, jobs: list[ClaimedJob], *, is_async: bool = False) -> None:
         """Record newly claimed jobs as waiting."""
+        now = time.monotonic()
         with self._changed:
             for claimed in jobs:
                 self._waiting[claimed.job.id] = claimed
+                self._claimed_at[claimed.job.id] = now
                 self._unsettled.add(claimed.job.id)
                 if is_async:
                     self._async.add(claimed.job.id)
@@ -70,6 +87,7 @@ class InFlight:
             claimed = self._waiting.pop(job_id, None)
             if claimed is None:
                 return None
+            del self._claimed_at[job_id]
             running = self._running[job_id] = RunningJob(claimed.job, timeout)
             return running
 
@@ -78,6 +96,7 @@ class InFlight:
         with self._changed:
             self._running.pop(job_id, None)
             self._async.discard(job_id)
+            self.finishes += 1
             self._changed.notify_all()
 
     def settled(self, job_ids: list[int]) -> None:
@@ -90,12 +109,34 @@ class InFlight:
         """Stop any job from starting; return the waiting ones (to give back), which
         count as settled from now on."""
         with self._changed:
-            waiting = list(self._waiting.values())
-            self._waiting.clear()
-            self._unsettled.difference_update(c.job.id for c in waiting)
-            self._async.difference_update(c.job.id for c in waiting)
-            self._changed.notify_all()
-            return waiting
+            return self._take_waiting(list(self._waiting))
+
+    def oldest_claim(self) -> float | None:
+        """When the job that has waited longest was claimed (time.monotonic()); None
+        if no job waits."""
+        with self._changed:
+            first = next(iter(self._waiting), None)
+            return None if first is None else self._claimed_at[first]
+
+    def expire(self, claimed_before: float) -> list[ClaimedJob]:
+        """Take out the jobs still waiting that were claimed before ``claimed_before``
+        (time.monotonic()), to give back; they count as settled from now on."""
+        with self._changed:
+            old = []
+            for job_id in self._waiting:  # in claim order: stop at the first young one
+                if self._claimed_at[job_id] >= claimed_before:
+                    break
+                old.append(job_id)
+            return self._take_waiting(old) if old else []
+
+    def _take_waiting(self, job_ids: list[int]) -> list[ClaimedJob]:
+        taken = [self._waiting.pop(i) for i in job_ids]
+        for job_id in job_ids:
+            del self._claimed_at[job_id]
+        self._unsettled.difference_update(job_ids)
+        self._async.difference_update(job_ids)
+        self._changed.notify_all()
+        return taken
 
     def wake(self) -> None:
         """Wake every waiter so it can look at the stop signal."""

@@ -7,10 +7,13 @@ import inspect
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .recovery import Recovery
+
+if TYPE_CHECKING:
+    from .app import App
 
 #: ``App(forbidden_flags=...)``: the flags, or a function (plain or async) giving them.
 ForbiddenFlags = (
@@ -19,6 +22,71 @@ ForbiddenFlags = (
     | Callable[[], Awaitable[Sequence[str] | None]]
     | None
 )
+
+
+#: How long a prefetched job may wait for an executor before it is given back: Node's.
+DEFAULT_PREFETCH_TTL = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class RefetchDelay:
+    """A pause after a fetch that came back short: the next fetch waits ``duration``
+    seconds (times a random 0.5 to 1.5, so that idle workers spread out) once a fetch
+    returns ``threshold`` jobs or fewer (and fewer than it asked for). Notifications of
+    new jobs cut the pause short after a random count up to ``max_abort_threshold``
+    (None: five times the fetch size). Fewer, fuller fetches on a trickle of jobs, for
+    up to 1.5 times ``duration`` more latency; ``duration`` may not exceed the poll
+    interval. As in graphile-worker's local queue, a worker with a refetch delay fetches
+    when notified, when it has room for a batch, and at each poll, but not each time it
+    records an outcome: the next job of a named queue may wait for the poll.
+    """
+
+    duration: float = 0.1
+    threshold: int = 0
+    max_abort_threshold: int | None = None
+
+    def __post_init__(self) -> None:
+        check_positive("RefetchDelay.duration", self.duration)
+        check_not_negative("RefetchDelay.threshold", self.threshold)
+        if self.max_abort_threshold is not None:
+            check_positive("RefetchDelay.max_abort_threshold", self.max_abort_threshold)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalQueue:
+    """The local queue, ``App(prefetch=LocalQueue(...))`` (``prefetch=N`` is
+    ``LocalQueue(size=N)``): a worker claims up to ``size`` jobs beyond those it runs,
+    in batches, and keeps them for its executors. A job that waits longer than ``ttl``
+    seconds goes back to the database, its attempt refunded, as do the waiting ones when
+    the worker stops. ``refetch_delay`` pauses fetching after short fetches."""
+
+    size: int
+    ttl: float = DEFAULT_PREFETCH_TTL
+    refetch_delay: RefetchDelay | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int):
+            raise ConfigurationError(f"prefetch must be a number of jobs, got {self.size!r}")
+        check_not_negative("prefetch", self.size)
+        check_positive("LocalQueue.ttl", self.ttl)
+
+
+def local_queue(prefetch: int | LocalQueue, poll_interval: float) -> LocalQueue:
+    """``App(prefetch=...)`` as a LocalQueue, checked against the poll interval."""
+    queue = prefetch if isinstance(prefetch, LocalQueue) else LocalQueue(prefetch)
+    delay = queue.refetch_delay
+    if delay is not None and delay.duration > poll_interval:
+        raise ConfigurationError(
+            f"the refetch delay ({delay.duration:g} s) must not be longer than "
+            f"poll_interval ({poll_interval:g} s)"
+        )
+    return queue
+
+
+def check_batch_delays(complete_batch_delay: float, fail_batch_delay: float) -> None:
+    """Refuse negative waits for batching outcomes."""
+    check_not_negative("complete_batch_delay", complete_batch_delay)
+    check_not_negative("fail_batch_delay", fail_batch_delay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +111,37 @@ class WorkerSettings:
     worker_id: str | None = None
     #: Runnable means run_at <= this process's clock, not the database's.
     use_local_time: bool = False
+    #: Seconds a prefetched job may wait for an executor before it is given back.
+    prefetch_ttl: float = DEFAULT_PREFETCH_TTL
+    refetch_delay: RefetchDelay | None = None
+    #: Seconds the completer waits to gather successes (failures) into one statement.
+    complete_batch_delay: float = 0.0
+    fail_batch_delay: float = 0.0
+
+
+def worker_settings(app: App, *, once: bool, exit_on_overrun: bool) -> WorkerSettings:
+    """What a worker of ``app`` takes from its settings (``once``: a run-once worker)."""
+    queue = local_queue(app.local_queue, app.poll_interval)
+    return WorkerSettings(
+        schema=app.schema,
+        concurrency=app.concurrency,
+        prefetch=queue.size,
+        poll_interval=app.poll_interval,
+        shutdown_grace_period=app.shutdown_grace_period,
+        interrupted_retry_delay=app.interrupted_retry_delay,
+        recovery=app.recovery,
+        async_concurrency=app.async_concurrency,
+        default_timeout=app.default_timeout,
+        hard_timeout=app.hard_timeout,
+        exit_on_overrun=exit_on_overrun,
+        once=once,
+        worker_id=app.worker_id,
+        use_local_time=app.use_local_time,
+        prefetch_ttl=queue.ttl,
+        refetch_delay=queue.refetch_delay,
+        complete_batch_delay=app.complete_batch_delay,
+        fail_batch_delay=app.fail_batch_delay,
+    )
 
 
 def check_schema(schema: str, *, source: str = "schema") -> None:

@@ -121,8 +121,10 @@ class Worker:
             self.worker_id,
             hooks,
             self.inflight,
-            on_settled=self.wake,
+            on_settled=self._wake_after_outcome,
             interrupted_retry_delay=settings.interrupted_retry_delay,
+            complete_delay=settings.complete_batch_delay,
+            fail_delay=settings.fail_batch_delay,
         )
         self.executors = Executors(self.runner, self.inflight, self.completer.put)
         self.async_jobs: AsyncJobs | None = None
@@ -223,6 +225,11 @@ class Worker:
         if self.fetcher is not None:
             self.fetcher.wake()
 
+    def _wake_after_outcome(self) -> None:
+        # Not a notification: it may have unlocked a queue, but no refetch delay ends.
+        if self.fetcher is not None:
+            self.fetcher.wake(notification=False)
+
     @property
     def is_listening(self) -> bool:
         """Whether the LISTEN connection is up (False for run-once workers, which poll)."""
@@ -271,6 +278,8 @@ class Worker:
             async_task_names={i: name for i, name in task_names.items() if is_async[i]},
             async_lane=self.async_jobs,
             use_local_time=settings.use_local_time,
+            ttl=settings.prefetch_ttl if settings.prefetch else None,
+            refetch_delay=settings.refetch_delay,
         )
         if settings.recovery.enabled:
             metadata = worker_metadata(self.worker_id, list(self.tasks), VERSION)

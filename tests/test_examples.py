@@ -251,3 +251,15 @@ def test_the_embedded_server_stops_when_the_web_example_gets_sigterm(tmp_path: P
         time.sleep(0.1)
     else:
         pytest.fail(f"the embedded server (pid {postmaster}) outlived the example:\n{output}")
+
+
+def test_local_queue_example(example_database: str) -> None:
+    proc = run_example("local_queue", example_database)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    processed = sorted(line for line in output.splitlines() if line.startswith("Processed"))
+    assert processed == sorted(f"Processed item {i}" for i in range(20))
+    assert "Fetched job" in output
+    assert "(20 so far)" in output  # each job fetched once
+    assert "(21 so far)" not in output
+    assert "All items processed." in output
