@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .recovery import Recovery
+from .recycle import NO_RECYCLING, Recycle
 
 #: ``App(forbidden_flags=...)``: the flags, or a function (plain or async) giving them.
 ForbiddenFlags = (
@@ -43,6 +44,10 @@ class WorkerSettings:
     worker_id: str | None = None
     #: Runnable means run_at <= this process's clock, not the database's.
     use_local_time: bool = False
+    #: LISTEN for new jobs; False polls only (PgBouncer in transaction mode).
+    listen: bool = True
+    #: When the worker stops by itself so that a fresh process takes over.
+    recycle: Recycle = NO_RECYCLING
 
 
 def check_schema(schema: str, *, source: str = "schema") -> None:
