@@ -192,8 +192,8 @@ def test_three_processes_through_pgbouncer_in_transaction_mode_lose_nothing(
 
 
 def assert_backends_come_through(bouncer: Bouncer, database_url: str) -> None:
-    """Every backend on the test database but this check's own is a server connection
-    of PgBouncer (SHOW SERVERS' remote_pid), and the workers are its clients."""
+    """Every backend of the workers on the test database is a server connection of
+    PgBouncer (SHOW SERVERS' remote_pid), and the workers are PgBouncer's clients."""
     clients = [c for c in bouncer.admin("SHOW CLIENTS") if c["application_name"] == CLIENT_NAME]
     # Each worker process keeps its pool's connections open to PgBouncer.
     assert len({(c["addr"], c["port"]) for c in clients}) >= PROCESSES, clients
@@ -206,10 +206,14 @@ def assert_backends_come_through(bouncer: Bouncer, database_url: str) -> None:
             "where datname = current_database() and pid <> pg_backend_pid() "
             "and backend_type = 'client backend'"
         ).fetchall()
-    assert backends, "no backend at all: the workers' connections are gone?"
     pool = next(p for p in bouncer.admin("SHOW POOLS") if p["database"] == ALIAS)
     assert pool["pool_mode"] == "transaction"
-    direct = [b for b in backends if b[0] not in server_pids]
-    assert not direct, f"backends that did not come through PgBouncer: {direct}"
+    # PgBouncer passes its clients' application_name on to the server connection: a
+    # worker connection that bypassed it would show the name with a pid not its own.
+    workers = [b for b in backends if b[2] == CLIENT_NAME]
+    assert workers, f"no backend of the workers: {backends}"
+    direct = [b for b in workers if b[0] not in server_pids]
+    assert not direct, f"worker backends that did not come through PgBouncer: {direct}"
+    assert {b[1] for b in workers} == {"127.0.0.1/32"}
     # Transaction pooling: the clients share at most default_pool_size server connections.
     assert len(server_pids) <= POOL_SIZE < len(clients), (len(server_pids), len(clients))
