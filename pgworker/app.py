@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg_pool import ConnectionPool
 
 from .admin import Admin
+from .connections import DEFAULT_PREPARE_THRESHOLD
 from .context import Extensions, JobContext
 from .cron import CronItem
 from .embedded import (
@@ -25,6 +26,7 @@ from .lifecycle import Lifecycle
 from .migrate import MigrationOutcome, migrate_pool
 from .payload import DEFAULT_MAX_PAYLOAD_BYTES
 from .recovery import Recovery
+from .recycle import NO_RECYCLING, Recycle
 from .registry import Registry
 from .settings import (
     DEFAULT_SCHEMA,
@@ -107,6 +109,11 @@ class App(Lifecycle, Registry, Enqueueing):
       ``defer`` then reads back only the new job's id (docs/permissions.md).
     - ``max_payload_bytes``: the largest payload ``defer`` sends, in bytes of JSON (1 MiB;
       None: no limit but PostgreSQL's); a larger one raises PayloadError.
+    - ``listen``: False runs workers poll-only, without a LISTEN connection: new jobs wait
+      up to ``poll_interval``. For PgBouncer in transaction mode (docs/deployment.md).
+    - ``prepare_threshold``: psycopg's; None never prepares statements on the app's
+      connections, which PgBouncer in transaction mode needs (a pool you pass is yours
+      to set up alike).
     """
 
     def __init__(
@@ -138,6 +145,8 @@ class App(Lifecycle, Registry, Enqueueing):
         use_local_time: bool = False,
         enqueue_schema: str | None = None,
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        listen: bool = True,
+        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
     ) -> None:
         if schema is not None:
             check_schema(schema)
@@ -183,6 +192,8 @@ class App(Lifecycle, Registry, Enqueueing):
         self.worker_id = worker_id
         self.use_local_time = use_local_time
         self.max_payload_bytes = max_payload_bytes
+        self.listen = listen
+        self.prepare_threshold = prepare_threshold
         self.forbidden_flags = forbidden_flags
         self.extensions = Extensions(extensions)
         self.hooks = Hooks(plugins)
@@ -266,15 +277,25 @@ class App(Lifecycle, Registry, Enqueueing):
         """Install or upgrade the worker schema; safe to call from many processes at once."""
         return migrate_pool(self.pool, self.schema)
 
-    def run(self, *, install_signal_handlers: bool = True) -> None:
+    def run(
+        self,
+        *,
+        install_signal_handlers: bool = True,
+        max_jobs: int | None = None,
+        max_memory_mb: float | None = None,
+    ) -> None:
         """Run a worker until SIGINT/SIGTERM (or ``KeyboardInterrupt``); blocks.
 
         The first signal stops fetching and lets running jobs finish within
-        ``shutdown_grace_period``; a second one stops waiting for them.
+        ``shutdown_grace_period``; a second one stops waiting for them. With
+        ``max_jobs`` or ``max_memory_mb`` (MiB of resident memory), the worker also stops
+        itself gracefully after that many jobs or above that size, for a supervisor to
+        start a fresh process (``pgworker run --processes``).
         """
+        recycle = Recycle(max_jobs=max_jobs, max_memory_mb=max_memory_mb)
         with self._opened():
             self.migrate()
-            worker = self._worker(exit_on_overrun=True)
+            worker = self._worker(exit_on_overrun=True, recycle=recycle)
             worker.run(install_signal_handlers=install_signal_handlers)
 
     def run_once(self, *, install_signal_handlers: bool = True) -> None:
@@ -299,11 +320,15 @@ class App(Lifecycle, Registry, Enqueueing):
         self.migrate()
         return WorkerHandle.start(self._worker())
 
-    def _worker(self, *, once: bool = False, exit_on_overrun: bool = False) -> Worker:
+    def _worker(
+        self, *, once: bool = False, exit_on_overrun: bool = False, recycle: Recycle = NO_RECYCLING
+    ) -> Worker:
         """A worker for this app's tasks, plugins and settings."""
         from .worker import Worker
 
-        settings = worker_settings(self, once=once, exit_on_overrun=exit_on_overrun)
+        settings = worker_settings(
+            self, once=once, exit_on_overrun=exit_on_overrun, recycle=recycle
+        )
         return Worker(
             store=self.store,
             conninfo=self.conninfo,

@@ -25,6 +25,7 @@ from .cli_common import (
 )
 from .cli_cron import cron_group
 from .cli_dashboard import dashboard_command
+from .cli_processes import supervise
 from .cli_workers import cancel_command, workers_command
 from .logs import configure_logging
 
@@ -93,6 +94,34 @@ def cli(ctx: click.Context) -> None:
     metavar="ID",
     help="This worker's id (locked_by of its jobs); default pgworker-<random hex>.",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    help="Run this many worker processes under one supervisor, which restarts any that "
+    "exits (for CPU-bound tasks that one process's GIL serialises).",
+)
+@click.option(
+    "--max-jobs-per-child",
+    type=click.IntRange(min=1),
+    help="Stop gracefully after this many jobs (with --processes: a fresh process follows).",
+)
+@click.option(
+    "--max-memory-per-child",
+    type=click.FloatRange(min=1),
+    metavar="MB",
+    help="Stop gracefully once resident memory is above this many MiB (as above).",
+)
+@click.option(
+    "--no-listen",
+    is_flag=True,
+    help="Poll only, without LISTEN (PgBouncer in transaction mode): new jobs wait up "
+    "to --poll-interval.",
+)
+@click.option(
+    "--no-prepared-statements",
+    is_flag=True,
+    help="Never prepare statements (PgBouncer in transaction mode).",
+)
 @database_options
 @log_options
 def run(
@@ -107,10 +136,23 @@ def run(
     metrics_host: str | None,
     cleanup_tasks: tuple[str, ...],
     worker_id: str | None,
+    processes: int | None,
+    max_jobs_per_child: int | None,
+    max_memory_per_child: float | None,
+    no_listen: bool,
+    no_prepared_statements: bool,
     database_url: str | None,
     schema: str | None,
 ) -> None:
     """Run a worker for the app at MODULE:ATTR until SIGINT/SIGTERM."""
+    if processes is not None:
+        if once or cleanup_tasks or metrics_port is not None:
+            raise click.UsageError(
+                "--processes runs workers until stopped: not with --once, --cleanup or "
+                "--metrics-port (each process would serve its own metrics)"
+            )
+        supervise(target, processes, database_url, click.get_current_context().params)
+        return
     if once and crontab_file:
         raise click.UsageError("--crontab needs a running worker: --once schedules no cron")
     if metrics_host is not None and metrics_port is None:
@@ -129,6 +171,10 @@ def run(
             prefetch=prefetch,
             worker_id=worker_id,
         )
+        if no_listen:
+            app.listen = False
+        if no_prepared_statements:
+            app.prepare_threshold = None
         if cleanup is not None:
             with app:
                 app.migrate()
@@ -147,7 +193,7 @@ def run(
         if once:
             app.run_once()
         else:
-            app.run()
+            app.run(max_jobs=max_jobs_per_child, max_memory_mb=max_memory_per_child)
 
 
 @cli.command()

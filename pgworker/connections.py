@@ -34,10 +34,41 @@ def backoff_delay(attempt: int) -> float:
     return ceiling * random.uniform(0.5, 1.0)
 
 
+#: psycopg's own default: a statement run this many times on a connection is prepared.
+DEFAULT_PREPARE_THRESHOLD = 5
+
+
+class Conninfo(str):
+    """A connection string that also says whether psycopg may prepare statements on its
+    connections: ``prepare_threshold`` None never prepares, for PgBouncer in transaction
+    mode (a statement prepared on one server connection is unknown on the next). A
+    ``str``, so every component handed a conninfo passes the setting on unchanged."""
+
+    prepare_threshold: int | None
+
+    def __new__(
+        cls, value: str, *, prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
+    ) -> Conninfo:
+        """``value`` with its ``prepare_threshold``."""
+        conninfo = super().__new__(cls, value)
+        conninfo.prepare_threshold = prepare_threshold
+        return conninfo
+
+
+def prepare_threshold_of(conninfo: str) -> int | None:
+    """The prepare threshold for connections to ``conninfo`` (psycopg's default unless
+    it is a Conninfo that says otherwise)."""
+    if isinstance(conninfo, Conninfo):
+        return conninfo.prepare_threshold
+    return DEFAULT_PREPARE_THRESHOLD
+
+
 def connect(conninfo: str) -> psycopg.Connection[tuple[Any, ...]]:
     """A new autocommit connection outside the app's pool. ``conninfo`` must be complete
     (a caller-owned pool's ``kwargs`` are not reused)."""
-    return psycopg.connect(conninfo, **CONNECT_OPTIONS)
+    return psycopg.connect(
+        conninfo, prepare_threshold=prepare_threshold_of(conninfo), **CONNECT_OPTIONS
+    )
 
 
 class OwnConnection:

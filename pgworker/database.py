@@ -10,6 +10,7 @@ from urllib.parse import unquote
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from .connections import DEFAULT_PREPARE_THRESHOLD
 from .errors import ConfigurationError, DatabaseUnavailableError
 from .store import Connection
 
@@ -18,10 +19,16 @@ CONNECT_TIMEOUT = 10.0
 
 
 def open_pool(
-    conninfo: str, *, max_size: int, timeout: float, name: str
+    conninfo: str,
+    *,
+    max_size: int,
+    timeout: float,
+    name: str,
+    prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
 ) -> ConnectionPool[Connection]:
     """Check that the database answers, then open an autocommit pool on it, whose users
-    wait at most ``timeout`` seconds for a connection. Raises
+    wait at most ``timeout`` seconds for a connection (``prepare_threshold``: psycopg's,
+    None never to prepare statements). Raises
     ConfigurationError for a malformed URL, DatabaseUnavailableError (with libpq's
     reason) when the database can't be reached."""
     try:
@@ -40,7 +47,7 @@ def open_pool(
         conninfo,
         min_size=min(2, max_size),
         max_size=max_size,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, "prepare_threshold": prepare_threshold},
         open=False,
         name=name,
         timeout=timeout,

@@ -10,6 +10,7 @@ from typing import Self
 
 from psycopg_pool import ConnectionPool
 
+from .connections import Conninfo
 from .database import open_pool
 from .embedded import (
     EmbeddedServer,
@@ -33,6 +34,7 @@ class Lifecycle:
     _schema_given: bool
     store: Store
     max_pool_size: int
+    prepare_threshold: int | None
     pool_timeout: float
     _own_pool: bool
     _pool: ConnectionPool[Connection] | None
@@ -65,6 +67,7 @@ class Lifecycle:
                 max_size=self.max_pool_size,
                 timeout=self.pool_timeout,
                 name=f"pgworker:{self.schema}",
+                prepare_threshold=self.prepare_threshold,
             )
         except BaseException:
             self._release_embedded()
@@ -107,11 +110,12 @@ class Lifecycle:
 
     @property
     def conninfo(self) -> str:
-        """The connection string the app's connections use."""
+        """The connection string the app's connections use (a Conninfo carrying the
+        app's ``prepare_threshold`` to the worker's own connections)."""
         pool = self.store.pool
         if pool is not None and isinstance(pool.conninfo, str):
-            return pool.conninfo
-        return self.database_url or ""
+            return Conninfo(pool.conninfo, prepare_threshold=self.prepare_threshold)
+        return Conninfo(self.database_url or "", prepare_threshold=self.prepare_threshold)
 
     @property
     def pool(self) -> ConnectionPool[Connection]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .recovery import Recovery
+from .recycle import NO_RECYCLING, Recycle
 
 if TYPE_CHECKING:
     from .app import App
@@ -117,9 +118,15 @@ class WorkerSettings:
     #: Seconds the completer waits to gather successes (failures) into one statement.
     complete_batch_delay: float = 0.0
     fail_batch_delay: float = 0.0
+    #: LISTEN for new jobs; False polls only (PgBouncer in transaction mode).
+    listen: bool = True
+    #: When the worker stops by itself so that a fresh process takes over.
+    recycle: Recycle = NO_RECYCLING
 
 
-def worker_settings(app: App, *, once: bool, exit_on_overrun: bool) -> WorkerSettings:
+def worker_settings(
+    app: App, *, once: bool, exit_on_overrun: bool, recycle: Recycle = NO_RECYCLING
+) -> WorkerSettings:
     """What a worker of ``app`` takes from its settings (``once``: a run-once worker)."""
     queue = local_queue(app.local_queue, app.poll_interval)
     return WorkerSettings(
@@ -141,6 +148,8 @@ def worker_settings(app: App, *, once: bool, exit_on_overrun: bool) -> WorkerSet
         refetch_delay=queue.refetch_delay,
         complete_batch_delay=app.complete_batch_delay,
         fail_batch_delay=app.fail_batch_delay,
+        listen=app.listen,
+        recycle=recycle,
     )
 
 

@@ -63,6 +63,7 @@ from .inflight import InFlight
 from .listener import Listener, ListenState
 from .migrate import SCHEMA_REVISION
 from .recovery import Heartbeat, Sweeper, worker_metadata
+from .recycle import Recycler
 from .runner import Executors, JobRunner
 from .running import RunningJob
 from .scheduler import CronScheduler
@@ -126,13 +127,15 @@ class Worker:
             complete_delay=settings.complete_batch_delay,
             fail_delay=settings.fail_batch_delay,
         )
-        self.executors = Executors(self.runner, self.inflight, self.completer.put)
+        self.recycler = Recycler(settings.recycle, on_limit=self.request_stop)
+        record = self.recycler.counting(self.completer.put)
+        self.executors = Executors(self.runner, self.inflight, record)
         self.async_jobs: AsyncJobs | None = None
         if any(task.is_async for task in tasks.values()):
             self.async_jobs = AsyncJobs(
                 self.runner,
                 self.inflight,
-                self.completer.put,
+                record,
                 limit=settings.async_concurrency,
                 name=self.worker_id,
             )
@@ -321,8 +324,15 @@ class Worker:
         spawn("watch", self.watch.run)
         if self.heartbeat is not None:
             spawn("heartbeat", self.heartbeat.run)
+        if self.settings.recycle.max_memory_mb is not None:
+            spawn("recycle", self.recycler.run)
         if self.settings.once:
             return
+        spawn("maintenance", self.sweeper.run)
+        if self.cron_items:
+            spawn("cron", CronScheduler(self.store, self.cron_items, hooks=self.hooks).run)
+        if not self.settings.listen:  # poll-only: no LISTEN, as under PgBouncer's
+            return  # transaction pooling, where a session's LISTEN can't last
         self.listener = Listener(
             self.store,
             self.conninfo,
@@ -333,9 +343,6 @@ class Worker:
             on_state=self._on_listen_state,
         )
         spawn("listener", self.listener.run)
-        spawn("maintenance", self.sweeper.run)
-        if self.cron_items:
-            spawn("cron", CronScheduler(self.store, self.cron_items, hooks=self.hooks).run)
 
     def _on_listen_state(self, state: ListenState) -> None:
         # Polling stands in for LISTEN while it is down; the registry shows the state.
