@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 BACKOFF_MIN, BACKOFF_MAX = 0.25, 4.0
 #: A child that ran this long before it exited starts a fresh backoff sequence.
 STABLE_AFTER = 30.0
-#: A child exiting with 0 (recycled) sooner than this counts as a crash for backoff.
+#: A child exiting with 0 (recycled) sooner than this is restarted after a short pause.
 MIN_UPTIME = 1.0
 #: How often the supervisor looks at its children.
 POLL_INTERVAL = 0.1
@@ -162,14 +162,17 @@ class Supervisor:
         lived = now - child.started_at
         if lived >= STABLE_AFTER:
             child.failures = 0
-        if code == 0 and lived >= MIN_UPTIME:
+        if code == 0:
+            # A clean exit is a recycle (a limit was reached), however soon it came: fast
+            # jobs reach a job limit within a second. Only a pause guards against a child
+            # that exits cleanly at once, again and again.
             logger.info(
                 "Worker process %d (slot %d) stopped by itself (recycled); starting another",
                 proc.pid,
                 child.slot,
             )
             child.failures = 0
-            child.start_at = now
+            child.start_at = now if lived >= MIN_UPTIME else now + restart_delay(1)
             return
         child.failures += 1
         delay = restart_delay(child.failures)
