@@ -44,7 +44,6 @@ import atexit
 import logging
 import secrets
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -68,19 +67,18 @@ from .runner import Executors, JobRunner
 from .running import RunningJob
 from .scheduler import CronScheduler
 from .settings import WorkerSettings
+from .stopping import Stopping
 from .store import Store
 from .task import Task
 from .watch import Watch
 
 logger = logging.getLogger(__name__)
 
-#: After a forced stop, how long the completer may take to finish (its plugin hooks).
-FORCED_COMPLETER_WAIT = 5.0
 #: pgworker's version, as the start-up line and the registry show it.
 VERSION = package_version()
 
 
-class Worker:
+class Worker(Stopping):
     """One worker process's machinery, sharing one lock-owner id. ``run()`` blocks in
     the calling thread, which does the fetching."""
 
@@ -363,60 +361,6 @@ class Worker:
         logger.warning("Stopping: %s (migrated by another worker)", reason)
         self.exit_error = IncompatibleSchemaError(f"the worker stopped: {reason}")
         self.request_stop()
-
-    # -- shutdown ---------------------------------------------------------------------
-
-    def _shutdown(self) -> None:
-        self.request_stop()
-        waiting = self.inflight.close()
-        if waiting:  # prefetched, never started: back to the queue as they were
-            logger.info("Giving back %d prefetched job(s) that never started", len(waiting))
-            self.give_back.jobs([c.job.id for c in waiting], interrupted=False)
-        deadline = time.monotonic() + self.settings.shutdown_grace_period
-        while not self._forced.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.inflight.wait_running_done(min(remaining, 0.1)):
-                break
-        still_running = self.inflight.running
-        if not still_running:
-            self._finish()
-            return
-        if self.async_jobs is not None:
-            self.async_jobs.cancel_running()
-        logger.warning(
-            "Stopping without waiting for %d running job(s) (%s): they stay locked by %s, "
-            "which keeps its heartbeat, until their code returns, and are given back if "
-            "the process exits first",
-            len(still_running),
-            ", ".join(f"#{running.job.id}" for running in still_running),
-            self.worker_id,
-        )
-        for running in still_running:
-            self.hooks.job_interrupted(running.job, "shutdown")
-        threading.Thread(target=self._finish, name=f"{self.worker_id}-finish", daemon=True).start()
-
-    def _finish(self) -> None:
-        """Wait for the last running job and the last outcome, then stop the threads,
-        leave the registry and tell the plugins."""
-        self.inflight.wait_running_done(timeout=None)
-        done_at = time.monotonic()
-        while not self.inflight.wait_settled(0.2):
-            if self._forced.is_set() and time.monotonic() - done_at > FORCED_COMPLETER_WAIT:
-                logger.error("Stopping without the last outcomes: a plugin hook is stuck?")
-                break
-        if self.async_jobs is not None:
-            self.async_jobs.stop()
-        for thread in self._threads:
-            thread.join(timeout=5.0)
-        self.give_back.leave(registered=self.heartbeat is not None)
-        atexit.unregister(self._give_back_at_exit)
-        logger.info("Worker %s stopped", self.worker_id)
-        self.hooks.worker_shutdown(self.info)
-
-    def _give_back_at_exit(self) -> None:
-        """The process is exiting with jobs not yet recorded: give them back (their code
-        ends with the process) and leave the registry."""
-        self.give_back.at_exit(self.inflight, registered=self.heartbeat is not None)
 
     def _on_overrun(self, running: RunningJob) -> None:
         job = running.job
