@@ -201,6 +201,33 @@ def test_password_rule_and_basic_auth(worked: App) -> None:
     assert client.get("/", headers=HOST, auth=("admin", "s3cret")).status_code == 200
 
 
+def test_without_a_password_only_this_machine_may_connect(worked: App, db: Db, schema: str) -> None:
+    """The Host header is the client's to forge: mounted in any WSGI server, a dashboard
+    without a password answers loopback clients only, whatever Host they send."""
+    job = worked.defer("ok", {"n": 1}, run_at=FUTURE)
+    remote = {"REMOTE_ADDR": "203.0.113.5"}
+    open_client, token = client_and_token(create_dashboard(worked))
+    assert open_client.get("/", headers=HOST, environ_base=remote).status_code == 403
+    refused = open_client.post(
+        f"/jobs/{job.id}/fail",
+        data={"csrf_token": token},
+        headers=HOST,
+        environ_base=remote,
+    )
+    assert refused.status_code == 403
+    assert db.execute(
+        f'select attempts from "{schema}".jobs where id = %s', [job.id]
+    ).fetchone() == (0,)
+    assert (
+        open_client.get("/", headers=HOST, environ_base={"REMOTE_ADDR": "::1"}).status_code == 200
+    )
+    guarded = create_dashboard(worked, password="s3cret").test_client()
+    assert (
+        guarded.get("/", headers=HOST, environ_base=remote, auth=("admin", "s3cret")).status_code
+        == 200
+    )
+
+
 def test_each_action_changes_the_database(worked: App, db: Db, schema: str) -> None:
     client, token = client_and_token(create_dashboard(worked))
     headers = {**HTMX, "X-CSRF-Token": token}

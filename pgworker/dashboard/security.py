@@ -12,6 +12,8 @@ from ..errors import ConfigurationError
 
 #: Addresses that only this machine can reach: the dashboard binds to one by default.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+#: The client addresses of this machine's own connections.
+LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 #: Host header names always accepted (with any port).
 DEFAULT_ALLOWED_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 #: The environment variable holding the dashboard's password (HTTP basic auth).
@@ -61,7 +63,8 @@ def csrf_token() -> str:
 def install_guards(
     flask_app: Flask, *, allowed_hosts: frozenset[str], password: str | None
 ) -> None:
-    """Check every request: its Host, then the password (if any), then, for anything but
+    """Check every request: its Host, then the password (without one, that the client
+    is on this machine), then, for anything but
     GET/HEAD/OPTIONS, that it comes from the dashboard's own pages (Origin and
     Sec-Fetch-Site, when the browser sends them) and carries the session's CSRF token."""
     flask_app.config.update(
@@ -74,6 +77,11 @@ def install_guards(
     def guard() -> Response | None:
         if host_name(request.host) not in allowed_hosts:
             abort(400, description="this Host is not one the dashboard answers to")
+        if not password and request.remote_addr not in LOOPBACK_ADDRESSES:
+            # The Host header is the client's to choose: without a password, the address
+            # the request came from is what keeps the dashboard to this machine, however
+            # it is served (the CLI, or create_dashboard() in another WSGI server).
+            abort(403, description=f"without {PASSWORD_VARIABLE}, only this machine may connect")
         if password and not _password_ok(password):
             return Response(
                 "the dashboard needs its password",
