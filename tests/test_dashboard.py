@@ -279,6 +279,22 @@ def test_each_action_changes_the_database(worked: App, db: Db, schema: str) -> N
     assert row is not None
     assert row["locked_by"] is None
 
+    running = worked.defer("ok", {"n": 5})
+    db.execute(
+        f"""insert into "{schema}"._private_workers (id, last_heartbeat_at, metadata)
+        values ('live-1', now(), '{{"runtime": "pgworker"}}')"""
+    )
+    db.execute(
+        f"update \"{schema}\"._private_jobs set locked_by = 'live-1', locked_at = now() "
+        "where id = %s",
+        (running.id,),
+    )
+    refused = client.post("/actions/unlock-worker", data={"worker_id": "live-1"}, headers=headers)
+    assert "Worker live-1 is alive" in refused.get_data(as_text=True)
+    row = job_row(db, schema, running.id)
+    assert row is not None
+    assert row["locked_by"] == "live-1"
+
 
 def test_job_list_filters_and_pages(worked: App) -> None:
     for n in range(5):

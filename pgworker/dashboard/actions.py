@@ -95,6 +95,13 @@ def register_actions(flask_app: Flask, dashboard: Dashboard) -> None:
         worker_id = request.form.get("worker_id", "").strip()
         if not worker_id:
             raise ActionRefused("Give the id of the dead worker.")
+        registered = next((w for w in admin.workers() if w.worker_id == worker_id), None)
+        if registered is not None and registered.state(dashboard.stale_after) == "live":
+            # Its jobs are running: unlocked, other workers would run them a second time.
+            raise ActionRefused(
+                f"Worker {worker_id} is alive (it heartbeat {registered.heartbeat_age:.0f} s "
+                "ago): stop it, or cancel its jobs, instead."
+            )
         count = admin.force_unlock_workers([worker_id])
         return f"Unlocked {count} job(s) of worker {worker_id}."
 
