@@ -20,6 +20,10 @@ from .errors import PgWorkerError
 from .logs import configure_logging
 from .settings import DEFAULT_SCHEMA, SCHEMA_VARIABLE
 
+#: The environment variable any command reads its ``--database-url`` from (what
+#: ``run --processes`` hands its children, so that no password shows in ``ps``).
+DATABASE_URL_VARIABLE = "PGWORKER_DATABASE_URL"
+
 _RELATIVE_TIME = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -188,7 +192,9 @@ def database_options(fn: Any) -> Any:
     fn = click.option(
         "--database-url",
         default=None,
-        help="PostgreSQL URL. Default: DATABASE_URL, then PG* variables, then an embedded server.",
+        envvar=DATABASE_URL_VARIABLE,
+        help=f"PostgreSQL URL (or {DATABASE_URL_VARIABLE}). Default: DATABASE_URL, then PG* "
+        "variables, then an embedded server.",
     )(fn)
     return fn
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .cli_common import LogSettings, load_app, reported_errors
+from .cli_common import DATABASE_URL_VARIABLE, LogSettings, load_app, reported_errors
 from .embedded import configured_database_url, embedded_allowed, start_embedded
 from .supervisor import Supervisor
 
@@ -32,13 +32,14 @@ def supervise(
         def command(start: int) -> list[str]:
             argv = [sys.executable, "-m", "pgworker.cli", "run", target, *options]
             argv += ["--log-level", logs.level, "--log-format", logs.format]
-            if url is not None:
-                argv += ["--database-url", url]
             if worker_id is not None:  # one id per process: a worker id locks jobs
                 argv += ["--worker-id", f"{worker_id}-{start}"]
             return argv
 
-        code = Supervisor(command, processes).run()
+        # The URL may hold a password: it goes in the children's environment, not on
+        # their command lines, which every user of the machine can read.
+        env = {DATABASE_URL_VARIABLE: url} if url is not None else None
+        code = Supervisor(command, processes, env=env).run()
     ctx.exit(code)
 
 

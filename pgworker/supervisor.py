@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
@@ -98,10 +98,19 @@ class Supervisor:
     a crashed one with backoff and a recycled one (exit code 0) at once, until a signal.
     ``run()`` returns the exit code for the supervisor's own process."""
 
-    def __init__(self, command: Callable[[int], Sequence[str]], processes: int) -> None:
+    def __init__(
+        self,
+        command: Callable[[int], Sequence[str]],
+        processes: int,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, got {processes}")
         self.command = command
+        #: Environment variables the children get beside this process's own (secrets
+        #: go here: a command line is readable by every user of the machine).
+        self.env = dict(env or {})
         self.children = [Child(slot) for slot in range(processes)]
         self.starts = 0
         self.signals_seen = 0
@@ -192,6 +201,7 @@ class Supervisor:
         try:
             child.proc = subprocess.Popen(
                 argv,
+                env={**os.environ, **self.env} if self.env else None,
                 stdin=subprocess.DEVNULL,
                 process_group=0,
                 preexec_fn=self._preexec,

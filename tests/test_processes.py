@@ -109,6 +109,10 @@ def test_four_processes_drain_the_benchmark_jobs_each_once_and_stop_on_sigterm(
     migrated(make_app)
     supervised = supervise("--processes", "4", "-j", "4", "--prefetch", "20")
     pids = supervised.wait_children(4)
+    for pid in pids:  # the URL (and its password) reaches them by environment, not argv
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert "pgworker.cli" in cmdline
+        assert database_url not in cmdline
     enqueue(database_url, schema, jobs, 500, "test")
     wait_for(
         drained(database_url, schema, ledger, jobs),
