@@ -224,15 +224,21 @@ class App(Lifecycle, Registry, Enqueueing):
         poll_interval: float | None = None,
         prefetch: int | None = None,
         worker_id: str | None = None,
+        listen: bool | None = None,
+        prepare_statements: bool | None = None,
     ) -> App:
-        """Override settings (what the CLI's options do). The database and the schema
-        can only change before the app opens."""
-        changes_connection = (database_url is not None and database_url != self.database_url) or (
-            schema is not None and schema != self.schema
+        """Override settings (what the CLI's options do). The database, the schema and
+        ``prepare_statements`` (False: ``prepare_threshold=None``) can only change before
+        the app opens."""
+        changes_connection = (
+            (database_url is not None and database_url != self.database_url)
+            or (schema is not None and schema != self.schema)
+            or prepare_statements is not None
         )
         if self.is_open and changes_connection:
             raise ConfigurationError(
-                "the database and schema can only change before the app is opened"
+                "the database, schema and prepared statements can only change before the app "
+                "is opened"
             )
         if schema is not None:
             check_schema(schema)
@@ -257,6 +263,10 @@ class App(Lifecycle, Registry, Enqueueing):
             self.worker_id = worker_id
         if database_url is not None:
             self.database_url = database_url
+        if listen is not None:
+            self.listen = listen
+        if prepare_statements is not None:
+            self.prepare_threshold = DEFAULT_PREPARE_THRESHOLD if prepare_statements else None
         return self
 
     def eager(self) -> AbstractContextManager[EagerMode]:

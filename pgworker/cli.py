@@ -170,11 +170,9 @@ def run(
             poll_interval=poll_interval,
             prefetch=prefetch,
             worker_id=worker_id,
+            listen=False if no_listen else None,
+            prepare_statements=False if no_prepared_statements else None,
         )
-        if no_listen:
-            app.listen = False
-        if no_prepared_statements:
-            app.prepare_threshold = None
         if cleanup is not None:
             with app:
                 app.migrate()

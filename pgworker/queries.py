@@ -12,7 +12,6 @@ from psycopg import sql
 
 from .job import JOB_COLUMNS
 
-#: Stands for the quoted schema name.
 #: Stands for the columns a Job is read from, taken from a row source named ``jobs``.
 JOB_COLUMNS_TOKEN = ":JOB_COLUMNS"
 # Our own constant column names, not input: spelled into the text as the file would be.

@@ -86,15 +86,17 @@ class Recycler:
 
     def counting(self, record: Callable[[T], None]) -> Callable[[T], None]:
         """``record`` (the completer's sink of outcomes), counting each outcome as a job
-        done first."""
+        done when there is a job limit (else ``record`` itself: nothing on the hot path)."""
+        limit = self.recycle.max_jobs
+        if limit is None:
+            return record
 
         def counted(outcome: T) -> None:
             record(outcome)
-            limit = self.recycle.max_jobs
             with self._lock:
                 self.jobs_done += 1
                 done = self.jobs_done
-            if limit is not None and done >= limit:
+            if done >= limit:
                 self._stop(f"{done} job(s) run, the limit is {limit}")
 
         return counted

@@ -125,7 +125,10 @@ class Proxy:
                 self._note(link, data)
                 if link.frozen.is_set():
                     continue  # read and dropped: the client's kernel sees no trouble
-                link.server.sendall(data)
+                try:
+                    link.server.sendall(data)
+                except OSError:
+                    return  # the server side is gone (a terminated backend): the link ends
                 if not self.client_sent(link, data):
                     return
 
