@@ -17,6 +17,7 @@ from ..context import JobContext
 from ..errors import PgWorkerError
 from ..job import Job
 from ..spec import JobSpec
+from ..store_enqueue import requested_job
 from .records import DeferredJob
 
 if TYPE_CHECKING:
@@ -27,8 +28,6 @@ EAGER_WORKER_ID = "pgworker-eager"
 #: How many jobs one outermost ``defer`` may run, its follow-ups included: more means a
 #: task that keeps deferring itself.
 MAX_EAGER_JOBS = 1000
-#: graphile-worker's default max_attempts, which a job without its own gets.
-DEFAULT_MAX_ATTEMPTS = 25
 
 
 class EagerMode:
@@ -55,7 +54,7 @@ class EagerMode:
     def run_deferred(self, identifier: str, payload: str, spec: JobSpec) -> Job:
         """Run one deferred job (``payload`` is its JSON text; ``spec`` merged with the
         task's defaults) and the jobs it defers; return the job as ``defer`` would."""
-        job = _job_like(next(self._ids), identifier, spec)
+        job = requested_job(next(self._ids), datetime.now(UTC), identifier, spec)
         self.jobs.append(DeferredJob(job, msgspec.json.decode(payload), "waiting"))
         self._pending.append((len(self.jobs) - 1, payload))
         if self._draining:
@@ -139,25 +138,3 @@ def run_coroutine(awaitable: Awaitable[Any]) -> Any:
         return asyncio.run(wait())
     with ThreadPoolExecutor(1, thread_name_prefix="pgworker-testing") as pool:
         return pool.submit(asyncio.run, wait()).result()
-
-
-def _job_like(job_id: int, identifier: str, spec: JobSpec) -> Job:
-    """The Job a database would have returned for this deferral, as far as it can tell."""
-    now = datetime.now(UTC)
-    return Job(
-        id=job_id,
-        task_identifier=identifier,
-        queue_name=spec.queue,
-        priority=spec.priority or 0,
-        run_at=spec.run_at or now,
-        attempts=0,
-        max_attempts=spec.max_attempts or DEFAULT_MAX_ATTEMPTS,
-        last_error=None,
-        created_at=now,
-        updated_at=now,
-        key=spec.job_key,
-        locked_at=None,
-        locked_by=None,
-        revision=0,
-        flags=sorted(spec.flags) if spec.flags else None,
-    )
