@@ -160,6 +160,19 @@ def check_schema(schema: str, *, source: str = "schema") -> None:
         raise ConfigurationError(f"{source} must be 1 to 63 characters, got {schema!r}")
 
 
+def derived_schema(schema: str, suffix: str, what: str, hint: str = "") -> str:
+    """The name of a schema of pgworker's own beside the worker schema ``schema``
+    (``schema`` + ``suffix``, its ``what``), which must fit PostgreSQL's 63 characters;
+    ``hint`` ends the error otherwise."""
+    name = schema + suffix
+    if len(name) > 63:
+        raise ConfigurationError(
+            f"the worker schema {schema!r} is too long to derive {what} name from "
+            f"({name!r} is over 63 characters)" + (f": {hint}" if hint else "")
+        )
+    return name
+
+
 #: The worker schema when nothing names one: graphile-worker's.
 DEFAULT_SCHEMA = "graphile_worker"
 #: The environment variable graphile-worker reads its default schema from.

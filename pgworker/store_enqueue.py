@@ -12,7 +12,7 @@ import psycopg
 from .errors import ConfigurationError, JobNotCreatedError, MigrationError, PgWorkerError
 from .job import Job
 from .queries import bind_names, parse_named_queries, read_sql_file
-from .settings import check_schema
+from .settings import check_schema, derived_schema
 from .spec import JobSpec
 from .store import NewJob, spec_options, spec_record
 from .store_base import Connection, StoreBase
@@ -27,13 +27,9 @@ DEFAULT_PRIORITY = 0
 
 def default_enqueue_schema(schema: str) -> str:
     """The enqueue schema of the worker schema ``schema`` when none is named."""
-    name = schema + ENQUEUE_SCHEMA_SUFFIX
-    if len(name) > 63:
-        raise ConfigurationError(
-            f"the worker schema {schema!r} is too long to derive an enqueue schema name "
-            f"from ({name!r} is over 63 characters): name one with enqueue_schema="
-        )
-    return name
+    return derived_schema(
+        schema, ENQUEUE_SCHEMA_SUFFIX, "an enqueue schema", "name one with enqueue_schema="
+    )
 
 
 class DefinerStatements:

@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 from ..errors import ConfigurationError, PgWorkerError
 from ..hooks import Plugin
 from ..queries import Queries
+from ..settings import derived_schema
 from ..store_base import Connection, StoreBase
 
 if TYPE_CHECKING:
@@ -34,13 +35,7 @@ PRUNE_EVERY = 3600.0
 
 def stats_schema_name(schema: str) -> str:
     """The stats schema of the worker schema ``schema``."""
-    name = schema + STATS_SCHEMA_SUFFIX
-    if len(name) > 63:
-        raise ConfigurationError(
-            f"the worker schema {schema!r} is too long to derive a stats schema name from "
-            f"({name!r} is over 63 characters)"
-        )
-    return name
+    return derived_schema(schema, STATS_SCHEMA_SUFFIX, "a stats schema")
 
 
 class MinuteCount(msgspec.Struct, frozen=True):
