@@ -9,8 +9,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = Path(__file__).resolve().parent / "node"
+RESULTS_DIR = ROOT / ".bench"
 APP_TARGET = "benchmarks.bench_app:app"
 SIDES = ("pgworker", "node")
+#: default: both sides' defaults; batched: the local-queue configuration.
+MODES = ("default", "batched")
 NODE_VERSION_PINNED = "0.17.3"
 
 #: Bounds on everything that waits, so that the benchmark always ends.
@@ -40,7 +43,7 @@ class Options:
     concurrency: int
     repeat: int
     sides: tuple[str, ...]
-    batching: bool
+    modes: tuple[str, ...]
     quiet: bool
     latency_jobs: int
     latency_gap: float
@@ -50,3 +53,6 @@ class Options:
     keep_logs: bool
     analyze: bool
     pgworker_prefix: tuple[str, ...]
+    floor: bool
+    floor_clients: int | None
+    output: Path | None

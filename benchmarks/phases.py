@@ -14,42 +14,65 @@ from benchmarks.bench_app import LATENCY_FILE_VARIABLE
 from benchmarks.common import (
     EXIT_TIMEOUT,
     LATENCY_WAIT_TIMEOUT,
+    NODE_DIR,
     PROGRESS_EVERY,
     WORKER_READY_TIMEOUT,
     BenchError,
     progress,
 )
 from benchmarks.db import connect, has_jobs, remaining_jobs
-from benchmarks.processes import Side, Worker, spawn, stop, tail, wait_for
+from benchmarks.processes import Side, Worker, reap, spawn, stop, tail, wait_for
 
 
-def enqueue(url: str, schema: str, jobs: int, batch_size: int, label: str) -> float:
-    """Add ``jobs`` noop jobs through ``add_jobs``; returns the seconds it took."""
-    query = sql.SQL(
-        "select count(*) from {schema}.add_jobs("
-        "array(select json_populate_recordset(null::{schema}.job_spec, %s::json)))"
-    ).format(schema=sql.Identifier(schema))
-    batches = [
-        json.dumps(
-            [{"identifier": "noop", "payload": {"n": n}} for n in range(start, end)],
-            separators=(",", ":"),
+def enqueue(side: Side, url: str, schema: str, jobs: int, batch_size: int, label: str) -> float:
+    """Add ``jobs`` noop jobs, ``batch_size`` per call, the way each side's applications
+    do: pgworker's ``Task.defer_many`` in this process, Node's ``WorkerUtils.addJobs`` in
+    ``perf.js addjobs``; returns the seconds the calls took (start-up left out)."""
+    progress(f"[{label}] enqueueing {jobs} jobs, {batch_size} per call")
+    if side.name == "pgworker":
+        elapsed, added = defer_many(url, schema, jobs, batch_size)
+    else:
+        done = subprocess.run(
+            ["node", "perf.js", "addjobs", url, schema, str(jobs), str(batch_size)],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=EXIT_TIMEOUT * 5,
+            check=False,
         )
-        for start, end in (
-            (start, min(jobs, start + batch_size)) for start in range(0, jobs, batch_size)
-        )
-    ]
-    progress(f"[{label}] enqueueing {jobs} jobs in {len(batches)} add_jobs call(s)")
-    added = 0
-    with connect(url) as conn:
-        started = time.perf_counter()
-        for batch in batches:
-            row = conn.execute(query, (batch,)).fetchone()
-            added += int(row[0]) if row else 0
-        elapsed = time.perf_counter() - started
+        if done.returncode != 0:
+            raise BenchError(f"node perf.js addjobs exited {done.returncode}:\n{done.stderr}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        elapsed, added = float(result["seconds"]), int(result["added"])
     if added != jobs:
-        raise BenchError(f"add_jobs added {added} jobs, not {jobs}")
+        raise BenchError(f"[{label}] {added} jobs were added, not {jobs}")
     progress(f"[{label}] enqueued in {elapsed:.2f} s ({jobs / elapsed:,.0f} jobs/s)")
     return elapsed
+
+
+def defer_many(url: str, schema: str, jobs: int, batch_size: int) -> tuple[float, int]:
+    """pgworker's side of ``enqueue``: seconds the defer_many calls took, jobs added."""
+    from pgworker import App
+
+    app = App(database_url=url, schema=schema, max_pool_size=1)
+
+    @app.task("noop")
+    def noop(payload: dict[str, int]) -> None:
+        """The benchmark's no-op task (its payload type as in a real app)."""
+
+    payloads = [
+        [{"n": n} for n in range(start, min(jobs, start + batch_size))]
+        for start in range(0, jobs, batch_size)
+    ]
+    added = 0
+    with app:
+        with app.store.connection() as conn:  # the pool's connection, made before timing
+            conn.execute("select 1")
+        started = time.perf_counter()
+        for batch in payloads:
+            added += len(noop.defer_many(batch))
+        elapsed = time.perf_counter() - started
+    return elapsed, added
 
 
 def children_cpu() -> float:
@@ -60,9 +83,9 @@ def children_cpu() -> float:
 
 def execute(
     side: Side, url: str, schema: str, logs: Path, label: str
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, int]:
     """Run the workers until the table is empty: (seconds to empty, seconds to all exited,
-    CPU seconds the worker processes used)."""
+    CPU seconds the worker processes used, the largest peak RSS of one of them in kB)."""
     options = side.options
     workers: list[Worker] = []
     progress(
@@ -118,14 +141,14 @@ def execute(
         f"[{label}] queue empty after {emptied:.2f} s ({total / emptied:,.0f} jobs/s); "
         f"the workers used {cpu:.2f} CPU s"
     )
-    return emptied, exited, cpu
+    return emptied, exited, cpu, max(w.peak_rss_kb or 0 for w in workers)
 
 
 def wait_exited(workers: list[Worker], started: float, label: str) -> float:
     """Wait (bounded) for ``--once`` workers to exit by themselves with code 0."""
     for worker in workers:
         try:
-            code = worker.process.wait(EXIT_TIMEOUT)
+            code = reap(worker, EXIT_TIMEOUT)
         except subprocess.TimeoutExpired as exc:
             raise BenchError(
                 f"[{label}] a worker did not exit within {EXIT_TIMEOUT:.0f} s of the queue "
@@ -152,11 +175,12 @@ def startup(side: Side, url: str, schema: str, logs: Path, label: str) -> float:
                 stop(worker)
 
 
-def latency(side: Side, url: str, schema: str, logs: Path, label: str) -> list[float]:
-    """Latencies in ms from just before add_job to the task's start, one per job."""
+def latency(side: Side, url: str, schema: str, logs: Path, label: str) -> tuple[list[float], int]:
+    """Latencies in ms from just before add_job to the task's start, one per job; and the
+    peak RSS in kB of the (long-running) worker."""
     options = side.options
     if options.latency_jobs == 0:
-        return []
+        return [], 0
     record = logs / f"{label}-latency.txt"
     record.touch()
     argv, cwd = side.command(url, schema, once=False, concurrency=options.latency_concurrency)
@@ -198,7 +222,8 @@ def latency(side: Side, url: str, schema: str, logs: Path, label: str) -> list[f
     if code != 0:
         raise BenchError(f"[{label}] the latency worker exited with {code}:\n{tail(worker.log)}")
     starts = read_starts(record)
-    return [(starts[n] - sent[n]) / 1e6 for n in range(options.latency_jobs)]
+    latencies = [(starts[n] - sent[n]) / 1e6 for n in range(options.latency_jobs)]
+    return latencies, worker.peak_rss_kb or 0
 
 
 def read_starts(path: Path) -> dict[int, int]:

@@ -28,6 +28,9 @@ class Side:
 
     name: str
     options: Options
+    #: The local-queue configuration: pgworker --prefetch = concurrency, Node localQueue
+    #: of that size with completeJobBatchDelay/failJobBatchDelay 0.
+    batching: bool = False
 
     def migrate(self, url: str, schema: str, logs: Path) -> None:
         if self.name == "pgworker":
@@ -66,7 +69,7 @@ class Side:
                 *(["--once"] if once else []),
                 "--concurrency",
                 str(concurrency),
-                *(["--prefetch", str(concurrency)] if self.options.batching else []),
+                *(["--prefetch", str(concurrency)] if self.batching else []),
                 "--database-url",
                 url,
                 "--schema",
@@ -74,7 +77,7 @@ class Side:
             ]
             return argv, ROOT
         argv = ["node", "perf.js", "once" if once else "run", url, schema, str(concurrency)]
-        if self.options.batching:
+        if self.batching:
             argv.append("--batching")
         return argv, NODE_DIR
 
@@ -106,10 +109,20 @@ class Worker:
     process: subprocess.Popen[bytes]
     log: Path
     started: float
+    #: Peak resident set size in kB (the kernel's ru_maxrss), once the process is reaped.
+    peak_rss_kb: int | None = None
 
     @property
     def running(self) -> bool:
-        return self.process.poll() is None
+        """Whether it still runs; an exited process is reaped here, with its peak RSS
+        (Popen.poll would reap it without)."""
+        if self.process.returncode is not None:
+            return False
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        if os.waitid(os.P_PID, self.process.pid, flags) is None:
+            return True
+        reap(self, 1.0)
+        return False
 
 
 def spawn(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> Worker:
@@ -131,11 +144,28 @@ def stop(worker: Worker, timeout: float = STOP_TIMEOUT) -> int:
     if worker.running:
         worker.process.send_signal(signal.SIGTERM)
     try:
-        return worker.process.wait(timeout)
+        return reap(worker, timeout)
     except subprocess.TimeoutExpired:
         worker.process.kill()
-        worker.process.wait(10)
-        return worker.process.returncode
+        return reap(worker, 10)
+
+
+def reap(worker: Worker, timeout: float) -> int:
+    """Wait (bounded) for the process to exit and record its peak RSS (wait4's
+    ru_maxrss); returns its exit code, or raises subprocess.TimeoutExpired."""
+    process = worker.process
+    if process.returncode is not None:
+        return process.returncode
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid == process.pid:
+            worker.peak_rss_kb = usage.ru_maxrss
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return process.returncode
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(process.args, timeout)
+        time.sleep(0.01)
 
 
 def tail(path: Path, lines: int = 15) -> str:

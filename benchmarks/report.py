@@ -19,6 +19,9 @@ class Run:
     worker_cpu_s: float
     startup_s: float
     latencies_ms: list[float] = field(default_factory=list)
+    #: Peak RSS in kB: the largest of the execute phase's processes, the latency worker.
+    execute_rss_kb: int = 0
+    latency_rss_kb: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -33,6 +36,8 @@ class Run:
             "worker_cpu_s": round(self.worker_cpu_s, 3),
             "startup_s": round(self.startup_s, 4),
             "latencies_ms": [round(x, 3) for x in self.latencies_ms],
+            "execute_peak_rss_kb": self.execute_rss_kb,
+            "latency_peak_rss_kb": self.latency_rss_kb,
         }
 
 
@@ -49,6 +54,9 @@ def summarize(runs: list[Run]) -> dict[str, float | None]:
         "enqueue_jobs_per_s": statistics.median(r.jobs / r.enqueue_s for r in runs),
         "worker_cpu_s": statistics.median(r.worker_cpu_s for r in runs),
         "startup_s": statistics.median(r.startup_s for r in runs),
+        "peak_rss_mb": statistics.median(
+            max(r.execute_rss_kb, r.latency_rss_kb) / 1024 for r in runs
+        ),
         "latency_avg_ms": None,
         "latency_p50_ms": None,
         "latency_p95_ms": None,
@@ -69,6 +77,7 @@ COLUMNS = (
     ("enqueue_jobs_per_s", "enqueue jobs/s", "{:,.0f}"),
     ("worker_cpu_s", "worker CPU s", "{:.2f}"),
     ("startup_s", "startup s", "{:.2f}"),
+    ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
     ("latency_avg_ms", "lat avg ms", "{:.2f}"),
     ("latency_p50_ms", "lat p50 ms", "{:.2f}"),
     ("latency_p95_ms", "lat p95 ms", "{:.2f}"),
@@ -76,13 +85,14 @@ COLUMNS = (
 )
 
 
-def ratios(summaries: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
-    if "pgworker" not in summaries or "node" not in summaries:
+def ratios(summaries: dict[str, dict[str, float | None]], theirs: str) -> dict[str, float | None]:
+    """pgworker's summary over ``theirs`` (a side, or the SQL floor), column by column."""
+    if "pgworker" not in summaries or theirs not in summaries:
         return {}
     out: dict[str, float | None] = {}
     for key, _, _ in COLUMNS:
-        mine, theirs = summaries["pgworker"][key], summaries["node"][key]
-        out[key] = mine / theirs if mine is not None and theirs else None
+        mine, other = summaries["pgworker"].get(key), summaries[theirs].get(key)
+        out[key] = mine / other if mine is not None and other else None
     return out
 
 
@@ -91,20 +101,23 @@ def rounded(values: dict[str, float | None]) -> dict[str, float | None]:
 
 
 def render_table(
-    header: str, summaries: dict[str, dict[str, float | None]], ratio: dict[str, float | None]
+    header: str,
+    summaries: dict[str, dict[str, float | None]],
+    ratio_rows: dict[str, dict[str, float | None]],
 ) -> str:
     rows = [["", *(title for _, title, _ in COLUMNS)]]
     for name, summary in summaries.items():
         cells = [name]
         for key, _, fmt in COLUMNS:
-            value = summary[key]
+            value = summary.get(key)
             cells.append("-" if value is None else fmt.format(value))
         rows.append(cells)
-    if ratio:
-        rows.append(
-            ["pgworker/node"]
-            + ["-" if ratio[key] is None else f"{ratio[key]:.2f}x" for key, _, _ in COLUMNS]
-        )
+    for label, ratio in ratio_rows.items():
+        if ratio:
+            rows.append(
+                [label]
+                + ["-" if ratio[key] is None else f"{ratio[key]:.2f}x" for key, _, _ in COLUMNS]
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [header]
     for row in rows:
@@ -114,10 +127,15 @@ def render_table(
                 for i, cell in enumerate(row)
             )
         )
-    lines.append(
-        "execute = jobs / seconds from starting the processes to an empty table (start-up "
-        "included); worker CPU = user+system seconds of those processes; startup = the same "
-        "processes on an empty queue; a ratio > 1 means pgworker is faster in jobs/s, and "
-        "uses more CPU or time in the other columns."
-    )
     return "\n".join(lines)
+
+
+LEGEND = (
+    "execute = jobs / seconds from starting the processes to an empty table (start-up "
+    "included); enqueue = jobs / seconds of defer_many (pgworker) or addJobs (Node) calls; "
+    "SQL floor = pgbench, prepared statements: execute = claim N (SKIP LOCKED) + delete in a "
+    "second transaction, N = the batch pgworker claims, at the same concurrency; enqueue = "
+    "1,000-row inserts, one client; worker CPU = user+system seconds of the processes; "
+    "peak RSS = the largest ru_maxrss of one worker process; a ratio > 1 means pgworker is "
+    "faster in jobs/s, and uses more CPU, memory or time in the other columns."
+)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import shlex
 import shutil
@@ -37,23 +38,28 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from benchmarks.common import (
+    MODES,
     NODE_DIR,
     NODE_VERSION_PINNED,
     NPM_TIMEOUT,
+    RESULTS_DIR,
     SIDES,
     BenchError,
     Options,
     progress,
 )
 from benchmarks.db import analyze, connect, database, drop_schema
+from benchmarks.floor import Floor, measure_floor
 from benchmarks.phases import enqueue, execute, latency, startup
 from benchmarks.processes import Side
-from benchmarks.report import Run, ratios, render_table, rounded, summarize
+from benchmarks.report import LEGEND, Run, ratios, render_table, rounded, summarize
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -73,11 +79,26 @@ def parse_args(argv: list[str] | None) -> Options:
         help="comma-separated sides to run: pgworker,node (default both)",
     )
     add(
-        "--batching",
-        action="store_true",
-        help="both sides claim in batches: Node gets localQueue size = concurrency and "
-        "completeJobBatchDelay/failJobBatchDelay 0 (as in graphile-worker's perf test), "
-        "pgworker --prefetch = concurrency; default: both sides' defaults",
+        "--modes",
+        default=",".join(MODES),
+        help="comma-separated configurations to run: default (both sides' defaults) and "
+        "batched (the local queue: pgworker --prefetch = concurrency, Node localQueue of "
+        "that size with completeJobBatchDelay/failJobBatchDelay 0, as in graphile-worker's "
+        "perf test); default both",
+    )
+    add("--batching", action="store_true", help="the same as --modes batched")
+    add("--no-floor", action="store_true", help="skip the raw-SQL floor (pgbench)")
+    add(
+        "--floor-clients",
+        type=int,
+        default=None,
+        help="pgbench clients of the claim floor (default processes x concurrency)",
+    )
+    add(
+        "--output",
+        default=str(RESULTS_DIR / "results-{time}.json"),
+        help="where to write the JSON results ({time}: the start time; '' for nowhere; "
+        "default .bench/results-{time}.json)",
     )
     add(
         "--quiet",
@@ -131,6 +152,13 @@ def parse_args(argv: list[str] | None) -> Options:
     ):
         if value < low:
             parser.error(f"{name} must be at least {low}")
+    modes = (
+        ("batched",)
+        if args.batching
+        else tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    )
+    if not modes or any(m not in MODES for m in modes):
+        parser.error(f"--modes takes a comma-separated subset of {','.join(MODES)}")
     if not sides or any(s not in SIDES for s in sides):
         parser.error(f"--sides takes a comma-separated subset of {','.join(SIDES)}")
     if args.latency_gap < 0 or args.timeout <= 0:
@@ -142,7 +170,7 @@ def parse_args(argv: list[str] | None) -> Options:
         concurrency=args.concurrency,
         repeat=args.repeat,
         sides=sides,
-        batching=args.batching,
+        modes=modes,
         quiet=args.quiet,
         latency_jobs=args.latency_jobs,
         latency_gap=args.latency_gap,
@@ -152,22 +180,27 @@ def parse_args(argv: list[str] | None) -> Options:
         keep_logs=args.keep_logs,
         analyze=not args.no_analyze,
         pgworker_prefix=tuple(shlex.split(args.pgworker_prefix)),
+        floor=not args.no_floor,
+        floor_clients=args.floor_clients,
+        output=Path(args.output.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
+        if args.output
+        else None,
     )
 
 
 def run_side(side: Side, url: str, logs: Path, index: int) -> Run:
     options = side.options
     schema = f"bench_{'pgw' if side.name == 'pgworker' else 'node'}_{secrets.token_hex(4)}"
-    label = f"{side.name}#{index + 1}"
+    label = f"{side.name}-{'batched' if side.batching else 'default'}#{index + 1}"
     progress(f"[{label}] fresh schema {schema}")
     try:
         side.migrate(url, schema, logs)
-        enqueue_s = enqueue(url, schema, options.jobs, options.batch_size, label)
+        enqueue_s = enqueue(side, url, schema, options.jobs, options.batch_size, label)
         if options.analyze:
             analyze(url, schema)
-        execute_s, exit_s, cpu_s = execute(side, url, schema, logs, label)
+        execute_s, exit_s, cpu_s, execute_rss = execute(side, url, schema, logs, label)
         startup_s = startup(side, url, schema, logs, label)
-        latencies = latency(side, url, schema, logs, label)
+        latencies, latency_rss = latency(side, url, schema, logs, label)
     finally:
         drop_schema(url, schema)
     if latencies:
@@ -176,7 +209,17 @@ def run_side(side: Side, url: str, logs: Path, index: int) -> Run:
             f"max {max(latencies):.2f} ms"
         )
     return Run(
-        side.name, schema, options.jobs, enqueue_s, execute_s, exit_s, cpu_s, startup_s, latencies
+        side.name,
+        schema,
+        options.jobs,
+        enqueue_s,
+        execute_s,
+        exit_s,
+        cpu_s,
+        startup_s,
+        latencies,
+        execute_rss,
+        latency_rss,
     )
 
 
@@ -202,24 +245,63 @@ def ensure_node() -> None:
         )
 
 
+def run_mode(mode: str, options: Options, url: str, logs: Path) -> dict[str, Any]:
+    """``--repeat`` runs of each side and of the floor in one configuration; returns the
+    summaries, ratios and runs."""
+    batching = mode == "batched"
+    batch = options.concurrency if batching else 1
+    clients = options.floor_clients or options.processes * options.concurrency
+    runs: dict[str, list[Run]] = {side: [] for side in options.sides}
+    floors: list[dict[str, Floor]] = []
+    for index in range(options.repeat):
+        # Alternate the order between repeats so that drift hits both sides.
+        order = options.sides if index % 2 == 0 else tuple(reversed(options.sides))
+        for name in order:
+            runs[name].append(run_side(Side(name, options, batching), url, logs, index))
+        if options.floor:
+            floors.append(
+                measure_floor(
+                    url, options.jobs, batch, clients, options.batch_size, logs, f"{mode}"
+                )
+            )
+    summaries = {name: summarize(side_runs) for name, side_runs in runs.items()}
+    if floors:
+        summaries["SQL floor"] = {
+            "execute_jobs_per_s": statistics.median(f["claim"].per_second for f in floors),
+            "enqueue_jobs_per_s": statistics.median(f["insert"].per_second for f in floors),
+        }
+    return {
+        "mode": mode,
+        "claim_batch": batch,
+        "floor_clients": clients,
+        "summaries": summaries,
+        "ratios": {
+            "pgworker/node": ratios(summaries, "node"),
+            "pgworker/floor": ratios(summaries, "SQL floor"),
+        },
+        "runs": {name: [r.as_dict() for r in side_runs] for name, side_runs in runs.items()},
+        "floor_runs": [
+            {key: {**f.__dict__, "per_second": round(f.per_second, 1)} for key, f in fl.items()}
+            for fl in floors
+        ],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     if "node" in options.sides:
         ensure_node()
     logs = Path(tempfile.mkdtemp(prefix="pgworker-bench-"))
     failed = False
+    results: list[dict[str, Any]] = []
     try:
         with database() as (url, where):
             with connect(url) as conn:
                 row = conn.execute("show server_version").fetchone()
             server = f"PostgreSQL {row[0] if row else '?'} ({where})"
-            progress(f"{server}; logs in {logs}")
-            runs: dict[str, list[Run]] = {side: [] for side in options.sides}
-            for index in range(options.repeat):
-                # Alternate the order between repeats so that drift hits both sides.
-                order = options.sides if index % 2 == 0 else tuple(reversed(options.sides))
-                for name in order:
-                    runs[name].append(run_side(Side(name, options), url, logs, index))
+            progress(f"{server}; logs in {logs}; load average {os.getloadavg()}")
+            for mode in options.modes:
+                results.append(run_mode(mode, options, url, logs))
     except (BenchError, psycopg.Error, subprocess.SubprocessError, OSError) as exc:
         failed = True
         print(f"benchmark failed: {exc}", file=sys.stderr)
@@ -230,33 +312,53 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(logs, ignore_errors=True)
 
-    summaries = {name: summarize(side_runs) for name, side_runs in runs.items()}
-    ratio = ratios(summaries)
-    node_mode = "batching (Node localQueue, pgworker prefetch)" if options.batching else "defaults"
-    header = (
-        f"pgworker vs graphile-worker {NODE_VERSION_PINNED}: {options.jobs} jobs, "
-        f"{options.processes} process(es) x concurrency {options.concurrency}, "
-        f"{node_mode}, {'quiet' if options.quiet else 'default logging'}, "
-        f"{'' if options.analyze else 'no '}ANALYZE before executing, "
-        f"latency {options.latency_jobs} jobs (concurrency {options.latency_concurrency}), "
-        f"median of {options.repeat} run(s), {server}"
+    load = os.getloadavg()
+    tables = []
+    for result in results:
+        mode = result["mode"]
+        described = (
+            "both sides' defaults"
+            if mode == "default"
+            else "local queue: pgworker --prefetch, Node localQueue + batch delays 0"
+        )
+        header = (
+            f"[{mode}] {described}; {options.jobs} jobs, {options.processes} process(es) x "
+            f"concurrency {options.concurrency}, enqueue {options.batch_size} per call, "
+            f"floor: claim {result['claim_batch']} with {result['floor_clients']} clients"
+        )
+        tables.append(render_table(header, result["summaries"], result["ratios"]))
+    title = (
+        f"pgworker vs graphile-worker {NODE_VERSION_PINNED} and the SQL floor, median of "
+        f"{options.repeat} run(s), {'quiet' if options.quiet else 'default logging'}, "
+        f"{server}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
+    document = {
+        "title": title,
+        "server": server,
+        "load_average": load,
+        "graphile_worker": NODE_VERSION_PINNED,
+        "options": {
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in options.__dict__.items()
+            if key not in ("json", "keep_logs")
+        },
+        "modes": [
+            {
+                **result,
+                "summaries": {k: rounded(v) for k, v in result["summaries"].items()},
+                "ratios": {k: rounded(v) for k, v in result["ratios"].items()},
+            }
+            for result in results
+        ],
+    }
+    if options.output is not None:
+        options.output.parent.mkdir(parents=True, exist_ok=True)
+        options.output.write_text(json.dumps(document, indent=2) + "\n")
+        progress(f"results written to {options.output}")
     if options.json:
-        result = {
-            "server": server,
-            "options": {
-                key: value
-                for key, value in options.__dict__.items()
-                if key not in ("json", "keep_logs")
-            },
-            "graphile_worker": NODE_VERSION_PINNED,
-            "summary": {name: rounded(summary) for name, summary in summaries.items()},
-            "ratios_pgworker_over_node": rounded(ratio),
-            "runs": {name: [r.as_dict() for r in side_runs] for name, side_runs in runs.items()},
-        }
-        print(json.dumps(result, indent=2))
+        print(json.dumps(document, indent=2))
     else:
-        print(render_table(header, summaries, ratio))
+        print("\n\n".join([title, *tables, LEGEND]))
     return 0
 
 
