@@ -1,29 +1,37 @@
-"""Throughput and latency of pgworker against Node graphile-worker 0.17.3, same database.
+"""Throughput, latency and memory of pgworker against Node graphile-worker 0.17.3 and
+against a raw-SQL floor, on the same database.
 
-``make bench`` (or ``python -m benchmarks.throughput [options]``). For each side, in a
-schema of its own made for the run:
+``make bench`` (or ``python -m benchmarks.throughput [options]``). For each configuration
+of ``--modes`` (``default``: both sides' defaults; ``batched``: the local queue, pgworker
+``--prefetch`` = concurrency against Node's localQueue of that size with
+completeJobBatchDelay/failJobBatchDelay 0), ``--repeat`` times, each side in a schema of
+its own made for the run:
 
-1. enqueue: ``--jobs`` no-op jobs through the SQL function ``add_jobs``, in batches of
-   ``--batch-size``, from this process: the same statement for both sides; then
+1. enqueue: ``--jobs`` no-op jobs, ``--batch-size`` per call, the way an application
+   does it: pgworker's ``Task.defer_many`` from this process, Node's
+   ``WorkerUtils.addJobs`` from ``perf.js addjobs`` (each timing its calls only); then
    ``ANALYZE`` of the jobs table (untimed; ``--no-analyze`` skips it), so that neither
    side's claims depend on when autovacuum happens to gather statistics;
 2. execute: ``--processes`` worker processes, each with ``--concurrency``, run until the
    jobs table is empty (``pgworker run benchmarks.bench_app:app --once`` against
    graphile-worker's ``runOnce`` in ``benchmarks/node/perf.js``); the clock runs from
-   starting the processes to the table being empty, start-up included;
+   starting the processes to the table being empty, start-up included; each process's
+   peak RSS is its ru_maxrss (wait4);
 3. startup: the same processes on the now empty queue, to show how much of (2) is
    start-up;
 4. latency: one long-running worker (``pgworker run`` / graphile-worker ``run()``),
    ``--latency-jobs`` jobs added one at a time through ``add_job`` with a gap; latency is
    from just before ``add_job`` to the first line of the task, both read from
-   CLOCK_MONOTONIC (the tasks append it to a file).
+   CLOCK_MONOTONIC (the tasks append it to a file);
+5. the SQL floor (benchmarks/floor.py, ``--no-floor`` skips it): pgbench with prepared
+   statements claiming the batch pgworker claims and deleting it in a second
+   transaction, at the same concurrency, and 1,000-row inserts.
 
 Uses DATABASE_URL when set, else the embedded PostgreSQL (``.pgworker/`` at the repo
-root). Both sides run with their default settings; ``--node-batching`` gives Node the
-local queue and batched completions of graphile-worker's own perf test, and ``--quiet``
-turns off the per-job success log line on both sides. Prints a table (or, with
-``--json``, one JSON object) on stdout and progress on stderr. The machine is shared and
-noisy: compare the pgworker/node ratios, not the absolute numbers.
+root); ``--quiet`` turns off the per-job success log line on both sides. Prints a table
+per configuration (medians, ratios to Node and to the floor) or, with ``--json``, one
+JSON object, and writes that object to ``--output``; progress goes to stderr. The machine
+is shared and noisy: compare the ratios within one run, not absolute numbers.
 """
 
 from __future__ import annotations
