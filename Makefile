@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format typecheck docs bench faults clean venv-django6
+.PHONY: demo test test-slow lint format typecheck docs bench bench-long faults clean venv-django6
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,11 @@ typecheck: $(STAMP)
 docs: $(STAMP)  ## the documentation site, into site/ (any warning fails the build)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-bench: $(STAMP)  ## throughput against Node graphile-worker on the same database
-	$(BIN)/python -m benchmarks.throughput $(BENCH_ARGS)
+bench: $(STAMP)  ## pgworker against Node graphile-worker and the pgbench SQL floor, both configurations, medians of 3 (JSON in .bench/)
+	$(BIN)/python -m benchmarks.throughput --repeat 3 $(BENCH_ARGS)
+
+bench-long: $(STAMP)  ## 1,000,000 jobs through pgworker workers: RSS after warm-up and at the end
+	$(BIN)/python -m benchmarks.long $(BENCH_ARGS)
 
 faults: $(STAMP)  ## pgworker through crashes, outages, overload on a private cluster (~15 min); FAULTS_ARGS="--only worker_sigkill --scale 0.2"
 	$(BIN)/python -m faults $(FAULTS_ARGS)

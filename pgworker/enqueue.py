@@ -144,11 +144,18 @@ class Enqueueing:
         plugin's ``before_defer`` skipped."""
         batch: list[NewJob] = []
         modes: set[str] = set()
+        # A batch from defer_many repeats one task and one set of options: merge once.
+        last: tuple[str, JobSpec, JobSpec] | None = None
         for raw in jobs:
             task = self.tasks.get(raw.identifier)
             codec = task.codec if task is not None else _RAW_CODEC
-            spec = (task.defaults if task is not None else JobSpec()).merge(raw.spec)
-            spec = self._local_run_at(spec)
+            options = raw.spec
+            if last is not None and last[0] == raw.identifier and last[1] == options:
+                spec = last[2]
+            else:
+                spec = (task.defaults if task is not None else JobSpec()).merge(options)
+                spec = self._local_run_at(spec)
+                last = (raw.identifier, options, spec)
             if spec.job_key_mode == "unsafe_dedupe":
                 raise ConfigurationError("job_key_mode 'unsafe_dedupe' works only with defer()")
             payload = {} if raw.payload is None and task is None else raw.payload

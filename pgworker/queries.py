@@ -19,7 +19,7 @@ _JOB_COLUMN_LIST = ", ".join(f"jobs.{name}" for name in JOB_COLUMNS)
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 #: The files of named statements that ``Queries`` loads; a name is defined in one of them.
-QUERY_FILES: tuple[str, ...] = ("queries.sql", "recovery.sql", "control.sql")
+QUERY_FILES: tuple[str, ...] = ("queries.sql", "recovery.sql", "control.sql", "fast_enqueue.sql")
 
 
 @cache

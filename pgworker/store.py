@@ -16,6 +16,7 @@ from .store_admin import AdminStatements
 from .store_base import Connection, StoreBase
 from .store_control import ControlStatements
 from .store_cron import CronStatements
+from .store_fast import FastEnqueueStatements, NewJob
 from .store_recovery import RegistryStatements
 
 __all__ = ["INTERRUPTED_MESSAGE", "ClaimedJob", "Connection", "Failure", "NewJob", "Store"]
@@ -44,19 +45,19 @@ class Failure(NamedTuple):
     payload: str | None = None  # JSON text to replace the payload with
 
 
-class NewJob(msgspec.Struct, frozen=True):
-    """One job of a batch: its task, its payload as JSON text, and its options."""
-
-    identifier: str
-    payload: str
-    spec: JobSpec
-
-
-class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatements, StoreBase):
+class Store(
+    AdminStatements,
+    ControlStatements,
+    CronStatements,
+    FastEnqueueStatements,
+    RegistryStatements,
+    StoreBase,
+):
     """Runs pgworker's statements against one schema: the job lifecycle here, the admin
     API's statements from ``AdminStatements``, the cron scheduler's from
-    ``CronStatements``, the worker registry's from ``RegistryStatements``, cancel
-    requests from ``ControlStatements``.
+    ``CronStatements``, the set-based batch insert from ``FastEnqueueStatements``, the
+    worker registry's from ``RegistryStatements``, cancel requests from
+    ``ControlStatements``.
 
     Methods that change jobs on behalf of a caller take an optional ``conn`` so that they
     join the caller's transaction; without one they borrow a pool connection. A new group
@@ -106,7 +107,16 @@ class Store(AdminStatements, ControlStatements, CronStatements, RegistryStatemen
     def add_jobs(
         self, jobs: Sequence[NewJob], *, preserve_run_at: bool, conn: Connection | None = None
     ) -> list[Job]:
-        """Add a batch of jobs in one statement through ``add_jobs``."""
+        """Add a batch of jobs: without job keys by the set-based insert (``insert_jobs``),
+        which writes the same rows; with keys through graphile-worker's ``add_jobs``."""
+        if all(new.spec.job_key is None for new in jobs):
+            return self.insert_jobs(jobs, conn=conn)
+        return self.call_add_jobs(jobs, preserve_run_at=preserve_run_at, conn=conn)
+
+    def call_add_jobs(
+        self, jobs: Sequence[NewJob], *, preserve_run_at: bool, conn: Connection | None = None
+    ) -> list[Job]:
+        """Add a batch of jobs in one statement through the ``add_jobs`` function."""
         if not jobs:
             return []
         specs = msgspec.json.encode([spec_record(new) for new in jobs]).decode()

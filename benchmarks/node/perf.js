@@ -3,10 +3,14 @@
 // The Node side of pgworker's benchmark (benchmarks/throughput.py drives it).
 //
 // usage: node perf.js migrate <connstr> <schema>
+//        node perf.js addjobs <connstr> <schema> <jobs> <batch size>
 //        node perf.js once <connstr> <schema> <concurrency> [--batching]
 //        node perf.js run <connstr> <schema> <concurrency> [--batching]
 //
 // - migrate: installs graphile-worker's schema, prints {"migrated":true}.
+// - addjobs: adds <jobs> `noop` jobs ({"n": i}) through WorkerUtils.addJobs, <batch size>
+//   per call, on one connection; prints {"added": jobs, "seconds": s}, s timing the calls
+//   only (not start-up, not the pool's first connection).
 // - once: graphile-worker's runOnce: runs every runnable job, then exits.
 // - run: graphile-worker's run() until SIGTERM or SIGINT, then a graceful stop.
 //
@@ -18,10 +22,11 @@
 // perfTest uses: a local queue of `concurrency` jobs and completeJobBatchDelay /
 // failJobBatchDelay 0.
 const fs = require("fs");
-const { run, runOnce, runMigrations } = require("graphile-worker");
+const { run, runOnce, runMigrations, makeWorkerUtils } = require("graphile-worker");
 
 const USAGE =
   "usage: node perf.js migrate <connstr> <schema>\n" +
+  "       node perf.js addjobs <connstr> <schema> <jobs> <batch size>\n" +
   "       node perf.js once|run <connstr> <schema> <concurrency> [--batching]\n";
 
 function usage() {
@@ -71,6 +76,29 @@ async function main() {
   if (command === "migrate") {
     await runMigrations({ connectionString, schema });
     process.stdout.write(JSON.stringify({ migrated: true, schema }) + "\n");
+  } else if (command === "addjobs") {
+    const total = Number(concurrencyText);
+    const batchSize = Number(args[4]);
+    if (!Number.isInteger(total) || !Number.isInteger(batchSize) || batchSize < 1) usage();
+    const utils = await makeWorkerUtils({ connectionString, schema, maxPoolSize: 1 });
+    try {
+      await utils.withPgClient((client) => client.query("select 1"));
+      const batches = [];
+      for (let start = 0; start < total; start += batchSize) {
+        const batch = [];
+        for (let n = start; n < Math.min(total, start + batchSize); n++) {
+          batch.push({ identifier: "noop", payload: { n } });
+        }
+        batches.push(batch);
+      }
+      let added = 0;
+      const started = process.hrtime.bigint();
+      for (const batch of batches) added += (await utils.addJobs(batch)).length;
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      process.stdout.write(JSON.stringify({ added, seconds }) + "\n");
+    } finally {
+      await utils.release();
+    }
   } else if (command === "once") {
     const options = workerOptions();
     for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => process.exit(130));
