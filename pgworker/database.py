@@ -18,6 +18,11 @@ from .store import Connection
 CONNECT_TIMEOUT = 10.0
 
 
+#: Seconds psycopg_pool goes on retrying one failed connection before it gives up (the
+#: next request for a connection then starts over, with no backoff to wait out).
+RECONNECT_TIMEOUT = 3.0
+
+
 def open_pool(
     conninfo: str,
     *,
@@ -51,6 +56,11 @@ def open_pool(
         open=False,
         name=name,
         timeout=timeout,
+        # psycopg_pool retries a failed connection with a delay doubling from 1 s until
+        # it gives up: after a 30 s outage its next attempt can be half a minute away,
+        # and every defer times out meanwhile. Giving up soon instead lets the next
+        # connection request start a fresh attempt, at once.
+        reconnect_timeout=RECONNECT_TIMEOUT,
     )
     try:
         pool.open(wait=True, timeout=CONNECT_TIMEOUT)
