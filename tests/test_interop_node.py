@@ -350,9 +350,15 @@ class NodeWorker:
         return code
 
     def kill(self) -> None:
+        """Kill the worker if it still runs; close its pipes once the readers are done."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        for reader in self._readers:
+            reader.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def test_mixed_fleet_runs_each_job_once(
