@@ -188,16 +188,57 @@ def selection(opened: App, db: psycopg.Connection[tuple[Any, ...]], schema: str)
     return ids
 
 
+@pytest.fixture(scope="session")
+def example_databases(database_url: str) -> Iterator[list[str]]:
+    """The names of this session's example databases that are free to use again; each
+    is dropped at the end of the session."""
+    free: list[str] = []
+    yield free
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name in free:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
 @pytest.fixture
-def example_database(database_url: str) -> Iterator[str]:
-    """A database of its own (for examples, which use the default schema), dropped
-    afterwards."""
-    name = f"pgw_example_{secrets.token_hex(4)}"
+def example_database(database_url: str, example_databases: list[str]) -> Iterator[str]:
+    """A database of its own (for examples, which use the default schema), emptied
+    afterwards: its sessions ended and every schema dropped, public made anew. Emptied
+    databases are used again rather than dropped, since DROP DATABASE forces a
+    checkpoint, which takes seconds on a busy server."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    yield _with_dbname(database_url, name)
+        if example_databases:
+            name = example_databases.pop()
+        else:
+            name = f"pgw_example_{secrets.token_hex(4)}"
+            conn.execute(f'create database "{name}"')
+    url = _with_dbname(database_url, name)
+    yield url
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'drop database "{name}" with (force)')
+        conn.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s",
+            [name],
+        )
+    try:
+        _empty_database(url)
+    except BaseException:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'drop database "{name}" with (force)')
+        raise
+    example_databases.append(name)
+
+
+def _empty_database(url: str) -> None:
+    """Drop every schema of the database at ``url`` and make public anew."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        schemas = conn.execute(
+            "select nspname from pg_namespace "
+            "where nspname !~ '^pg_' and nspname <> 'information_schema'"
+        ).fetchall()
+        for (schema,) in schemas:
+            conn.execute(f'drop schema "{schema}" cascade')
+        # As CREATE DATABASE makes it (PostgreSQL 15 and later).
+        conn.execute("create schema public authorization pg_database_owner")
+        conn.execute("grant usage on schema public to public")
 
 
 @pytest.fixture
