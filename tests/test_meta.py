@@ -100,10 +100,24 @@ def _is_test(function: Function) -> bool:
     return function.name.startswith("test_")
 
 
+#: Table-driven tests whose checks are callables in their table, which the scan can't
+#: follow: ``file name`` and where the asserts are.
+TABLE_DRIVEN = {
+    "test_bad_input.py test_bad_input": "each Case's check function asserts",
+}
+
+
 def test_every_test_asserts_something() -> None:
     suite = Suite(TESTS_DIR)
     assert len(list(suite.tests())) > 250
-    assert suite.tests_without_a_check() == []
+    tests = {f"{path.name} {test.name}" for path, test in suite.tests()}
+    assert set(TABLE_DRIVEN) <= tests  # no exemption outlives its test
+    missing = [
+        where
+        for where in suite.tests_without_a_check()
+        if f"{where.split(':')[0]} {where.split()[-1]}" not in TABLE_DRIVEN
+    ]
+    assert missing == []
 
 
 SAMPLE = """
