@@ -125,7 +125,10 @@ class Proxy:
                 self._note(link, data)
                 if link.frozen.is_set():
                     continue  # read and dropped: the client's kernel sees no trouble
-                link.server.sendall(data)
+                try:
+                    link.server.sendall(data)
+                except OSError:  # the server's side was cut (go_down, close)
+                    return
                 if not self.client_sent(link, data):
                     return
 
