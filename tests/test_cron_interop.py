@@ -108,7 +108,9 @@ def test_pgworker_and_node_make_one_job_per_minute_between_them(
         if node.poll() is None:
             node.kill()
             node.wait()
-    reader.join(5)
+        reader.join(5)
+        if node.stderr is not None:
+            node.stderr.close()
     assert code == 0, "".join(stderr)
     assert not thread.is_alive()
     complained = [r.getMessage() for r in caplog.records if r.name == "pgworker.cron"]

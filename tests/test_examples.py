@@ -54,11 +54,11 @@ def test_run_once_example(example_database: str) -> None:
 
 @pytest.mark.parametrize("database", ["configured", "embedded"])
 def test_simple_example_retries_and_stops_on_sigint(
-    database: str, request: pytest.FixtureRequest, tmp_path: Path
+    database: str, request: pytest.FixtureRequest, tmp_path: Path, embedded_home: Path
 ) -> None:
     """What `make demo` shows: say_hello jobs running and being retried; with no database
     configured, on an embedded PostgreSQL with its data in PGWORKER_EMBEDDED_DIR."""
-    embedded_dir = tmp_path / "embedded"
+    embedded_dir = embedded_home / "embedded"
     if database == "configured":
         proc = run_example("simple", request.getfixturevalue("example_database"))
     else:
@@ -208,14 +208,16 @@ def test_crash_recovery_example(example_database: str) -> None:
     assert "ran again" in output
 
 
-def test_the_embedded_server_stops_when_the_web_example_gets_sigterm(tmp_path: Path) -> None:
+def test_the_embedded_server_stops_when_the_web_example_gets_sigterm(
+    tmp_path: Path, embedded_home: Path
+) -> None:
     """No database configured: the web example starts the embedded server, and SIGTERM to
     the example stops that server too (no postmaster left behind)."""
     pytest.importorskip("flask")
     import socket
     import urllib.request
 
-    embedded_dir = tmp_path / "embedded"
+    embedded_dir = embedded_home / "embedded"
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -350,9 +350,15 @@ class NodeWorker:
         return code
 
     def kill(self) -> None:
+        """Kill the worker if it still runs; close its pipes once the readers are done."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        for reader in self._readers:
+            reader.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def test_mixed_fleet_runs_each_job_once(
@@ -435,8 +441,8 @@ def test_a_long_node_job_is_never_swept(
 
     with app:
         assert app.migrate() is MigrationOutcome.INSTALLED
-        job = app.defer(TASK, {"n": 1, "sleep_ms": 6000})
-        node = NodeWorker(database_url, schema, seconds=10)
+        job = app.defer(TASK, {"n": 1, "sleep_ms": 4000})
+        node = NodeWorker(database_url, schema, seconds=6)
         try:
             deadline = time.monotonic() + 20
             while not node_lines() and time.monotonic() < deadline:
@@ -444,7 +450,7 @@ def test_a_long_node_job_is_never_swept(
             assert node_lines() == [{"task": TASK, "event": "start", "job_id": str(job.id)}], (
                 "".join(node.stderr)
             )
-            handle = app.start()  # sweeps every 0.2 s while Node's job runs for 6 s
+            handle = app.start()  # sweeps every 0.2 s while Node's job runs for 4 s
             try:
                 deadline = time.monotonic() + 15
                 while len(node_lines()) < 2 and time.monotonic() < deadline:
@@ -459,7 +465,7 @@ def test_a_long_node_job_is_never_swept(
     assert code == 0, "".join(node.stderr)
     assert_quiet("".join(node.stderr))
     assert node_lines()[1:] == [
-        {"task": TASK, "payload": {"n": 1, "sleep_ms": 6000}, "job_id": str(job.id)}
+        {"task": TASK, "payload": {"n": 1, "sleep_ms": 4000}, "job_id": str(job.id)}
     ]
     assert sweeps >= 10
     assert ran == []

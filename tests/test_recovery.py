@@ -209,7 +209,14 @@ def test_a_job_that_kills_its_worker_is_failed_after_the_recovery_cap(
     db: Conn,
     schema: str,
 ) -> None:
-    sweeping = make_app(recovery=FAST)
+    # A cap of 1: two deaths in a row, each a worker start and a stale wait, not four.
+    capped = Recovery(
+        heartbeat_interval=FAST.heartbeat_interval,
+        stale_after=FAST.stale_after,
+        sweep_interval=FAST.sweep_interval,
+        max_recoveries=1,
+    )
+    sweeping = make_app(recovery=capped)
 
     @sweeping.task("unrelated")
     def unrelated(payload: dict[str, Any]) -> None:
@@ -220,7 +227,7 @@ def test_a_job_that_kills_its_worker_is_failed_after_the_recovery_cap(
         try:
             job = sweeping.defer("doomed", {})
             deaths = 0
-            for _ in range(FAST.max_recoveries + 1):
+            for _ in range(capped.max_recoveries + 1):
                 doomed = spawn_worker(FAULT_RECOVERY=FAST_ENV)
                 assert doomed.wait_exit(20) == -signal.SIGKILL, doomed.log()
                 deaths += 1

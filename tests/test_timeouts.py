@@ -229,7 +229,7 @@ def test_cancel_from_the_cli_reaches_an_async_job_while_the_listener_is_down(
             def cut_listener() -> None:
                 with psycopg.connect(database_url, autocommit=True) as conn:
                     deadline = time.monotonic() + 4
-                    while time.monotonic() < deadline:
+                    while time.monotonic() < deadline and not cancelled.is_set():
                         conn.execute(
                             """select pg_terminate_backend(pid) from pg_stat_activity
                             where application_name = %s
