@@ -362,3 +362,5 @@ def test_the_command_serves_the_dashboard(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()

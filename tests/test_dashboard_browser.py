@@ -126,6 +126,7 @@ def cross_site_page() -> Iterator[Callable[[str], str]]:
     yield page
     server.shutdown()
     thread.join(timeout=10)
+    server.server_close()
 
 
 def shot(driver: Any, name: str) -> None:

@@ -25,7 +25,7 @@ from supervised import (
     start_supervisor,
 )
 
-from benchmarks.throughput import enqueue
+from benchmarks.phases import defer_many
 from pgworker import App
 from pgworker.supervisor import BACKOFF_MAX, BACKOFF_MIN, describe_exit, restart_delay
 
@@ -113,7 +113,7 @@ def test_four_processes_drain_the_benchmark_jobs_each_once_and_stop_on_sigterm(
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
         assert "pgworker.cli" in cmdline
         assert database_url not in cmdline
-    enqueue(database_url, schema, jobs, 500, "test")
+    defer_many(database_url, schema, jobs, 500)
     wait_for(
         drained(database_url, schema, ledger, jobs),
         DRAIN_TIMEOUT,
@@ -187,7 +187,7 @@ def test_children_are_recycled_after_max_jobs_without_losing_a_job(
         "--max-jobs-per-child", str(limit),
     )  # fmt: skip
     supervised.wait_children(2)
-    enqueue(database_url, schema, jobs, 100, "test")
+    defer_many(database_url, schema, jobs, 100)
     wait_for(
         drained(database_url, schema, ledger, jobs),
         DRAIN_TIMEOUT,
