@@ -26,7 +26,7 @@ from supervised import (
     start_supervisor,
 )
 
-from benchmarks.throughput import enqueue
+from benchmarks.phases import defer_many
 
 #: Set by .ci/run, where a missing pgbouncer is a failure rather than a skip.
 REQUIRE_VARIABLE = "PGWORKER_REQUIRE_PGBOUNCER"
@@ -164,7 +164,7 @@ def test_three_processes_through_pgbouncer_in_transaction_mode_lose_nothing(
         )
         # The jobs go in through PgBouncer too: three add_jobs calls, fewer than psycopg's
         # prepare threshold.
-        enqueue(bouncer.url(), schema, JOBS, JOBS // 3, "pgbouncer")
+        defer_many(bouncer.url(), schema, JOBS, JOBS // 3)
         wait_for(
             lambda: (
                 remaining_jobs(database_url, schema) == 0
