@@ -138,14 +138,25 @@ class Admin:
         job_key: str | None = None,
         state: JobState | None = None,
         limit: int = 100,
+        offset: int = 0,
+        newest_first: bool = False,
     ) -> list[ListedJob]:
-        """Jobs matching every filter given, oldest first, at most ``limit``."""
+        """Jobs matching every filter given, oldest first (``newest_first``: the other
+        way), ``limit`` of them after skipping ``offset`` (a page of a listing)."""
         if state is not None and state not in JOB_STATES:
             raise ConfigurationError(f"state must be one of {', '.join(JOB_STATES)}, got {state!r}")
         if limit < 1:
             raise ConfigurationError(f"limit must be at least 1, got {limit}")
+        if offset < 0:
+            raise ConfigurationError(f"offset must not be negative, got {offset}")
         return self.store.list_jobs(
-            task=task, queue=queue, job_key=job_key, state=state, limit=limit
+            task=task,
+            queue=queue,
+            job_key=job_key,
+            state=state,
+            limit=limit,
+            offset=offset,
+            newest_first=newest_first,
         )
 
     def job(self, job_id: int) -> ListedJob | None:

@@ -101,9 +101,11 @@ class AdminStatements(StoreBase):
         job_id: int | None = None,
         state: JobState | None = None,
         limit: int,
+        offset: int = 0,
+        newest_first: bool = False,
     ) -> list[ListedJob]:
-        """Jobs matching every filter given, with their derived state, oldest first, at
-        most ``limit``."""
+        """Jobs matching every filter given, with their derived state, oldest first (or
+        newest first), ``limit`` of them from ``offset`` on."""
         params = {
             "task": task,
             "queue": queue,
@@ -111,6 +113,8 @@ class AdminStatements(StoreBase):
             "job_id": job_id,
             "state": state,
             "limit": limit,
+            "offset": offset,
+            "newest_first": newest_first,
         }
         with self.connection() as conn:
             rows, reader = self._fetch_job_rows(conn, "list_jobs", params)

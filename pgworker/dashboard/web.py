@@ -18,7 +18,6 @@ from ..recovery import Recovery
 from .actions import register_actions
 from .security import allowed_host_names, csrf_token, install_guards
 from .stats import StatsStore
-from .store import DashboardStore
 from .views import JobFilters, build_chart, counts_by
 
 logger = logging.getLogger(__name__)
@@ -28,14 +27,13 @@ REFRESH_SECONDS = 5
 
 
 class Dashboard:
-    """What the dashboard's views read and change: one open App's admin API, its jobs
-    page and its stats table."""
+    """What the dashboard's views read and change: one open App's admin API (its job
+    listing pages too) and its stats table."""
 
     def __init__(self, app: App, *, stale_after: float, chart_hours: int, page_size: int) -> None:
         self.app = app
         self.schema = app.schema
         self.admin: Admin = app.admin
-        self.jobs = DashboardStore(app.pool, app.schema)
         self.stats = StatsStore(app.pool, app.schema)
         self.stale_after = stale_after
         self.chart_hours = chart_hours
@@ -74,13 +72,14 @@ class Dashboard:
 
     def job_list(self, filters: JobFilters) -> dict[str, Any]:
         """One page of jobs for ``filters``, and whether another follows."""
-        rows = self.jobs.jobs_page(
+        rows = self.admin.jobs(
             task=filters.task,
             queue=filters.queue,
             job_key=filters.job_key,
             state=filters.state,
             limit=self.page_size + 1,
             offset=(filters.page - 1) * self.page_size,
+            newest_first=True,
         )
         return {
             "jobs": rows[: self.page_size],

@@ -313,7 +313,8 @@ and not exists (
 )
 
 -- name: list_jobs
--- Admin: jobs from the public view, filtered by task, queue, key and state, oldest first.
+-- Admin: jobs from the public view, filtered by task, queue, key and state, oldest first
+-- (newest first with %(newest_first)s), a page of %(limit)s from %(offset)s on.
 -- The state is derived: running (locked), permanently_failed (no attempts left),
 -- retrying (failed before), scheduled (run_at ahead) or waiting.
 select * from (
@@ -333,8 +334,8 @@ select * from (
   and (%(job_id)s::bigint is null or jobs.id = %(job_id)s)
 ) as listed
 where %(state)s::text is null or listed.state = %(state)s
-order by listed.id
-limit %(limit)s
+order by case when %(newest_first)s::boolean then -listed.id else listed.id end
+limit %(limit)s offset %(offset)s
 
 -- name: job_payload
 -- Admin: the payload of one job.
