@@ -154,7 +154,7 @@ class Completer:
 
     def _write_batch(self, batch: list[Outcome], conn: Connection) -> None:
         successes = [o.job.id for o in batch if o.error is None]
-        failures = [_failure(o) for o in batch if o.error is not None and not o.interrupted]
+        failures = [failure_record(o) for o in batch if o.error is not None and not o.interrupted]
         interrupted = [o.job.id for o in batch if o.interrupted]
         if successes:
             self.store.complete_jobs(successes, worker_id=self.worker_id, conn=conn)
@@ -182,19 +182,7 @@ class Completer:
         self._write_batch([replacement], self._conn.get())
 
     def _report(self, outcome: Outcome) -> None:
-        """Tell the plugins how a recorded job ended."""
-        hooks, job, error = self.hooks, outcome.job, outcome.error
-        if outcome.interrupted:
-            return  # the shutdown told the plugins (on_job_interrupted)
-        if outcome.snoozed:
-            return  # neither a success nor a failure (after_job_run saw it)
-        if error is None:
-            hooks.job_completed(job, outcome.duration_ms)
-            return
-        final = outcome.permanent or job.attempts >= job.max_attempts
-        hooks.job_failed(job, error, will_retry=not final)
-        if final:
-            hooks.job_permanently_failed(job, error)
+        report_outcome(self.hooks, outcome)
 
 
 class Kind(enum.Enum):
@@ -212,7 +200,7 @@ class Kind(enum.Enum):
         return Kind.COMPLETE if outcome.error is None else Kind.FAIL
 
 
-def _failure(outcome: Outcome) -> Failure:
+def failure_record(outcome: Outcome) -> Failure:
     """How the store records a failed (or snoozed) outcome."""
     return Failure(
         outcome.job.id,
@@ -223,3 +211,18 @@ def _failure(outcome: Outcome) -> Failure:
         run_at=outcome.retry_at,
         payload=outcome.payload,
     )
+
+
+def report_outcome(hooks: Hooks, outcome: Outcome) -> None:
+    """Tell the plugins how a recorded job ended (nothing for an interrupted or snoozed
+    one: the shutdown, or ``after_job_run``, told them)."""
+    job, error = outcome.job, outcome.error
+    if outcome.interrupted or outcome.snoozed:
+        return
+    if error is None:
+        hooks.job_completed(job, outcome.duration_ms)
+        return
+    final = outcome.permanent or job.attempts >= job.max_attempts
+    hooks.job_failed(job, error, will_retry=not final)
+    if final:
+        hooks.job_permanently_failed(job, error)

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ..completer import failure_record, report_outcome
 from ..context import JobContext
 from ..errors import PgWorkerError
 from ..outcome import Outcome
 from ..runner import JobRunner, StartedJob
 from ..running import RunningJob
-from ..store import ClaimedJob, Failure
+from ..store import ClaimedJob
 from .eager import run_coroutine
 from .records import JobRun
 
@@ -186,30 +187,12 @@ def _run_async(runner: JobRunner, step: StartedJob) -> Outcome:
 
 def _record(app: App, outcome: Outcome, worker_id: str) -> None:
     """Write the outcome to the database, log it and tell the plugins, as a worker does."""
-    store, hooks, job = app.store, app.hooks, outcome.job
     if outcome.error is None:
-        store.complete_jobs([job.id], worker_id=worker_id)
+        app.store.complete_jobs([outcome.job.id], worker_id=worker_id)
     else:
-        failure = Failure(
-            job.id,
-            None if outcome.snoozed else outcome.error,
-            permanent=outcome.permanent,
-            refund=outcome.snoozed,
-            delay=outcome.retry_delay,
-            run_at=outcome.retry_at,
-            payload=outcome.payload,
-        )
-        store.fail_jobs([failure], worker_id=worker_id)
+        app.store.fail_jobs([failure_record(outcome)], worker_id=worker_id)
     outcome.log()
-    if outcome.snoozed:
-        return
-    if outcome.error is None:
-        hooks.job_completed(job, outcome.duration_ms)
-        return
-    final = outcome.permanent or job.attempts >= job.max_attempts
-    hooks.job_failed(job, outcome.error, will_retry=not final)
-    if final:
-        hooks.job_permanently_failed(job, outcome.error)
+    report_outcome(app.hooks, outcome)
 
 
 def _job_run(outcome: Outcome, payload: str) -> JobRun:
