@@ -12,6 +12,7 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from pgworker.app import App
+from pgworker.connections import connect
 from pgworker.job import Job
 from pgworker.spec import JobSpec
 
@@ -124,7 +125,7 @@ class PgWorkerBackend(BaseTaskBackend):
         return build_result(self.alias, result_id, job, row)
 
     def _add_job_apart(self, identifier: str, payload: DjangoJob, spec: JobSpec) -> Job:
-        with psycopg.connect(self.settings.conninfo(), autocommit=True) as conn:
+        with connect(self.settings.conninfo()) as conn:
             return self.app.add_job(identifier, payload, spec, conn=conn)
 
     def _django_connection(self) -> psycopg.Connection[Any]:
@@ -143,5 +144,5 @@ class PgWorkerBackend(BaseTaskBackend):
         if self.settings.shares_django_transaction():
             yield self._django_connection()
             return
-        with psycopg.connect(self.settings.conninfo(), autocommit=True) as conn:
+        with connect(self.settings.conninfo()) as conn:
             yield conn
