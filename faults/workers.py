@@ -50,16 +50,7 @@ def start_pgworker(
         "--concurrency",
         str(concurrency),
     ]
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return _spawn(command, env, log)
 
 
 def start_node_worker(
@@ -79,6 +70,11 @@ def start_node_worker(
         str(seconds),
         str(concurrency),
     ]
+    return _spawn(command, env, log)
+
+
+def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` in a session of its own, its output appended to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
             command,
