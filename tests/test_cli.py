@@ -107,7 +107,7 @@ def test_migrate_defer_and_run_once(
         "--priority", "-5", "--queue", "q", "--job-key", "k1", *common,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    job = json.loads(result.output)
+    job = json.loads(result.stdout)
     assert (job["task_identifier"], job["priority"], job["queue_name"], job["key"]) == (
         "say_hello",
         -5,

@@ -54,7 +54,7 @@ def test_jobs_lists_with_filters_and_json(run: Any, selection: dict[str, int]) -
 def test_job_shows_one_job_with_payload(run: Any, selection: dict[str, int]) -> None:
     shown = run("job", str(selection["scheduled"]))
     assert shown.exit_code == 0
-    record = json.loads(shown.output)
+    record = json.loads(shown.stdout)
     assert (record["queue_name"], record["state"], record["payload"]) == (
         "q1",
         "scheduled",

@@ -370,7 +370,7 @@ def test_the_cli_grants_and_defers_as_the_app_role(
     assert f"{enqueue_schema}.add_job" in granted.output
     added = runner.invoke(cli, ["defer", "t", '{"a": 1}', *as_app])
     assert added.exit_code == 0, added.output
-    assert worker_app.admin.payload(json.loads(added.output)["id"]) == {"a": 1}
+    assert worker_app.admin.payload(json.loads(added.stdout)["id"]) == {"a": 1}
 
 
 def test_the_permissions_example(example_database: str) -> None:

@@ -292,7 +292,7 @@ def test_workers_command_lists_live_stale_and_unregistered_workers(
     assert "Node graphile-worker workers" in text.output
 
     assert as_json.exit_code == 0, as_json.output
-    document = json.loads(as_json.output)
+    document = json.loads(as_json.stdout)
     by_id = {w["worker_id"]: w for w in document["workers"]}
     assert set(by_id) == {handle.worker_id, "pgworker-stale", "pool-node"}
     assert by_id[handle.worker_id]["state"] == "live"
