@@ -142,37 +142,46 @@ class Enqueueing:
         statement. Payloads of tasks registered on this app are checked first; nothing is
         written unless every job is valid. Returns the jobs in order, less any that a
         plugin's ``before_defer`` skipped."""
+        return self.defer_batch(((raw.identifier, raw.payload, raw.spec) for raw in jobs), conn)
+
+    def defer_batch(
+        self, jobs: Iterable[tuple[str, Any, JobSpec]], conn: Connection | None = None
+    ) -> list[Job]:
+        """``defer_raw`` for (identifier, payload, options) triples whose identifiers are
+        already checked (``RawJob`` checks them; ``Task.defer_many`` passes its own)."""
         batch: list[NewJob] = []
         modes: set[str] = set()
         # A batch from defer_many repeats one task and one set of options: merge once.
         last: tuple[str, JobSpec, JobSpec] | None = None
-        for raw in jobs:
-            task = self.tasks.get(raw.identifier)
+        intercepts = self.hooks.intercepts_defer
+        max_bytes = self.max_payload_bytes
+        for identifier, payload, options in jobs:
+            task = self.tasks.get(identifier)
             codec = task.codec if task is not None else _RAW_CODEC
-            options = raw.spec
-            if last is not None and last[0] == raw.identifier and last[1] == options:
+            if last is not None and last[0] == identifier and last[1] is options:
                 spec = last[2]
             else:
                 spec = (task.defaults if task is not None else JobSpec()).merge(options)
                 spec = self._local_run_at(spec)
-                last = (raw.identifier, options, spec)
-            if spec.job_key_mode == "unsafe_dedupe":
-                raise ConfigurationError("job_key_mode 'unsafe_dedupe' works only with defer()")
-            payload = {} if raw.payload is None and task is None else raw.payload
-            if self.hooks.intercepts_defer:
+                last = (identifier, options, spec)
+                if spec.job_key_mode == "unsafe_dedupe":
+                    raise ConfigurationError("job_key_mode 'unsafe_dedupe' works only with defer()")
+            if payload is None and task is None:
+                payload = {}
+            if intercepts:
                 try:
-                    payload = self.hooks.before_defer(raw.identifier, payload, spec)
+                    payload = self.hooks.before_defer(identifier, payload, spec)
                 except DeferSkipped:
                     continue  # a skipped job is left out of the batch
             if spec.job_key is not None:
                 modes.add(spec.job_key_mode or "replace")
-            encoded = codec.encode(payload, max_bytes=self.max_payload_bytes)
+            encoded = codec.encode(payload, max_bytes=max_bytes)
             if encoded == "null":
                 raise PayloadError(
-                    f"a batch can't carry a null payload ({raw.identifier!r}): add_jobs would "
+                    f"a batch can't carry a null payload ({identifier!r}): add_jobs would "
                     "store {} in its place; defer that job on its own"
                 )
-            batch.append(NewJob(raw.identifier, encoded, spec))
+            batch.append(NewJob(identifier, encoded, spec))
         if len(modes) > 1:
             raise ConfigurationError(
                 "a batch applies one job_key_mode to all its keyed jobs; split it by mode"

@@ -100,5 +100,10 @@ class Queries:
         # which also lets psycopg prepare the statement after a few executions.
         bound = self._bound.get(name)
         if bound is None:
-            bound = self._bound[name] = bind_schema(self._texts[name], self.schema).as_bytes(None)
+            bound = self._bound[name] = self.composed(name).as_bytes(None)
         return bound
+
+    def composed(self, name: str) -> sql.Composed:
+        """The statement ``name`` with the schema bound, for a caller that completes it
+        with more composed SQL (a column list)."""
+        return bind_schema(self._texts[name], self.schema)

@@ -55,7 +55,7 @@ class Store(
 ):
     """Runs pgworker's statements against one schema: the job lifecycle here, the admin
     API's statements from ``AdminStatements``, the cron scheduler's from
-    ``CronStatements``, the set-based batch insert from ``FastEnqueueStatements``, the
+    ``CronStatements``, the COPY-based batch insert from ``FastEnqueueStatements``, the
     worker registry's from ``RegistryStatements``, cancel requests from
     ``ControlStatements``.
 
@@ -107,7 +107,7 @@ class Store(
     def add_jobs(
         self, jobs: Sequence[NewJob], *, preserve_run_at: bool, conn: Connection | None = None
     ) -> list[Job]:
-        """Add a batch of jobs: without job keys by the set-based insert (``insert_jobs``),
+        """Add a batch of jobs: without job keys by a COPY (``insert_jobs``),
         which writes the same rows; with keys through graphile-worker's ``add_jobs``."""
         if all(new.spec.job_key is None for new in jobs):
             return self.insert_jobs(jobs, conn=conn)

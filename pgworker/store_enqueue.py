@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 
 import msgspec
 import psycopg
@@ -16,13 +15,11 @@ from .settings import check_schema, derived_schema
 from .spec import JobSpec
 from .store import NewJob, spec_options, spec_record
 from .store_base import Connection, StoreBase
+from .store_fast import requested_job
 
 #: What the enqueue schema is called when nobody names it: the worker schema's name
 #: with this suffix (``graphile_worker_enqueue``).
 ENQUEUE_SCHEMA_SUFFIX = "_enqueue"
-#: graphile-worker's defaults for a job's options left as None.
-DEFAULT_MAX_ATTEMPTS = 25
-DEFAULT_PRIORITY = 0
 
 
 def default_enqueue_schema(schema: str) -> str:
@@ -154,28 +151,3 @@ class DefinerStatements:
                 f"({exc.diag.message_primary}): the worker schema's owner grants it with "
                 "`pgworker grant-enqueue ROLE` (or app.grant_enqueue(role))"
             ) from exc
-
-
-def requested_job(job_id: int, added_at: datetime, identifier: str, spec: JobSpec) -> Job:
-    """The Job a definer function added, as far as its caller may know it: the id comes
-    from the database; every other field is the request, with graphile-worker's defaults
-    and the transaction's time (``added_at``) for created_at, updated_at and a missing
-    run_at. That is the stored row for a job without a key; a keyed job may differ (see
-    docs/permissions.md)."""
-    return Job(
-        id=job_id,
-        task_identifier=identifier,
-        queue_name=spec.queue,
-        priority=DEFAULT_PRIORITY if spec.priority is None else spec.priority,
-        run_at=spec.run_at or added_at,
-        attempts=0,
-        max_attempts=spec.max_attempts or DEFAULT_MAX_ATTEMPTS,
-        last_error=None,
-        created_at=added_at,
-        updated_at=added_at,
-        key=spec.job_key,
-        locked_at=None,
-        locked_by=None,
-        revision=0,
-        flags=sorted(set(spec.flags)) if spec.flags else None,
-    )

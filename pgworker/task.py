@@ -14,7 +14,7 @@ from .context import JobContext
 from .errors import ConfigurationError, PgWorkerError
 from .job import Job
 from .payload import PayloadCodec
-from .spec import JobKeyMode, JobSpec, RawJob
+from .spec import JobKeyMode, JobSpec
 
 if TYPE_CHECKING:
     from .app import App
@@ -153,20 +153,16 @@ class Task(Generic[T, P, R]):
         PayloadError and writes nothing. Returns the jobs in the order of ``payloads``
         (less any that a plugin's ``before_defer`` skipped).
         """
-        jobs = [
-            RawJob(
-                self.identifier,
-                payload,
-                queue=queue,
-                run_at=run_at,
-                delay=delay,
-                priority=priority,
-                max_attempts=max_attempts,
-                flags=flags,
-            )
-            for payload in payloads
-        ]
-        return self.app.defer_raw(jobs, conn=conn)
+        options = JobSpec(
+            queue=queue,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts,
+            flags=flags,
+            delay=delay,
+        )
+        identifier = self.identifier
+        return self.app.defer_batch(((identifier, p, options) for p in payloads), conn)
 
     def call(self, payload: T, ctx: JobContext | None) -> R:
         """Call a sync task's function as a worker does: with the context if it takes one.

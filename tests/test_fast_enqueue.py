@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql
 
 from pgworker import App, RawJob
+from pgworker.errors import DatabaseError
 from pgworker.job import Job
 from pgworker.spec import JobSpec
 from pgworker.store import NewJob, Store
@@ -302,3 +303,30 @@ def test_only_keyed_batches_call_add_jobs(two_apps: tuple[App, App], database_ur
         assert add_jobs_calls(conn) == 0
         app.defer_raw([RawJob("typed", {"n": 9}, job_key="key")], conn=conn)
         assert add_jobs_calls(conn) == 1
+
+
+def test_on_an_autocommit_connection_a_failed_batch_writes_and_notifies_nothing(
+    two_apps: tuple[App, App], database_url: str, db: Conn, listener: Conn
+) -> None:
+    # The names, the notification and the rows go in one transaction even where each
+    # statement would otherwise commit on its own: a row the server refuses (a payload
+    # that is not JSON) takes the names and the notification with it.
+    app = two_apps[1]
+    batch = [
+        NewJob("brand_new", "{}", JobSpec(queue="new_queue")),
+        NewJob("brand_new", "{not json", JobSpec()),
+    ]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        with pytest.raises(DatabaseError, match="invalid input syntax for type json"):
+            app.store.insert_jobs(batch, conn=conn)
+        conn.execute("select pg_notify(%s, '')", (SENTINEL,))
+    notified = [n.channel for n in listener.notifies(timeout=NOTIFY_TIMEOUT, stop_after=1)]
+    assert notified == [SENTINEL]
+    counts = db.execute(
+        sql.SQL(
+            "select (select count(*) from {s}._private_jobs), "
+            "(select count(*) from {s}._private_tasks where identifier = 'brand_new'), "
+            "(select count(*) from {s}._private_job_queues where queue_name = 'new_queue')"
+        ).format(s=sql.Identifier(app.schema))
+    ).fetchone()
+    assert counts == (0, 0, 0)

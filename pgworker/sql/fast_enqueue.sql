@@ -1,6 +1,7 @@
--- pgworker's set-based enqueue of a batch without job keys: the same rows, defaults and
--- notification as graphile-worker's add_jobs, sent as two plain statements (one round
--- trip, pipelined) instead of a call that builds a job_spec record per job. Nothing is
+-- pgworker's enqueue of a batch without job keys: the same rows, defaults and
+-- notification as graphile-worker's add_jobs, written in one transaction by two pipelined
+-- statements (names and notification; now() and the ids) and a COPY of the rows, instead
+-- of a call that builds a job_spec record and runs an INSERT per job. Nothing is
 -- installed: the worker schema stays as graphile-worker made it. Batches with a key go
 -- through add_jobs, whose key semantics (locks, replace, array merge) this does not copy.
 -- Same conventions as queries.sql.
@@ -23,30 +24,30 @@ select pg_notify(
   'jobs:insert', '{"r":' || random()::text || ',"count":' || %(count)s::int::text || '}'
 )
 
--- name: fast_add_jobs
--- Insert the jobs of %(specs)s (a JSON array of objects with job_spec's fields but
--- job_key) with add_jobs' defaults; rows come back in the order of the array (inserted
--- in that order, ids ascending).
-insert into :SCHEMA._private_jobs as jobs (
-  job_queue_id, task_id, payload, run_at, max_attempts, priority, flags
-)
+-- name: fast_add_ids
+-- After fast_add_names (pipelined behind it, so that it sees the names that statement
+-- made sure of): the transaction's now(), the ids of the task identifiers and queue names
+-- as JSON objects, and %(count)s ids drawn from the jobs' identity sequence, ascending,
+-- for the rows that fast_copy_jobs writes.
 select
-  job_queues.id,
-  tasks.id,
-  coalesce(spec.payload, '{}'::json),
-  coalesce(spec.run_at, now()),
-  coalesce(spec.max_attempts, 25),
-  coalesce(spec.priority, 0),
-  (select jsonb_object_agg(flag, true) from unnest(spec.flags) as flag)
-from rows from (
-  json_to_recordset(%(specs)s::json) as (
-    identifier text, payload json, queue_name text, run_at timestamptz,
-    max_attempts smallint, priority smallint, flags text[]
+  now(),
+  (
+    select coalesce(json_object_agg(tasks.identifier, tasks.id), '{}')
+    from :SCHEMA._private_tasks as tasks
+    where tasks.identifier = any(%(identifiers)s::text[])
+  ),
+  (
+    select coalesce(json_object_agg(job_queues.queue_name, job_queues.id), '{}')
+    from :SCHEMA._private_job_queues as job_queues
+    where job_queues.queue_name = any(%(queue_names)s::text[])
+  ),
+  array(
+    select nextval(sequence.name::regclass)
+    from (select pg_get_serial_sequence(%(jobs_table)s, 'id') as name) as sequence
+    cross join generate_series(1, %(count)s)
   )
-) with ordinality as spec (
-  identifier, payload, queue_name, run_at, max_attempts, priority, flags, n
-)
-inner join :SCHEMA._private_tasks as tasks on tasks.identifier = spec.identifier
-left join :SCHEMA._private_job_queues as job_queues on job_queues.queue_name = spec.queue_name
-order by spec.n
-returning :JOB_COLUMNS
+
+-- name: fast_copy_jobs
+-- The start of a COPY of the rows (store_fast.py names the columns a batch sets; the rest
+-- take their defaults, as in add_jobs). COPY writes the identity column's given values.
+copy :SCHEMA._private_jobs

@@ -17,7 +17,7 @@ from ..context import JobContext
 from ..errors import PgWorkerError
 from ..job import Job
 from ..spec import JobSpec
-from ..store_enqueue import requested_job
+from ..store_fast import requested_job
 from .records import DeferredJob
 
 if TYPE_CHECKING:
