@@ -158,7 +158,11 @@ class Enqueueing:
         for identifier, payload, options in jobs:
             task = self.tasks.get(identifier)
             codec = task.codec if task is not None else _RAW_CODEC
-            if last is not None and last[0] == identifier and last[1] is options:
+            if (
+                last is not None
+                and last[0] == identifier
+                and (last[1] is options or last[1] == options)
+            ):
                 spec = last[2]
             else:
                 spec = (task.defaults if task is not None else JobSpec()).merge(options)
