@@ -29,12 +29,21 @@ class InFlight:
     loop, which ``async_room`` reports. ``close()`` takes the waiting jobs out (to give
     back), as ``expire()`` does those that waited too long: whoever picks one of them up
     later finds it gone.
+
+    Two conditions share one lock: ``_room`` wakes the fetcher waiting in ``room()``,
+    and only once what it waits for may be there (a finished job that leaves fewer free
+    slots than it needs wakes nobody: one wake-up per batch, not per job); ``_changed``
+    wakes the other waiters (``wait_running_done``, ``wait_settled``).
     """
 
     def __init__(self, capacity: int, *, async_room: Callable[[], int] | None = None) -> None:
         self.capacity = capacity
         self.async_room = async_room
-        self._changed = threading.Condition()
+        lock = threading.Lock()
+        self._changed = threading.Condition(lock)
+        self._room = threading.Condition(lock)
+        # What room() waits for, while it waits: (sync slots needed, finishes to pass).
+        self._wanted: tuple[int, int] | None = None
         self._waiting: dict[int, ClaimedJob] = {}  # in claim order
         self._claimed_at: dict[int, float] = {}  # of the waiting jobs, on time.monotonic()
         self._running: dict[int, RunningJob] = {}
@@ -55,19 +64,26 @@ class InFlight:
         how many of each the worker can take (sync slots only if ``need`` are free and
         more than ``after_finishes`` jobs have finished; nothing once ``stop`` is set, or
         at ``until`` on time.monotonic())."""
-        with self._changed:
-            while not stop.is_set():
-                held = len(self._waiting) + len(self._running) - len(self._async)
-                free = self.capacity - held
-                sync = free if free >= need and self.finishes > after_finishes else 0
-                async_ = self.async_room() if self.async_room is not None else 0
-                if sync or async_:
-                    return Room(sync, async_)
-                if until is None:
-                    self._changed.wait()
-                elif not self._changed.wait(until - time.monotonic()):
-                    break
+        with self._room:
+            try:
+                while not stop.is_set():
+                    free = self._free()
+                    sync = free if free >= need and self.finishes > after_finishes else 0
+                    async_ = self.async_room() if self.async_room is not None else 0
+                    if sync or async_:
+                        return Room(sync, async_)
+                    self._wanted = (need, after_finishes)
+                    if until is None:
+                        self._room.wait()
+                    elif not self._room.wait(until - time.monotonic()):
+                        break
+            finally:
+                self._wanted = None
         return Room(0, 0)
+
+    def _free(self) -> int:
+        """Free sync slots (the lock held)."""
+        return self.capacity - (len(self._waiting) + len(self._running) - len(self._async))
 
     def claimed(self, jobs: list[ClaimedJob], *, is_async: bool = False) -> None:
         """Record newly claimed jobs as waiting."""
@@ -95,15 +111,24 @@ class InFlight:
         """The job's code returned: its slot is free (its outcome is not written yet)."""
         with self._changed:
             self._running.pop(job_id, None)
+            was_async = job_id in self._async
             self._async.discard(job_id)
             self.finishes += 1
-            self._changed.notify_all()
+            wanted = self._wanted
+            # An async job frees an event-loop slot, which room() asks async_room about.
+            if wanted is not None and (
+                was_async or (self._free() >= wanted[0] and self.finishes > wanted[1])
+            ):
+                self._room.notify()
+            if not self._running:  # what wait_running_done waits for
+                self._changed.notify_all()
 
     def settled(self, job_ids: list[int]) -> None:
         """The outcomes of these jobs were written (or given up on)."""
         with self._changed:
             self._unsettled.difference_update(job_ids)
-            self._changed.notify_all()
+            if not self._unsettled:  # what wait_settled waits for
+                self._changed.notify_all()
 
     def close(self) -> list[ClaimedJob]:
         """Stop any job from starting; return the waiting ones (to give back), which
@@ -135,13 +160,17 @@ class InFlight:
             del self._claimed_at[job_id]
         self._unsettled.difference_update(job_ids)
         self._async.difference_update(job_ids)
-        self._changed.notify_all()
+        self._notify_all()
         return taken
 
     def wake(self) -> None:
         """Wake every waiter so it can look at the stop signal."""
         with self._changed:
-            self._changed.notify_all()
+            self._notify_all()
+
+    def _notify_all(self) -> None:
+        self._room.notify_all()
+        self._changed.notify_all()
 
     @property
     def running(self) -> list[RunningJob]:

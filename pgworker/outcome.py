@@ -106,13 +106,15 @@ class Outcome(msgspec.Struct, frozen=True):
         head = f"{job.task_identifier} #{job.id} in {self.duration_ms:.1f} ms"
         attempt = f"attempt {job.attempts} of {job.max_attempts}"
         if self.error is None:
-            logger.info("Completed %s (%s)", head, attempt, extra=extra)
+            _emit(logging.INFO, "Completed %s (%s)", (head, attempt), extra)
             return
         if self.interrupted:
-            logger.warning("Gave back %s (%s): %s", head, attempt, self.error, extra=extra)
+            _emit(logging.WARNING, "Gave back %s (%s): %s", (head, attempt, self.error), extra)
             return
         if self.snoozed:
-            logger.info("Snoozed %s (%s refunded, %s)", head, attempt, self.next_run, extra=extra)
+            _emit(
+                logging.INFO, "Snoozed %s (%s refunded, %s)", (head, attempt, self.next_run), extra
+            )
             return
         if self.permanent:
             fate = "permanently"
@@ -121,9 +123,7 @@ class Outcome(msgspec.Struct, frozen=True):
         else:
             fate = self.next_run
         trace = f"\n{self.traceback}" if self.traceback else ""
-        logger.log(
-            level, "Failed %s (%s, %s): %s%s", head, attempt, fate, self.error, trace, extra=extra
-        )
+        _emit(level, "Failed %s (%s, %s): %s%s", (head, attempt, fate, self.error, trace), extra)
 
     @property
     def next_run(self) -> str:
@@ -134,6 +134,19 @@ class Outcome(msgspec.Struct, frozen=True):
         return (
             f"retry in {format_seconds(retry_delay(self.job.attempts) if delay is None else delay)}"
         )
+
+
+def _emit(level: int, msg: str, args: tuple[object, ...], extra: dict[str, object]) -> None:
+    """Log a job's line, as ``logger.log(level, msg, *args, extra=extra)`` does, without
+    its per-call walk of the stack for the caller (one line per job adds up): the record
+    names ``Outcome.log`` in this module as where it comes from, which it always is."""
+    logger.handle(
+        logger.makeRecord(logger.name, level, __file__, _LOG_LINE, msg, args, None, "log", extra)
+    )
+
+
+#: The line ``Outcome.log``'s records name (that of its definition).
+_LOG_LINE = Outcome.log.__code__.co_firstlineno
 
 
 def _user_traceback(exc: BaseException) -> str:
