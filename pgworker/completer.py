@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 MAX_OUTCOME_BATCH = 1000
 #: How often an idle completer looks at the stop signal.
 IDLE_CHECK = 0.05
+#: The plugin hooks ``report_outcome`` calls: without a listener, a batch skips it.
+OUTCOME_HOOKS = ("on_job_completed", "on_job_failed", "on_job_permanently_failed")
 
 
 class Completer:
@@ -122,8 +124,9 @@ class Completer:
                 self.inflight.settled([o.job.id for o in batch])
             # Plugins hear of outcomes once they are recorded and settled, so a slow hook
             # delays no bookkeeping.
-            for outcome in batch:
-                self._report(outcome)
+            if self.hooks.listens(*OUTCOME_HOOKS):
+                for outcome in batch:
+                    self._report(outcome)
 
     def _write(self, batch: list[Outcome]) -> None:
         """Write a batch, retrying while the database is unreachable. A batch the database

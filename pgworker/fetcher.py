@@ -297,11 +297,20 @@ class Fetcher:
     ) -> None:
         # The claim's rows come back in no particular order; run them in the fetch order
         # (it matters with a prefetch buffer).
-        claimed.sort(key=lambda c: (c.job.priority, c.job.run_at))
+        if len(claimed) > 1:
+            claimed.sort(key=_fetch_order)
         self.inflight.claimed(claimed, is_async=is_async)
-        for job in claimed:
-            self.hooks.job_fetched(job.job)
-            hand_out(job)
+        if self.hooks.listens("on_job_fetched"):
+            for job in claimed:
+                self.hooks.job_fetched(job.job)
+                hand_out(job)
+        else:
+            for job in claimed:
+                hand_out(job)
+
+
+def _fetch_order(claimed: ClaimedJob) -> tuple[int, datetime]:
+    return claimed.job.priority, claimed.job.run_at
 
 
 def _may_be_more(claimed: list[ClaimedJob], limit: int) -> bool:

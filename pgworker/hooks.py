@@ -211,6 +211,12 @@ class Hooks:
             if not hook.startswith("_") and hook != "name" and _overrides(plugin, hook):
                 self._by_hook.setdefault(hook, []).append(getattr(plugin, hook))
 
+    def listens(self, *hooks: str) -> bool:
+        """Whether any plugin has one of ``hooks`` (hot paths skip the calls otherwise:
+        asked once per batch, so a plugin added meanwhile is heard from the next)."""
+        by_hook = self._by_hook
+        return any(hook in by_hook for hook in hooks)
+
     # -- worker -----------------------------------------------------------------------
 
     def worker_init(self, worker: WorkerInfo) -> None:
