@@ -13,7 +13,7 @@ from .job import Job
 from .roundtrip import round_trip
 from .spec import JobSpec
 from .store_admin import AdminStatements
-from .store_base import Connection, StoreBase
+from .store_base import Connection, StoreBase, bigint_array
 from .store_control import ControlStatements
 from .store_cron import CronStatements
 from .store_fast import FastEnqueueStatements, NewJob
@@ -156,7 +156,7 @@ class Store(
             "now": now,
         }
         with self.connection(conn) as c:
-            rows, reader = self._fetch_job_rows(c, "claim_jobs", params)
+            rows, reader = self._fetch_job_rows(c, "claim_jobs", params, hot=True)
         task_id = reader.positions["task_id"]
         queue_name = reader.positions["queue_name"]
         payload = reader.positions["payload"]
@@ -174,9 +174,9 @@ class Store(
         self, job_ids: Sequence[int], *, worker_id: str, conn: Connection | None = None
     ) -> None:
         """Delete finished jobs still locked by ``worker_id`` and unlock their queues."""
-        params = {"job_ids": list(job_ids), "worker_id": worker_id}
+        params = {"job_ids": bigint_array(job_ids), "worker_id": worker_id}
         with self.connection(conn) as c:
-            c.execute(self.queries["complete_jobs"], params)
+            self._hot_cursor(c).execute(self.queries["complete_jobs"], params)
 
     def fail_jobs(
         self,

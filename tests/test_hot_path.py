@@ -1,0 +1,201 @@
+"""The worker's per-job machinery, in isolation: InFlight's wake-ups of the fetcher, the
+cursor the store keeps for per-batch statements, and hook dispatch skipped without a
+listener."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgworker import App, Plugin
+from pgworker.hooks import Hooks
+from pgworker.inflight import InFlight, Room
+from pgworker.job import Job
+from pgworker.store import ClaimedJob
+from pgworker.store_base import bigint_array
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def claimed(job_id: int) -> ClaimedJob:
+    job = Job(
+        id=job_id,
+        task_identifier="t",
+        queue_name=None,
+        priority=0,
+        run_at=NOW,
+        attempts=1,
+        max_attempts=25,
+        last_error=None,
+        created_at=NOW,
+        updated_at=NOW,
+        key=None,
+        locked_at=NOW,
+        locked_by="w",
+        revision=0,
+        flags=None,
+    )
+    return ClaimedJob(job, "{}")
+
+
+def running(inflight: InFlight, ids: list[int]) -> None:
+    inflight.claimed([claimed(i) for i in ids])
+    for i in ids:
+        assert inflight.start(i, None) is not None
+
+
+def room_in_thread(
+    inflight: InFlight, need: int, **kwargs: Any
+) -> tuple[list[Room], threading.Thread]:
+    got: list[Room] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: got.append(inflight.room(need, stop, **kwargs)))
+    thread.start()
+    return got, thread
+
+
+def test_room_waits_for_a_whole_batch_of_free_slots() -> None:
+    """A finished job that leaves fewer free slots than the batch needs does not end the
+    wait; the one that makes room for the batch does, and the room is all that is free."""
+    inflight = InFlight(4)
+    running(inflight, [1, 2, 3, 4])
+    got, thread = room_in_thread(inflight, 3)
+    inflight.finished(1)
+    inflight.finished(2)
+    thread.join(0.2)
+    assert thread.is_alive()
+    assert not got
+    inflight.finished(3)
+    thread.join(5)
+    assert got == [Room(3, 0)]
+
+
+def test_room_after_a_give_back_waits_for_a_finish() -> None:
+    """With ``after_finishes``, free slots count only once one more job has finished."""
+    inflight = InFlight(2)
+    running(inflight, [1])
+    got, thread = room_in_thread(inflight, 1, after_finishes=inflight.finishes)
+    thread.join(0.2)
+    assert thread.is_alive()
+    assert not got
+    inflight.finished(1)
+    thread.join(5)
+    assert got == [Room(2, 0)]
+
+
+def test_an_async_job_that_finishes_wakes_room_for_its_slot() -> None:
+    """Async jobs take no sync slot: their finish is what frees an event-loop slot,
+    which room() asks ``async_room`` about."""
+    slots = [0]
+    inflight = InFlight(0, async_room=lambda: slots[0])
+    inflight.claimed([claimed(1)], is_async=True)
+    assert inflight.start(1, None) is not None
+    got, thread = room_in_thread(inflight, 1)
+    thread.join(0.2)
+    assert thread.is_alive()
+    slots[0] = 1
+    inflight.finished(1)
+    thread.join(5)
+    assert got == [Room(0, 1)]
+
+
+def test_waits_for_running_and_settled_jobs_still_wake() -> None:
+    inflight = InFlight(2)
+    running(inflight, [1, 2])
+    done: list[str] = []
+    waiters = [
+        threading.Thread(target=lambda: inflight.wait_running_done(None) and done.append("ran")),
+        threading.Thread(target=lambda: inflight.wait_settled(None) and done.append("settled")),
+    ]
+    for waiter in waiters:
+        waiter.start()
+    inflight.finished(1)
+    inflight.settled([1])
+    inflight.finished(2)
+    waiters[0].join(5)
+    assert done == ["ran"]
+    inflight.settled([2])
+    waiters[1].join(5)
+    assert done == ["ran", "settled"]
+
+
+def test_hooks_say_whether_a_plugin_listens() -> None:
+    class Fetched(Plugin):
+        def on_job_fetched(self, job: Job) -> None: ...
+
+    hooks = Hooks()
+    assert not hooks.listens("on_job_fetched", "on_job_completed")
+    hooks.add(Fetched())
+    assert hooks.listens("on_job_completed", "on_job_fetched")
+    assert not hooks.listens("on_job_completed")
+
+
+def test_bigint_array_is_postgresql_text_form(db: psycopg.Connection[tuple[Any, ...]]) -> None:
+    assert bigint_array([]) == "{}"
+    assert bigint_array([3, 1, 9_007_199_254_740_993]) == "{3,1,9007199254740993}"
+    row = db.execute("select %s::bigint[]", [bigint_array([3, 1, 2**62])]).fetchone()
+    assert row == ([3, 1, 2**62],)
+
+
+def test_the_hot_cursor_is_per_thread_and_per_connection(opened: App, database_url: str) -> None:
+    """Two threads on one connection never share the kept cursor (neither could read the
+    other's rows), and a new connection gets a new cursor."""
+    store = opened.store
+    with (
+        psycopg.connect(database_url, autocommit=True) as one,
+        psycopg.connect(database_url, autocommit=True) as two,
+    ):
+        first = store._hot_cursor(one)
+        assert store._hot_cursor(one) is first
+        other: list[psycopg.Cursor[Any]] = []
+        thread = threading.Thread(target=lambda: other.append(store._hot_cursor(one)))
+        thread.start()
+        thread.join(5)
+        assert other
+        assert other[0] is not first
+        assert other[0].connection is one
+        moved = store._hot_cursor(two)
+        assert moved is not first
+        assert moved.connection is two
+        first.close()
+        assert store._hot_cursor(one) is not first
+
+
+@pytest.mark.parametrize("fetched_listener", [False, True])
+def test_jobs_run_and_are_reported_with_or_without_listeners(
+    make_app: Any, fetched_listener: bool
+) -> None:
+    """Without a plugin on the per-job hooks the worker skips them; with one, each job is
+    reported as before."""
+    app = make_app()
+    seen: list[tuple[str, int]] = []
+
+    class Listener(Plugin):
+        def on_job_fetched(self, job: Job) -> None:
+            seen.append(("fetched", job.id))
+
+        def on_job_completed(self, job: Job, duration_ms: float) -> None:
+            seen.append(("completed", job.id))
+
+    if fetched_listener:
+        app.hooks.add(Listener())
+    ran: list[int] = []
+
+    @app.task("t")
+    def t(payload: dict[str, int]) -> None:
+        ran.append(payload["n"])
+
+    with app:
+        app.migrate()
+        ids = [t.defer({"n": n}).id for n in range(5)]
+        app.run_once(install_signal_handlers=False)
+    assert sorted(ran) == list(range(5))
+    if fetched_listener:
+        assert sorted(i for kind, i in seen if kind == "fetched") == sorted(ids)
+        assert sorted(i for kind, i in seen if kind == "completed") == sorted(ids)
+    else:
+        assert seen == []
