@@ -7,7 +7,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -30,10 +29,10 @@ logger = logging.getLogger(__name__)
 IDLE_CHECK = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class StartedJob:
+class StartedJob(msgspec.Struct, frozen=True):
     """A job whose plugins let it run and were told it started: what is left is to call
-    its task (``task.call`` in a thread, or ``task.call_async`` on the event loop)."""
+    its task (``task.call`` in a thread, or ``task.call_async`` on the event loop). (A
+    Struct: one is made per job, several times faster than a frozen dataclass.)"""
 
     job: Job
     task: Task[Any, Any, Any]
@@ -113,7 +112,8 @@ class JobRunner:
                 return Outcome(job, ms_since(started))
             if isinstance(before, Fail):
                 return self.with_backoff(Outcome(job, ms_since(started), before.message))
-        hooks.job_started(job)
+        if hooks.listens("on_job_started"):
+            hooks.job_started(job)
         return StartedJob(job, task, payload, started, running, claimed.payload)
 
     def end(
