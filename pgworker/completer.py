@@ -14,6 +14,7 @@ import psycopg
 from .connections import OwnConnection, backoff_delay
 from .hooks import Hooks
 from .inflight import InFlight
+from .logs import gathered_lines
 from .outcome import Outcome
 from .store import INTERRUPTED_MESSAGE, Connection, Failure, Store
 
@@ -171,8 +172,9 @@ class Completer:
                 message=INTERRUPTED_MESSAGE,
                 conn=conn,
             )
-        for outcome in batch:
-            outcome.log()
+        with gathered_lines():  # one write for the batch's lines, not one per job
+            for outcome in batch:
+                outcome.log()
 
     def _write_fallback(self, outcome: Outcome, exc: psycopg.Error) -> None:
         """Record a failure whose own text the database refused, with a plain message."""

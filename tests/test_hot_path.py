@@ -4,7 +4,10 @@ listener."""
 
 from __future__ import annotations
 
+import io
+import logging
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +18,7 @@ from pgworker import App, Plugin
 from pgworker.hooks import Hooks
 from pgworker.inflight import InFlight, Room
 from pgworker.job import Job
+from pgworker.logs import TEXT_FORMAT, LineHandler, TextFormatter, gathered_lines
 from pgworker.store import ClaimedJob
 from pgworker.store_base import bigint_array
 
@@ -199,3 +203,58 @@ def test_jobs_run_and_are_reported_with_or_without_listeners(
         assert sorted(i for kind, i in seen if kind == "completed") == sorted(ids)
     else:
         assert seen == []
+
+
+class CountingStream(io.StringIO):
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def line_logger() -> Iterator[tuple[logging.Logger, CountingStream]]:
+    stream = CountingStream()
+    handler = LineHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("pgworker.tests.gathered")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield logger, stream
+    logger.removeHandler(handler)
+
+
+def test_gathered_lines_are_written_at_once_in_order(
+    line_logger: tuple[logging.Logger, CountingStream],
+) -> None:
+    """The completer's lines for a batch go out in one write, in the order logged;
+    outside the block, and from other threads meanwhile, each line goes out at once."""
+    logger, stream = line_logger
+    logger.info("before")
+    assert (stream.getvalue(), stream.writes) == ("before\n", 1)
+    with gathered_lines():
+        logger.info("one")
+        with gathered_lines():
+            logger.info("two")
+        other = threading.Thread(target=lambda: logger.info("elsewhere"))
+        other.start()
+        other.join(5)
+        logger.warning("three")
+        assert stream.getvalue() == "before\nelsewhere\n"
+    assert stream.getvalue() == "before\nelsewhere\none\ntwo\nthree\n"
+    assert stream.writes == 3
+    logger.info("after")
+    assert stream.writes == 4
+
+
+def test_the_text_formatter_writes_what_logging_formatter_writes() -> None:
+    """The CLI's formatter caches the time's text per second: the lines stay the same."""
+    ours, stdlib = TextFormatter(), logging.Formatter(TEXT_FORMAT)
+    for created in (1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.5, 1_700_000_000.25):
+        record = logging.makeLogRecord(
+            {"msg": "m %s", "args": (1,), "levelname": "INFO", "name": "n", "created": created}
+        )
+        record.msecs = (created - int(created)) * 1000
+        assert ours.format(record) == stdlib.format(record)
