@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 #: Upper bound on one batch of completions or failures written in a single statement.
 MAX_OUTCOME_BATCH = 1000
-#: How often an idle completer looks at the stop signal.
+#: How often an idle completer looks at the stop signal (the shutdown also wakes it,
+#: ``Completer.wake``).
 IDLE_CHECK = 0.05
 #: The plugin hooks ``report_outcome`` calls: without a listener, a batch skips it.
 OUTCOME_HOOKS = ("on_job_completed", "on_job_failed", "on_job_permanently_failed")
@@ -63,19 +64,26 @@ class Completer:
         self.on_settled = on_settled
         self.interrupted_retry_delay = interrupted_retry_delay
         self.delays = {Kind.COMPLETE: complete_delay, Kind.FAIL: fail_delay, Kind.RETURN: 0.0}
-        self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        # None: a marker that wakes the completer to look at the stop signal.
+        self.outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         self._conn = OwnConnection(conninfo)
 
     def put(self, outcome: Outcome) -> None:
         """Queue an outcome for writing."""
         self.outcomes.put(outcome)
 
+    def wake(self) -> None:
+        """Look at the stop signal now instead of at the next ``IDLE_CHECK``."""
+        self.outcomes.put(None)
+
     def run(self, stop: threading.Event) -> None:
         """Write outcomes until ``stop`` is set and every claimed job is settled."""
         pending: dict[Kind, list[Outcome]] = {}
         due: dict[Kind, float] = {}  # when each pending batch is written (time.monotonic())
 
-        def add(outcome: Outcome) -> None:
+        def add(outcome: Outcome | None) -> None:
+            if outcome is None:  # a wake-up: the loop looks at the stop signal
+                return
             kind = Kind.of(outcome)
             batch = pending.setdefault(kind, [])
             batch.append(outcome)

@@ -44,6 +44,12 @@ class Stopping:
     def request_stop(self, *, force: bool = False) -> None:
         """Ask the worker's threads to stop."""
 
+    @abstractmethod
+    def _wake_idle_threads(self) -> None:
+        """Wake the threads that wait for work (executors, completer, watch) to see the
+        stop signal now rather than at their next poll; only once nothing more is
+        claimed."""
+
     def _shutdown(self) -> None:
         self.request_stop()
         waiting = self.inflight.close()
@@ -84,6 +90,7 @@ class Stopping:
                 break
         if self.async_jobs is not None:
             self.async_jobs.stop()
+        self._wake_idle_threads()
         for thread in self._threads:
             thread.join(timeout=5.0)
         self.give_back.leave(registered=self.heartbeat is not None)

@@ -49,7 +49,7 @@ class Watch:
         self._wake = threading.Event()
 
     def wake(self) -> None:
-        """A cancel request was sent: read the requests now."""
+        """A cancel request was sent (or the worker is stopping): read the requests now."""
         self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
@@ -67,7 +67,9 @@ class Watch:
                     self._wake.clear()
                     next_poll = now + self.poll_interval
                     self._check_cancels(running)
-                self._wake.wait(TICK)
+                # With no job running a wake-up waits (set) for one to start: wait on the
+                # stop signal then, which ends the loop at once, instead of spinning.
+                (self._wake if running else stop).wait(TICK)
         finally:
             self._conn.close()
 

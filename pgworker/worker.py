@@ -226,6 +226,14 @@ class Worker(Stopping):
         if self.fetcher is not None:
             self.fetcher.wake()
 
+    def _wake_idle_threads(self) -> None:
+        # Called by the shutdown once the fetcher has returned: no job is submitted after
+        # the executors' markers.
+        if self.has_sync_tasks:
+            self.executors.wake_all(self.settings.concurrency)
+        self.completer.wake()
+        self.watch.wake()
+
     def _wake_after_outcome(self) -> None:
         # Not a notification: it may have unlocked a queue, but no refetch delay ends.
         if self.fetcher is not None:
