@@ -8,13 +8,16 @@ import logging
 import threading
 import time
 from abc import abstractmethod
+from typing import TYPE_CHECKING
 
-from .async_jobs import AsyncJobs
 from .giveback import GiveBack
 from .hooks import Hooks, WorkerInfo
 from .inflight import InFlight
 from .recovery import Heartbeat
 from .settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from .async_jobs import AsyncJobs
 
 logger = logging.getLogger(__name__)
 

@@ -45,10 +45,9 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .admin import Admin
-from .async_jobs import AsyncJobs
 from .completer import Completer
 from .context import JobContext
 from .control import install_stop_signals
@@ -71,6 +70,9 @@ from .stopping import Stopping
 from .store import Store
 from .task import Task
 from .watch import Watch
+
+if TYPE_CHECKING:
+    from .async_jobs import AsyncJobs
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +132,9 @@ class Worker(Stopping):
         self.executors = Executors(self.runner, self.inflight, record)
         self.async_jobs: AsyncJobs | None = None
         if any(task.is_async for task in tasks.values()):
+            # Imported here: the event loop's machinery loads only for apps with async tasks.
+            from .async_jobs import AsyncJobs
+
             self.async_jobs = AsyncJobs(
                 self.runner,
                 self.inflight,
