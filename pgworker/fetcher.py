@@ -142,6 +142,12 @@ class Fetcher:
         self._after_finishes = -1
         self._once = False
 
+    @property
+    def connection(self) -> OwnConnection:
+        """The connection this fetcher claims on; the worker's start-up statements run on
+        it too, one connection fewer to open before the first claim."""
+        return self._conn
+
     def wake(self, *, notification: bool = True) -> None:
         """Claim now instead of at the next poll (after a refetch delay, which enough
         ``notification`` wake-ups cut short). Other wake-ups (an outcome was recorded)

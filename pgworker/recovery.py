@@ -114,20 +114,22 @@ class Heartbeat:
         self.metadata = {**self.metadata, key: value}  # replaced whole: beats read it
         self._reported.set()
 
-    def register(self) -> None:
-        """The first beat, at start: raises if the registry can't be written, and
+    def register(self, conn: OwnConnection | None = None) -> None:
+        """The first beat, at start (on ``conn`` if given, else on the heartbeat's own
+        connection, closed if this fails): raises if the registry can't be written, and
         WorkerIdInUseError if a live worker is registered under this worker's id. Jobs a
         dead worker of the same id left locked are given back (graphile-worker's
         ``force_unlock_workers``: the attempt they took stays counted)."""
+        own = conn or self._conn
         try:
             released = self.store.register_worker(
-                self.worker_id, self.metadata, stale_after=self.stale_after, conn=self._conn.get()
+                self.worker_id, self.metadata, stale_after=self.stale_after, conn=own.get()
             )
         except BaseException:
-            self._conn.close()
+            own.close()
             raise
         if released is None:
-            self._conn.close()
+            own.close()
             raise WorkerIdInUseError(
                 f"worker id {self.worker_id!r} belongs to a live worker (it heartbeat in the "
                 f"last {self.stale_after:g} s): give this worker another id, or stop that one"
@@ -235,8 +237,9 @@ class Sweeper:
         """Close the connection (after sweeping outside ``run``, as run-once workers do)."""
         self._conn.close()
 
-    def sweep(self) -> None:
-        """One sweep; errors are logged, never raised."""
+    def sweep(self, conn: OwnConnection | None = None) -> None:
+        """One sweep (on ``conn`` if given, else on the sweeper's own connection); errors
+        are logged, never raised."""
         since_failure = self.seconds_since_failure()
         if since_failure is not None and since_failure < self.recovery.stale_after:
             logger.debug(
@@ -251,7 +254,7 @@ class Sweeper:
                 foreign_threshold=RUST_STALE_AFTER,
                 max_recoveries=self.recovery.max_recoveries,
                 self_id=self.worker_id,
-                conn=self._conn.get(),
+                conn=(conn or self._conn).get(),
             )
         except Exception as exc:
             if isinstance(exc, psycopg.Error | PgWorkerError):
@@ -292,12 +295,15 @@ class Sweeper:
             return None
         return time.monotonic() - self.last_failure
 
-    def reset_stale_locks(self, *, report_unserved: bool = True) -> None:
+    def reset_stale_locks(
+        self, *, report_unserved: bool = True, conn: OwnConnection | None = None
+    ) -> None:
         """graphile-worker's 4-hour reset, and (``report_unserved``) a warning about jobs
-        that no registered worker runs; errors are logged, never raised."""
+        that no registered worker runs (on ``conn`` if given, else on the sweeper's own
+        connection); errors are logged, never raised."""
         self.hooks.reset_locked_started()
         try:
-            self.store.reset_stale_locks(conn=self._conn.get())
+            self.store.reset_stale_locks(conn=(conn or self._conn).get())
         except Exception as exc:  # the maintenance thread must outlive any one failure
             expected = isinstance(exc, psycopg.Error | PgWorkerError)
             (logger.warning if expected else logger.exception)(
@@ -309,7 +315,7 @@ class Sweeper:
         if not report_unserved:
             return
         try:
-            unserved = self.store.unserved_tasks(conn=self._conn.get())
+            unserved = self.store.unserved_tasks(conn=(conn or self._conn).get())
         except psycopg.Error as exc:
             logger.warning("Looking for unserved tasks failed: %s", exc)
             return

@@ -306,15 +306,17 @@ class Worker(Stopping):
                 still_running=lambda timeout: not self.inflight.wait_running_done(timeout),
                 stale_after=settings.recovery.stale_after,
             )
-            self.heartbeat.register()
+            # On the fetcher's connection, as the run-once sweep below: the first claim
+            # then needn't wait for one more connection (the heartbeat opens its own
+            # when it first beats).
+            self.heartbeat.register(self.fetcher.connection)
         # If the process exits before every claimed job is recorded, give them back.
         atexit.register(self._give_back_at_exit)
         if settings.once:
             # A fleet of run-once workers has no maintenance thread: sweep here instead.
             if settings.recovery.enabled:
-                self.sweeper.sweep()
-            self.sweeper.reset_stale_locks(report_unserved=False)
-            self.sweeper.close()
+                self.sweeper.sweep(self.fetcher.connection)
+            self.sweeper.reset_stale_locks(report_unserved=False, conn=self.fetcher.connection)
 
     def _start_threads(self) -> None:
         def spawn(name: str, body: Callable[[threading.Event], None]) -> None:
