@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from benchmarks.common import RESULTS_DIR, BenchError, Options, progress
+from benchmarks.common import RESULTS_DIR, BenchError, Options, compile_sources, progress
 from benchmarks.db import analyze, connect, database, drop_schema, remaining_jobs
 from benchmarks.phases import defer_many
 from benchmarks.processes import Side, Worker, spawn, stop
@@ -150,6 +150,7 @@ def drain(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    compile_sources()
     options = bench_options(args)
     side = Side("pgworker", options, batching=not args.no_prefetch)
     logs = Path(tempfile.mkdtemp(prefix="pgworker-bench-long-"))

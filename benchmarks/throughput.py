@@ -61,6 +61,7 @@ from benchmarks.common import (
     SIDES,
     BenchError,
     Options,
+    compile_sources,
     progress,
 )
 from benchmarks.db import analyze, connect, database, drop_schema
@@ -297,6 +298,7 @@ def run_mode(mode: str, options: Options, url: str, logs: Path) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
+    compile_sources()
     if "node" in options.sides:
         ensure_node()
     logs = Path(tempfile.mkdtemp(prefix="pgworker-bench-"))
