@@ -7,6 +7,7 @@ import resource
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from psycopg import sql
 
@@ -81,11 +82,25 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def execute(
-    side: Side, url: str, schema: str, logs: Path, label: str
-) -> tuple[float, float, float, int]:
-    """Run the workers until the table is empty: (seconds to empty, seconds to all exited,
-    CPU seconds the worker processes used, the largest peak RSS of one of them in kB)."""
+class Drained(NamedTuple):
+    """What the execute phase measured."""
+
+    #: Seconds from starting the processes to an empty table.
+    emptied_s: float
+    #: Seconds from starting them to the last one's exit.
+    exited_s: float
+    #: CPU seconds the worker processes used.
+    cpu_s: float
+    #: The largest peak RSS of one of them, in kB.
+    peak_rss_kb: int
+    #: Seconds from starting them to the first poll that saw a job done, and how many
+    #: jobs were left then: the drain after start-up is left / (emptied - first).
+    first_done_s: float
+    left_at_first: int
+
+
+def execute(side: Side, url: str, schema: str, logs: Path, label: str) -> Drained:
+    """Run the workers until the table is empty; see ``Drained`` for what is measured."""
     options = side.options
     workers: list[Worker] = []
     progress(
@@ -105,12 +120,15 @@ def execute(
                 workers.append(spawn(argv, cwd, side.environment(), log))
             deadline = started + options.timeout
             next_report = started + PROGRESS_EVERY
+            first: tuple[float, int] | None = None
             while True:
                 # Poll cheaply; count only for the progress line and the error messages.
                 if not has_jobs(conn, schema):
                     emptied = time.perf_counter() - started
                     break
                 now = time.perf_counter()
+                if first is None and (left := remaining_jobs(conn, schema)) < total:
+                    first = (now - started, left)
                 if not any(w.running for w in workers):
                     codes = [w.process.returncode for w in workers]
                     raise BenchError(
@@ -141,7 +159,8 @@ def execute(
         f"[{label}] queue empty after {emptied:.2f} s ({total / emptied:,.0f} jobs/s); "
         f"the workers used {cpu:.2f} CPU s"
     )
-    return emptied, exited, cpu, max(w.peak_rss_kb or 0 for w in workers)
+    first_s, left = first if first is not None else (emptied, 0)
+    return Drained(emptied, exited, cpu, max(w.peak_rss_kb or 0 for w in workers), first_s, left)
 
 
 def wait_exited(workers: list[Worker], started: float, label: str) -> float:

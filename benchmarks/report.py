@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,16 @@ class Run:
     #: Peak RSS in kB: the largest of the execute phase's processes, the latency worker.
     execute_rss_kb: int = 0
     latency_rss_kb: int = 0
+    #: When the execute phase first saw a job done (seconds from its start), and how many
+    #: were left then.
+    first_done_s: float = 0.0
+    left_at_first: int = 0
+
+    @property
+    def steady_jobs_per_s(self) -> float | None:
+        """The drain after start-up: from the first job seen done to the empty table."""
+        span = self.execute_s - self.first_done_s
+        return self.left_at_first / span if self.left_at_first and span > 0 else None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -32,6 +43,11 @@ class Run:
             "enqueue_jobs_per_s": round(self.jobs / self.enqueue_s, 1),
             "execute_s": round(self.execute_s, 4),
             "execute_jobs_per_s": round(self.jobs / self.execute_s, 1),
+            "first_done_s": round(self.first_done_s, 4),
+            "left_at_first": self.left_at_first,
+            "steady_jobs_per_s": None
+            if self.steady_jobs_per_s is None
+            else round(self.steady_jobs_per_s, 1),
             "all_exited_s": round(self.exit_s, 4),
             "worker_cpu_s": round(self.worker_cpu_s, 3),
             "startup_s": round(self.startup_s, 4),
@@ -47,10 +63,17 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
+def median_of(values: Iterable[float | None]) -> float | None:
+    """The median of the values that were measured (None if none was)."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def summarize(runs: list[Run]) -> dict[str, float | None]:
     latencies = [x for run in runs for x in run.latencies_ms]
     summary: dict[str, float | None] = {
         "execute_jobs_per_s": statistics.median(r.jobs / r.execute_s for r in runs),
+        "steady_jobs_per_s": median_of(r.steady_jobs_per_s for r in runs),
         "enqueue_jobs_per_s": statistics.median(r.jobs / r.enqueue_s for r in runs),
         "worker_cpu_s": statistics.median(r.worker_cpu_s for r in runs),
         "startup_s": statistics.median(r.startup_s for r in runs),
@@ -74,6 +97,7 @@ def summarize(runs: list[Run]) -> dict[str, float | None]:
 
 COLUMNS = (
     ("execute_jobs_per_s", "execute jobs/s", "{:,.0f}"),
+    ("steady_jobs_per_s", "after start jobs/s", "{:,.0f}"),
     ("enqueue_jobs_per_s", "enqueue jobs/s", "{:,.0f}"),
     ("worker_cpu_s", "worker CPU s", "{:.2f}"),
     ("startup_s", "startup s", "{:.2f}"),
@@ -132,7 +156,9 @@ def render_table(
 
 LEGEND = (
     "execute = jobs / seconds from starting the processes to an empty table (start-up "
-    "included); enqueue = jobs / seconds of defer_many (pgworker) or addJobs (Node) calls; "
+    "included); after start = the same drain from the first job seen done (polled every "
+    "20 ms) to the empty table, without start-up; enqueue = jobs / seconds of defer_many "
+    "(pgworker) or addJobs (Node) calls; "
     "SQL floor = pgbench, prepared statements: execute = claim N (SKIP LOCKED) + delete in a "
     "second transaction, N = the batch pgworker claims, at the same concurrency; enqueue = "
     "1,000-row inserts, one client; worker CPU = user+system seconds of the processes; "

@@ -207,7 +207,7 @@ def run_side(side: Side, url: str, logs: Path, index: int) -> Run:
         enqueue_s = enqueue(side, url, schema, options.jobs, options.batch_size, label)
         if options.analyze:
             analyze(url, schema)
-        execute_s, exit_s, cpu_s, execute_rss = execute(side, url, schema, logs, label)
+        drained = execute(side, url, schema, logs, label)
         startup_s = startup(side, url, schema, logs, label)
         latencies, latency_rss = latency(side, url, schema, logs, label)
     finally:
@@ -222,13 +222,15 @@ def run_side(side: Side, url: str, logs: Path, index: int) -> Run:
         schema,
         options.jobs,
         enqueue_s,
-        execute_s,
-        exit_s,
-        cpu_s,
+        drained.emptied_s,
+        drained.exited_s,
+        drained.cpu_s,
         startup_s,
         latencies,
-        execute_rss,
+        drained.peak_rss_kb,
         latency_rss,
+        drained.first_done_s,
+        drained.left_at_first,
     )
 
 
@@ -275,8 +277,11 @@ def run_mode(mode: str, options: Options, url: str, logs: Path) -> dict[str, Any
             )
     summaries = {name: summarize(side_runs) for name, side_runs in runs.items()}
     if floors:
+        claims = statistics.median(f["claim"].per_second for f in floors)
         summaries["SQL floor"] = {
-            "execute_jobs_per_s": statistics.median(f["claim"].per_second for f in floors),
+            # pgbench has no start-up: its rate stands for both drains.
+            "execute_jobs_per_s": claims,
+            "steady_jobs_per_s": claims,
             "enqueue_jobs_per_s": statistics.median(f["insert"].per_second for f in floors),
         }
     return {
