@@ -139,7 +139,7 @@ class Enqueueing:
 
     def defer_raw(self, jobs: Iterable[RawJob], *, conn: Connection | None = None) -> list[Job]:
         """Enqueue a mixed batch (several tasks, each job its own options) in one
-        statement. Payloads of tasks registered on this app are checked first; nothing is
+        transaction. Payloads of tasks registered on this app are checked first; nothing is
         written unless every job is valid. Returns the jobs in order, less any that a
         plugin's ``before_defer`` skipped."""
         return self.defer_batch(((raw.identifier, raw.payload, raw.spec) for raw in jobs), conn)

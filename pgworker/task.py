@@ -147,7 +147,7 @@ class Task(Generic[T, P, R]):
         flags: Sequence[str] | None = None,
         conn: Connection | None = None,
     ) -> list[Job]:
-        """Enqueue one job per payload, all with the same options, in one statement.
+        """Enqueue one job per payload, all with the same options, in one transaction.
 
         Every payload is checked before anything is sent: one bad payload raises
         PayloadError and writes nothing. Returns the jobs in the order of ``payloads``
