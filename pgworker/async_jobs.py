@@ -79,6 +79,7 @@ class AsyncJobs:
         """Give back ``n`` reserved slots that no claimed job took."""
         if n:
             self.loop.release(n)
+            self.inflight.slot_freed()
 
     def submit(self, claimed: ClaimedJob) -> None:
         """Run a claimed job (recorded as waiting in InFlight) in one reserved slot."""

@@ -10,6 +10,9 @@ from typing import NamedTuple
 from .running import RunningJob
 from .store import ClaimedJob
 
+#: The longest room() sleeps between two looks at the slots, wake-ups or not.
+ROOM_RECHECK = 1.0
+
 
 class Room(NamedTuple):
     """How many jobs of each kind the worker can take on now."""
@@ -73,10 +76,12 @@ class InFlight:
                     if sync or async_:
                         return Room(sync, async_)
                     self._wanted = (need, after_finishes)
-                    if until is None:
-                        self._room.wait()
-                    elif not self._room.wait(until - time.monotonic()):
+                    # Woken when room may have appeared; the re-check every
+                    # ROOM_RECHECK seconds is a backstop against a wake-up missed.
+                    left = ROOM_RECHECK if until is None else until - time.monotonic()
+                    if left <= 0:
                         break
+                    self._room.wait(min(left, ROOM_RECHECK))
             finally:
                 self._wanted = None
         return Room(0, 0)
@@ -122,6 +127,13 @@ class InFlight:
                 self._room.notify()
             if not self._running:  # what wait_running_done waits for
                 self._changed.notify_all()
+
+    def slot_freed(self) -> None:
+        """An event-loop slot came free without a job finishing (a reserved slot that no
+        job took): wake the fetcher if it waits for room."""
+        with self._room:
+            if self._wanted is not None:
+                self._room.notify()
 
     def settled(self, job_ids: list[int]) -> None:
         """The outcomes of these jobs were written (or given up on)."""

@@ -15,8 +15,9 @@ import psycopg
 import pytest
 
 from pgworker import App, Plugin
+from pgworker.async_jobs import AsyncJobs
 from pgworker.hooks import Hooks
-from pgworker.inflight import InFlight, Room
+from pgworker.inflight import ROOM_RECHECK, InFlight, Room
 from pgworker.job import Job
 from pgworker.logs import TEXT_FORMAT, LineHandler, TextFormatter, gathered_lines
 from pgworker.store import ClaimedJob
@@ -57,7 +58,9 @@ def room_in_thread(
 ) -> tuple[list[Room], threading.Thread]:
     got: list[Room] = []
     stop = threading.Event()
-    thread = threading.Thread(target=lambda: got.append(inflight.room(need, stop, **kwargs)))
+    thread = threading.Thread(
+        target=lambda: got.append(inflight.room(need, stop, **kwargs)), daemon=True
+    )
     thread.start()
     return got, thread
 
@@ -104,6 +107,52 @@ def test_an_async_job_that_finishes_wakes_room_for_its_slot() -> None:
     slots[0] = 1
     inflight.finished(1)
     thread.join(5)
+    assert got == [Room(0, 1)]
+
+
+def test_an_async_slot_given_back_unused_wakes_room() -> None:
+    """A reserved event-loop slot that no job took (its job was given back before it
+    started) frees room without any job finishing: the fetcher waiting in room() must
+    hear of it at once, not at its backstop re-check."""
+    slots = [0]
+    inflight = InFlight(0, async_room=lambda: slots[0])
+    got, thread = room_in_thread(inflight, 1)
+    thread.join(0.2)
+    assert thread.is_alive()
+    slots[0] = 1
+    inflight.slot_freed()
+    thread.join(ROOM_RECHECK / 2)
+    assert got == [Room(0, 1)]
+
+
+def test_async_jobs_releasing_a_reserved_slot_wakes_room() -> None:
+    """AsyncJobs.release (a job given back before it started, or a claim shorter than
+    the reservation) tells InFlight, so an async-only worker claims again at once."""
+    jobs: AsyncJobs | None = None
+    inflight = InFlight(0, async_room=lambda: jobs.free_slots() if jobs else 0)
+    jobs = AsyncJobs(None, inflight, lambda outcome: None, limit=1, name="test")  # type: ignore[arg-type]
+    jobs.start()
+    try:
+        assert jobs.reserve(1) == 1
+        got, thread = room_in_thread(inflight, 1)
+        thread.join(0.2)
+        assert thread.is_alive()
+        jobs.release(1)
+        thread.join(ROOM_RECHECK / 2)
+        assert got == [Room(0, 1)]
+    finally:
+        jobs.stop()
+
+
+def test_room_looks_again_by_itself_if_a_wake_up_is_missed() -> None:
+    """The backstop: room that appears with no wake-up at all is seen within
+    ROOM_RECHECK seconds."""
+    slots = [0]
+    inflight = InFlight(0, async_room=lambda: slots[0])
+    got, thread = room_in_thread(inflight, 1)
+    thread.join(0.2)
+    slots[0] = 1
+    thread.join(ROOM_RECHECK * 3)
     assert got == [Room(0, 1)]
 
 
