@@ -330,3 +330,22 @@ def test_on_an_autocommit_connection_a_failed_batch_writes_and_notifies_nothing(
         ).format(s=sql.Identifier(app.schema))
     ).fetchone()
     assert counts == (0, 0, 0)
+
+
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_a_batch_on_a_connection_in_pipeline_mode_is_added(
+    two_apps: tuple[App, App], database_url: str, db: Conn, autocommit: bool
+) -> None:
+    # PostgreSQL refuses COPY in pipeline mode: such a batch goes through add_jobs.
+    app = two_apps[0]
+    with psycopg.connect(database_url, autocommit=autocommit) as conn:
+        with conn.pipeline():
+            jobs = app.defer_raw([RawJob("alpha", {"n": 1}), RawJob("alpha", {"n": 2})], conn=conn)
+        conn.commit()
+    assert [job.task_identifier for job in jobs] == ["alpha", "alpha"]
+    stored = db.execute(
+        sql.SQL("select id, payload from {}._private_jobs order by id").format(
+            sql.Identifier(app.schema)
+        )
+    ).fetchall()
+    assert stored == [(jobs[0].id, {"n": 1}), (jobs[1].id, {"n": 2})]
