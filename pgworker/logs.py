@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -58,6 +59,11 @@ class TextFormatter(logging.Formatter):
         return msec_format % (cached[1], record.msecs) if msec_format else cached[1]
 
 
+#: The most one write of gathered lines holds: a write of up to PIPE_BUF bytes to a pipe
+#: is atomic, so lines of processes sharing one stderr pipe never interleave.
+ATOMIC_WRITE = select.PIPE_BUF
+
+
 class _Gathering(threading.local):
     """Per thread: the lines held back by ``gathered_lines``, with their handler (None
     outside such a block)."""
@@ -84,16 +90,35 @@ class LineHandler(logging.StreamHandler[TextIO]):
         except Exception:  # as StreamHandler.emit does
             self.handleError(record)
 
-    def write_lines(self, text: str) -> None:
-        """Write lines held back, at once."""
+    def write_lines(self, lines: list[str]) -> None:
+        """Write lines held back, a few writes for many lines: each write ends at a line
+        end and holds at most ATOMIC_WRITE bytes (a longer line goes alone), so that
+        lines from processes sharing a pipe (``run --processes``) never interleave."""
         self.acquire()
         try:
-            self.stream.write(text)
+            for chunk in atomic_chunks(lines):
+                self.stream.write(chunk)
             self.stream.flush()
         except Exception:  # as StreamHandler.emit does
-            self.handleError(logging.makeLogRecord({"msg": text}))
+            self.handleError(logging.makeLogRecord({"msg": "".join(lines)}))
         finally:
             self.release()
+
+
+def atomic_chunks(lines: list[str]) -> Iterator[str]:
+    """``lines`` joined into pieces of at most ATOMIC_WRITE bytes of UTF-8, each made of
+    whole lines (a line longer than that is a piece of its own)."""
+    piece: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line.encode())
+        if piece and size + length > ATOMIC_WRITE:
+            yield "".join(piece)
+            piece, size = [], 0
+        piece.append(line)
+        size += length
+    if piece:
+        yield "".join(piece)
 
 
 @contextmanager
@@ -114,7 +139,7 @@ def gathered_lines() -> Iterator[None]:
         for handler, line in lines:
             by_handler.setdefault(handler, []).append(line)
         for handler, texts in by_handler.items():
-            handler.write_lines("".join(texts))
+            handler.write_lines(texts)
 
 
 def configure_logging(level: str, fmt: str) -> None:

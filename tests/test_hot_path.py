@@ -19,7 +19,13 @@ from pgworker.async_jobs import AsyncJobs
 from pgworker.hooks import Hooks
 from pgworker.inflight import ROOM_RECHECK, InFlight, Room
 from pgworker.job import Job
-from pgworker.logs import TEXT_FORMAT, LineHandler, TextFormatter, gathered_lines
+from pgworker.logs import (
+    ATOMIC_WRITE,
+    TEXT_FORMAT,
+    LineHandler,
+    TextFormatter,
+    gathered_lines,
+)
 from pgworker.store import ClaimedJob
 from pgworker.store_base import bigint_array
 
@@ -257,8 +263,13 @@ def test_jobs_run_and_are_reported_with_or_without_listeners(
 class CountingStream(io.StringIO):
     writes = 0
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.pieces: list[str] = []
+
     def write(self, text: str) -> int:
         self.writes += 1
+        self.pieces.append(text)
         return super().write(text)
 
 
@@ -296,6 +307,28 @@ def test_gathered_lines_are_written_at_once_in_order(
     assert stream.writes == 3
     logger.info("after")
     assert stream.writes == 4
+
+
+def test_gathered_lines_go_out_in_pieces_a_pipe_writes_whole(
+    line_logger: tuple[logging.Logger, CountingStream],
+) -> None:
+    """Processes sharing one stderr pipe (``run --processes``): a write of at most
+    PIPE_BUF bytes is atomic, so each write holds whole lines and at most that much (a
+    longer line alone), and the lines keep their order."""
+    logger, stream = line_logger
+    lines = [f"job {i} é " + "x" * (i % 97) for i in range(400)]
+    long_line = "y" * (ATOMIC_WRITE + 10)
+    with gathered_lines():
+        for line in lines[:200]:
+            logger.info(line)
+        logger.info(long_line)
+        for line in lines[200:]:
+            logger.info(line)
+    assert stream.getvalue() == "".join(f"{x}\n" for x in [*lines[:200], long_line, *lines[200:]])
+    assert 3 < stream.writes < 20
+    for piece in stream.pieces:
+        assert piece.endswith("\n")
+        assert len(piece.encode()) <= ATOMIC_WRITE or piece == long_line + "\n"
 
 
 def test_the_text_formatter_writes_what_logging_formatter_writes() -> None:
