@@ -174,6 +174,17 @@ def comparable(job: Job, now: datetime) -> dict[str, Any]:
     return fields
 
 
+def brand_new_rows(db: Conn, schema: str) -> tuple[int, int, int] | None:
+    """How many jobs, and rows for the task 'brand_new' and the queue 'new_queue'."""
+    return db.execute(
+        sql.SQL(
+            "select (select count(*) from {s}._private_jobs), "
+            "(select count(*) from {s}._private_tasks where identifier = 'brand_new'), "
+            "(select count(*) from {s}._private_job_queues where queue_name = 'new_queue')"
+        ).format(s=sql.Identifier(schema))
+    ).fetchone()
+
+
 @pytest.fixture
 def listener(database_url: str) -> Iterator[Conn]:
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -254,13 +265,7 @@ def test_a_rolled_back_batch_leaves_nothing_and_notifies_nobody(
         conn.commit()
     notified = [n.channel for n in listener.notifies(timeout=NOTIFY_TIMEOUT, stop_after=1)]
     assert notified == [SENTINEL]
-    counts = db.execute(
-        sql.SQL(
-            "select (select count(*) from {s}._private_jobs), "
-            "(select count(*) from {s}._private_tasks where identifier = 'brand_new'), "
-            "(select count(*) from {s}._private_job_queues where queue_name = 'new_queue')"
-        ).format(s=sql.Identifier(app.schema))
-    ).fetchone()
+    counts = brand_new_rows(db, app.schema)
     assert counts == (0, 0, 0)
 
 
@@ -322,13 +327,7 @@ def test_on_an_autocommit_connection_a_failed_batch_writes_and_notifies_nothing(
         conn.execute("select pg_notify(%s, '')", (SENTINEL,))
     notified = [n.channel for n in listener.notifies(timeout=NOTIFY_TIMEOUT, stop_after=1)]
     assert notified == [SENTINEL]
-    counts = db.execute(
-        sql.SQL(
-            "select (select count(*) from {s}._private_jobs), "
-            "(select count(*) from {s}._private_tasks where identifier = 'brand_new'), "
-            "(select count(*) from {s}._private_job_queues where queue_name = 'new_queue')"
-        ).format(s=sql.Identifier(app.schema))
-    ).fetchone()
+    counts = brand_new_rows(db, app.schema)
     assert counts == (0, 0, 0)
 
 
