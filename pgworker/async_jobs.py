@@ -60,6 +60,7 @@ class AsyncJobs:
         self._pending = 0  # handed to submit and not yet done with
         self._handles: dict[int, AsyncHandle[Any]] = {}
         self._cancelled: set[int] = set()
+        self._cancelling_all = False  # a forced stop cancelled every coroutine
 
     # -- the fetcher's side -------------------------------------------------------------
 
@@ -144,7 +145,14 @@ class AsyncJobs:
             return
         with self._lock:
             self._handles[job.id] = handle
+            # A forced stop that looked at the handles before this one was recorded
+            # still cancels it.
+            cancel_now = self._cancelling_all
+            if cancel_now:
+                self._cancelled.add(job.id)
         handle.add_done_callback(lambda h: self.steps.put(_Ended(step, h)))
+        if cancel_now:
+            self.loop.cancel(handle)
         # A deadline or a cancel request cancels the coroutine for real (one that came
         # before this line is honoured here).
         running.on_stop = lambda: self.loop.cancel(handle)
@@ -187,6 +195,7 @@ class AsyncJobs:
         """Cancel every running coroutine; return their job ids. Each job is given back
         once its coroutine has unwound (if it ends by the cancellation)."""
         with self._lock:
+            self._cancelling_all = True
             handles = dict(self._handles)
             self._cancelled.update(handles)
         cancelled = [job_id for job_id, handle in handles.items() if self.loop.cancel(handle)]

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from processes import wait_for
 
 from pgworker import App, ConfigurationError, Job, JobContext, JobResult, Plugin, Skip
+from pgworker.aio import AsyncRunner
 from pgworker.cli import cli
 from pgworker.hooks import BeforeRun
 
@@ -272,6 +273,45 @@ def test_a_forced_stop_cancels_the_coroutine_and_gives_the_job_back(
         wait_for(lambda: job_rows(db, schema)[0][4] is None, 5, "the job to be unlocked")
         assert handle.worker.wait_finished(5)
     # Given back with the attempt refunded, as the exit path gives back sync jobs.
+    assert job_rows(db, schema) == [(job.id, "long", 0, INTERRUPTED, None)]
+
+
+def test_a_forced_stop_cancels_a_coroutine_whose_handle_is_not_recorded_yet(
+    make_app: Callable[..., App], db: Conn, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coroutine starts on the loop's thread before the steps thread records its
+    handle: a forced stop in between must still cancel it (the steps thread is held
+    back here until the stop has looked at the handles)."""
+    app = make_app(interrupted_retry_delay=0)
+    started = threading.Event()
+    unwound = threading.Event()
+    submit = AsyncRunner.submit
+
+    def slow_to_record(self: AsyncRunner, *args: Any, **kwargs: Any) -> Any:
+        handle = submit(self, *args, **kwargs)
+        started.wait(5)
+        time.sleep(0.5)  # the forced stop runs meanwhile
+        return handle
+
+    monkeypatch.setattr(AsyncRunner, "submit", slow_to_record)
+
+    @app.task("long")
+    async def long(payload: dict[str, Any]) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            unwound.set()
+
+    with app:
+        app.migrate()
+        job = long.defer({})
+        handle = app.start()
+        assert started.wait(5)
+        handle.stop(force=True)
+        assert unwound.wait(5), "the coroutine was not cancelled"
+        wait_for(lambda: job_rows(db, schema)[0][4] is None, 5, "the job to be unlocked")
+        assert handle.worker.wait_finished(5)
     assert job_rows(db, schema) == [(job.id, "long", 0, INTERRUPTED, None)]
 
 
