@@ -29,6 +29,10 @@ select pg_notify(
 -- made sure of): the transaction's now(), the ids of the task identifiers and queue names
 -- as JSON objects, and %(count)s ids drawn from the jobs' identity sequence, ascending,
 -- for the rows that fast_copy_jobs writes.
+with sequence as materialized (
+  -- Looked up once: a regclass cast per row would cost more than the nextval itself.
+  select pg_get_serial_sequence(%(jobs_table)s, 'id')::regclass as id
+)
 select
   now(),
   (
@@ -41,11 +45,7 @@ select
     from :SCHEMA._private_job_queues as job_queues
     where job_queues.queue_name = any(%(queue_names)s::text[])
   ),
-  array(
-    select nextval(sequence.name::regclass)
-    from (select pg_get_serial_sequence(%(jobs_table)s, 'id') as name) as sequence
-    cross join generate_series(1, %(count)s)
-  )
+  array(select nextval(sequence.id) from sequence cross join generate_series(1, %(count)s))
 
 -- name: fast_copy_jobs
 -- The start of a COPY of the rows (store_fast.py names the columns a batch sets; the rest
