@@ -91,15 +91,16 @@ class CopyColumns(msgspec.Struct, frozen=True):
 
     @classmethod
     def of(cls, jobs: Sequence[NewJob]) -> CopyColumns:
-        """The columns that ``jobs`` set."""
-        specs = [new.spec for new in jobs]
-        return cls(
-            queue=any(s.queue is not None for s in specs),
-            priority=any(s.priority is not None for s in specs),
-            run_at=any(s.run_at is not None for s in specs),
-            max_attempts=any(s.max_attempts is not None for s in specs),
-            flags=any(s.flags for s in specs),
-        )
+        """The columns that ``jobs`` set (one pass over them)."""
+        queue = priority = run_at = max_attempts = flags = False
+        for new in jobs:
+            spec = new.spec
+            queue = queue or spec.queue is not None
+            priority = priority or spec.priority is not None
+            run_at = run_at or spec.run_at is not None
+            max_attempts = max_attempts or spec.max_attempts is not None
+            flags = flags or bool(spec.flags)
+        return cls(queue, priority, run_at, max_attempts, flags)
 
     def names(self) -> list[str]:
         """The columns of the COPY, in the order of ``row_maker``'s rows."""
