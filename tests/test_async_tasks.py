@@ -248,52 +248,30 @@ def test_a_graceful_stop_waits_for_a_running_async_job(opened: App, db: Conn, sc
     assert job_rows(db, schema) == []
 
 
+@pytest.mark.parametrize("handle_recorded_late", [False, True])
 def test_a_forced_stop_cancels_the_coroutine_and_gives_the_job_back(
-    make_app: Callable[..., App], db: Conn, schema: str
+    make_app: Callable[..., App],
+    db: Conn,
+    schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    handle_recorded_late: bool,
 ) -> None:
+    """With ``handle_recorded_late``, the coroutine starts on the loop's thread before
+    the steps thread records its handle, and the forced stop comes in between (the steps
+    thread is held back here until then): it must still cancel the coroutine."""
     app = make_app(interrupted_retry_delay=0)
     started = threading.Event()
     unwound = threading.Event()
+    if handle_recorded_late:
+        submit = AsyncRunner.submit
 
-    @app.task("long")
-    async def long(payload: dict[str, Any]) -> None:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        finally:
-            unwound.set()
+        def slow_to_record(self: AsyncRunner, *args: Any, **kwargs: Any) -> Any:
+            handle = submit(self, *args, **kwargs)
+            started.wait(5)
+            time.sleep(0.5)  # the forced stop runs meanwhile
+            return handle
 
-    with app:
-        app.migrate()
-        job = long.defer({})
-        handle = app.start()
-        assert started.wait(5)
-        handle.stop(force=True)
-        assert unwound.wait(5)
-        wait_for(lambda: job_rows(db, schema)[0][4] is None, 5, "the job to be unlocked")
-        assert handle.worker.wait_finished(5)
-    # Given back with the attempt refunded, as the exit path gives back sync jobs.
-    assert job_rows(db, schema) == [(job.id, "long", 0, INTERRUPTED, None)]
-
-
-def test_a_forced_stop_cancels_a_coroutine_whose_handle_is_not_recorded_yet(
-    make_app: Callable[..., App], db: Conn, schema: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The coroutine starts on the loop's thread before the steps thread records its
-    handle: a forced stop in between must still cancel it (the steps thread is held
-    back here until the stop has looked at the handles)."""
-    app = make_app(interrupted_retry_delay=0)
-    started = threading.Event()
-    unwound = threading.Event()
-    submit = AsyncRunner.submit
-
-    def slow_to_record(self: AsyncRunner, *args: Any, **kwargs: Any) -> Any:
-        handle = submit(self, *args, **kwargs)
-        started.wait(5)
-        time.sleep(0.5)  # the forced stop runs meanwhile
-        return handle
-
-    monkeypatch.setattr(AsyncRunner, "submit", slow_to_record)
+        monkeypatch.setattr(AsyncRunner, "submit", slow_to_record)
 
     @app.task("long")
     async def long(payload: dict[str, Any]) -> None:
@@ -312,6 +290,7 @@ def test_a_forced_stop_cancels_a_coroutine_whose_handle_is_not_recorded_yet(
         assert unwound.wait(5), "the coroutine was not cancelled"
         wait_for(lambda: job_rows(db, schema)[0][4] is None, 5, "the job to be unlocked")
         assert handle.worker.wait_finished(5)
+    # Given back with the attempt refunded, as the exit path gives back sync jobs.
     assert job_rows(db, schema) == [(job.id, "long", 0, INTERRUPTED, None)]
 
 
