@@ -109,6 +109,28 @@ class WorkerProcess:
             self.proc.wait(10)
 
 
+def tests_environment(**extra: str) -> dict[str, str]:
+    """This process's environment with the tests directory on PYTHONPATH (where the
+    subprocess apps live), plus ``extra``."""
+    path = os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def spawn_logged(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` from the tests directory in a session of its own (so that it
+    can be signalled as a group), its output in ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command,
+            cwd=TESTS_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def worker_spawner(
     database_url: str, schema: str, tmp_path: Path
 ) -> Iterator[Callable[..., WorkerProcess]]:
@@ -123,14 +145,7 @@ def worker_spawner(
         target: str = "fault_app:app", *, extra_args: tuple[str, ...] = (), **env: str
     ) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
-        environ = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")])
-            ),
-            "FAULT_MARKER_DIR": str(markers),
-            **env,
-        }
+        environ = tests_environment(FAULT_MARKER_DIR=str(markers), **env)
         command = [
             _pgworker_script(),
             "run",
@@ -143,17 +158,7 @@ def worker_spawner(
             "0.2",
             *extra_args,
         ]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                command,
-                cwd=TESTS_DIR,
-                env=environ,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        worker = WorkerProcess(proc, log, markers)
+        worker = WorkerProcess(spawn_logged(command, environ, log), log, markers)
         started.append(worker)
         return worker
 

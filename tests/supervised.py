@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from processes import wait_for
+from processes import spawn_logged, tests_environment, wait_for
 from psycopg import sql
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -85,12 +85,7 @@ def start_supervisor(
     env: dict[str, str] | None = None,
 ) -> Supervised:
     """``pgworker run processes_app:app --processes ...`` (``args``) on this schema."""
-    environ = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")])),
-        "PROCESSES_LEDGER": ledger,
-        **(env or {}),
-    }
+    environ = tests_environment(PROCESSES_LEDGER=ledger, **(env or {}))
     command = [
         sys.executable,
         "-m",
@@ -103,17 +98,7 @@ def start_supervisor(
         schema,
         *args,
     ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command,
-            cwd=TESTS_DIR,
-            env=environ,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Supervised(proc, log)
+    return Supervised(spawn_logged(command, environ, log), log)
 
 
 def create_ledger(database_url: str, name: str) -> None:
