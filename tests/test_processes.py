@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from processes import wait_for
@@ -70,10 +71,21 @@ def stop_gracefully(supervised: Supervised) -> None:
     assert "every worker process has stopped" in supervised.text()
 
 
-def drained(database_url: str, schema: str, ledger: str, jobs: int) -> Callable[[], bool]:
-    return lambda: (
-        remaining_jobs(database_url, schema) == 0 and len(ledger_rows(database_url, ledger)) >= jobs
+def wait_drained(
+    supervised: Supervised, database_url: str, schema: str, ledger: str, jobs: int, what: str
+) -> list[tuple[Any, ...]]:
+    """Wait until the queue is empty and the ledger holds ``jobs`` runs; return its rows."""
+    wait_for(
+        lambda: (
+            remaining_jobs(database_url, schema) == 0
+            and len(ledger_rows(database_url, ledger)) >= jobs
+        ),
+        DRAIN_TIMEOUT,
+        what,
+        detail=supervised.log,
+        interval=0.2,
     )
+    return ledger_rows(database_url, ledger)
 
 
 def migrated(make_app: Callable[..., App]) -> App:
@@ -114,14 +126,7 @@ def test_four_processes_drain_the_benchmark_jobs_each_once_and_stop_on_sigterm(
         assert "pgworker.cli" in cmdline
         assert database_url not in cmdline
     defer_many(database_url, schema, jobs, 500)
-    wait_for(
-        drained(database_url, schema, ledger, jobs),
-        DRAIN_TIMEOUT,
-        "the queue to drain",
-        detail=supervised.log,
-        interval=0.2,
-    )
-    rows = ledger_rows(database_url, ledger)
+    rows = wait_drained(supervised, database_url, schema, ledger, jobs, "the queue to drain")
     runs = runs_per_job(rows)
     assert len(runs) == jobs
     assert set(runs.values()) == {1}, "a job ran more than once"
@@ -159,14 +164,7 @@ def test_a_killed_child_is_replaced_and_its_job_recovered(
     assert re.search(
         rf"Worker process {victim} \(slot \d\) exited with signal SIGKILL", supervised.text()
     )
-    wait_for(
-        drained(database_url, schema, ledger, len(naps)),
-        DRAIN_TIMEOUT,
-        "every nap to be done",
-        detail=supervised.log,
-        interval=0.2,
-    )
-    done = ledger_rows(database_url, ledger)
+    done = wait_drained(supervised, database_url, schema, ledger, len(naps), "every nap to be done")
     assert runs_per_job(done) == dict.fromkeys(naps, 1)
     killed_job_done_by = {int(row[1]) for row in done if int(row[0]) == job_id}
     assert victim not in killed_job_done_by, "the killed child's job was recovered elsewhere"
@@ -188,14 +186,7 @@ def test_children_are_recycled_after_max_jobs_without_losing_a_job(
     )  # fmt: skip
     supervised.wait_children(2)
     defer_many(database_url, schema, jobs, 100)
-    wait_for(
-        drained(database_url, schema, ledger, jobs),
-        DRAIN_TIMEOUT,
-        "the queue to drain",
-        detail=supervised.log,
-        interval=0.2,
-    )
-    rows = ledger_rows(database_url, ledger)
+    rows = wait_drained(supervised, database_url, schema, ledger, jobs, "the queue to drain")
     runs = runs_per_job(rows)
     assert len(runs) == jobs
     assert set(runs.values()) == {1}
@@ -224,14 +215,7 @@ def test_a_child_is_recycled_above_its_memory_limit_without_losing_a_job(
     ids = [app.defer("noop", {"n": n}).id for n in range(10)]
     ids.append(app.defer("hog", {"megabytes": 200}, priority=-1).id)
     ids += [app.defer("noop", {"n": n}).id for n in range(10, 20)]
-    wait_for(
-        drained(database_url, schema, ledger, len(ids)),
-        DRAIN_TIMEOUT,
-        "the queue to drain",
-        detail=supervised.log,
-        interval=0.2,
-    )
-    rows = ledger_rows(database_url, ledger)
+    rows = wait_drained(supervised, database_url, schema, ledger, len(ids), "the queue to drain")
     assert runs_per_job(rows) == dict.fromkeys(ids, 1)
     pids = supervised.wait_children(2)
     hog_pid = next(int(row[1]) for row in rows if int(row[0]) == ids[10])
