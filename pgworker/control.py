@@ -40,8 +40,13 @@ def install_stop_signals(worker: Worker) -> Callable[[], None] | None:
             logger.warning("%s again: stopping now", name)
             worker.request_stop(force=True)
 
-    signums = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, handle) for s in signums}
+    return on_stop_signals(handle)
+
+
+def on_stop_signals(handle: Callable[[int, FrameType | None], None]) -> Callable[[], None]:
+    """Call ``handle`` on SIGINT and SIGTERM (from the main thread only); return the
+    function that puts the previous handlers back."""
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def restore() -> None:
         for s, handler in previous.items():

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+from .control import on_stop_signals
+
 logger = logging.getLogger(__name__)
 
 #: Restart backoff after a crash: BACKOFF_MIN seconds, doubling up to BACKOFF_MAX.
@@ -253,11 +255,4 @@ class Supervisor:
                 logger.warning("%s again: stopping every worker process now", name)
             self.request_stop(signum)
 
-        signums = (signal.SIGINT, signal.SIGTERM)
-        previous = {s: signal.signal(s, handle) for s in signums}
-
-        def restore() -> None:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-        return restore
+        return on_stop_signals(handle)
