@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import msgspec
-from psycopg.pq import PipelineStatus
 
 from .errors import JobNotCreatedError, PgWorkerError
 from .job import Job
@@ -56,7 +55,7 @@ class Store(
 ):
     """Runs pgworker's statements against one schema: the job lifecycle here, the admin
     API's statements from ``AdminStatements``, the cron scheduler's from
-    ``CronStatements``, the COPY-based batch insert from ``FastEnqueueStatements``, the
+    ``CronStatements``, the set-based batch insert from ``FastEnqueueStatements``, the
     worker registry's from ``RegistryStatements``, cancel requests from
     ``ControlStatements``.
 
@@ -108,11 +107,9 @@ class Store(
     def add_jobs(
         self, jobs: Sequence[NewJob], *, preserve_run_at: bool, conn: Connection | None = None
     ) -> list[Job]:
-        """Add a batch of jobs: without job keys by a COPY (``insert_jobs``), which
-        writes the same rows; with keys, or on a caller's connection in pipeline mode
-        (where PostgreSQL refuses COPY), through graphile-worker's ``add_jobs``."""
-        in_pipeline = conn is not None and conn.pgconn.pipeline_status != PipelineStatus.OFF
-        if not in_pipeline and all(new.spec.job_key is None for new in jobs):
+        """Add a batch of jobs: without job keys set-based (``insert_jobs``), which writes
+        the same rows; with keys through graphile-worker's ``add_jobs``."""
+        if all(new.spec.job_key is None for new in jobs):
             return self.insert_jobs(jobs, conn=conn)
         return self.call_add_jobs(jobs, preserve_run_at=preserve_run_at, conn=conn)
 

@@ -335,7 +335,7 @@ def test_on_an_autocommit_connection_a_failed_batch_writes_and_notifies_nothing(
 def test_a_batch_on_a_connection_in_pipeline_mode_is_added(
     two_apps: tuple[App, App], database_url: str, db: Conn, autocommit: bool
 ) -> None:
-    # PostgreSQL refuses COPY in pipeline mode: such a batch goes through add_jobs.
+    # A caller's pipeline is joined (PostgreSQL would refuse a COPY there).
     app = two_apps[0]
     with psycopg.connect(database_url, autocommit=autocommit) as conn:
         with conn.pipeline():

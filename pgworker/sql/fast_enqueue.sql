@@ -1,7 +1,9 @@
 -- pgworker's enqueue of a batch without job keys: the same rows, defaults and
--- notification as graphile-worker's add_jobs, written in one transaction by two pipelined
--- statements (names and notification; now() and the ids) and a COPY of the rows, instead
--- of a call that builds a job_spec record and runs an INSERT per job. Nothing is
+-- notification as graphile-worker's add_jobs, written in one transaction and one round
+-- trip by two pipelined statements (names and notification; the rows, from one array per
+-- column), instead of a call that builds a job_spec record and runs an INSERT per job. (A
+-- COPY of the rows cost the server about as much, but two round trips more, and
+-- PostgreSQL refuses it in pipeline mode.) Nothing is
 -- installed: the worker schema stays as graphile-worker made it. Batches with a key go
 -- through add_jobs, whose key semantics (locks, replace, array merge) this does not copy.
 -- Same conventions as queries.sql.
@@ -24,30 +26,41 @@ select pg_notify(
   'jobs:insert', '{"r":' || random()::text || ',"count":' || %(count)s::int::text || '}'
 )
 
--- name: fast_add_ids
--- After fast_add_names (pipelined behind it, so that it sees the names that statement
--- made sure of): the transaction's now(), the ids of the task identifiers and queue names
--- as JSON objects, and %(count)s ids drawn from the jobs' identity sequence, ascending,
--- for the rows that fast_copy_jobs writes.
-with sequence as materialized (
-  -- Looked up once: a regclass cast per row would cost more than the nextval itself.
-  select pg_get_serial_sequence(%(jobs_table)s, 'id')::regclass as id
+-- name: fast_insert_jobs
+-- After fast_add_names, in the same transaction and pipeline (so that it sees the names
+-- that statement made sure of): insert one row per element of the arrays, each array one
+-- column in batch order (a null array: no job of the batch sets that column), with
+-- add_jobs' defaults where a job leaves an option unset. The rows go in in batch order,
+-- so the identity column numbers them in that order: their ids, ascending, are the
+-- batch's. Returns the transaction's now() and those ids (fewer than the batch: a name
+-- had no row).
+with inserted as (
+  insert into :SCHEMA._private_jobs
+    (task_id, payload, job_queue_id, priority, run_at, max_attempts, flags)
+  select
+    tasks.id,
+    batch.payload::json,
+    job_queues.id,
+    coalesce(batch.priority, 0),
+    coalesce(batch.run_at, now()),
+    coalesce(batch.max_attempts, 25),
+    batch.flags
+  from unnest(
+    -- Text, cast per row: parsing a json[] literal costs more.
+    %(payloads)s::text[],
+    %(identifiers)s::text[],
+    %(queue_names)s::text[],
+    %(priorities)s::smallint[],
+    %(run_ats)s::timestamptz[],
+    %(max_attempts)s::smallint[],
+    %(flags)s::jsonb[]
+  ) with ordinality as batch(
+    payload, identifier, queue_name, priority, run_at, max_attempts, flags, position
+  )
+  join :SCHEMA._private_tasks as tasks on tasks.identifier = batch.identifier
+  left join :SCHEMA._private_job_queues as job_queues
+    on job_queues.queue_name = batch.queue_name
+  order by batch.position
+  returning _private_jobs.id
 )
-select
-  now(),
-  (
-    select coalesce(json_object_agg(tasks.identifier, tasks.id), '{}')
-    from :SCHEMA._private_tasks as tasks
-    where tasks.identifier = any(%(identifiers)s::text[])
-  ),
-  (
-    select coalesce(json_object_agg(job_queues.queue_name, job_queues.id), '{}')
-    from :SCHEMA._private_job_queues as job_queues
-    where job_queues.queue_name = any(%(queue_names)s::text[])
-  ),
-  array(select nextval(sequence.id) from sequence cross join generate_series(1, %(count)s))
-
--- name: fast_copy_jobs
--- The start of a COPY of the rows (store_fast.py names the columns a batch sets; the rest
--- take their defaults, as in add_jobs). COPY writes the identity column's given values.
-copy :SCHEMA._private_jobs
+select now(), array(select inserted.id from inserted order by inserted.id)
