@@ -65,18 +65,24 @@ def _strip_leading_comments(body: str) -> str:
     return "\n".join(lines).strip()
 
 
-#: The name tokens of pgworker's .sql files: the worker schema, and for the enqueue
-#: functions their schema and the role they are granted to.
-NAME_TOKENS = re.compile(r":(SCHEMA|ENQUEUE|ROLE)\b")
+#: The tokens of pgworker's .sql files: the names (the worker schema, and for the enqueue
+#: functions their schema and the role they are granted to), and a claim's row limit.
+NAME_TOKENS = re.compile(r":(SCHEMA|ENQUEUE|ROLE|LIMIT)\b")
 
 
-def bind_names(text: str, names: Mapping[str, str]) -> sql.Composed:
+def bind_names(text: str, names: Mapping[str, str], *, limit: int | None = None) -> sql.Composed:
     """Replace each :SCHEMA, :ENQUEUE and :ROLE token in ``text`` (the text of one of
-    pgworker's own .sql files) with its quoted identifier from ``names``."""
+    pgworker's own .sql files) with its quoted identifier from ``names``, and :LIMIT
+    with the number ``limit``, or with None with the parameter ``%(limit)s``."""
     pieces = NAME_TOKENS.split(text)
     parts: list[sql.Composable] = [sql.SQL(pieces[0])]
     for token, piece in zip(pieces[1::2], pieces[2::2], strict=True):
-        parts += [sql.Identifier(names[token]), sql.SQL(piece)]
+        value: sql.Composable
+        if token == "LIMIT":
+            value = sql.Placeholder("limit") if limit is None else sql.Literal(int(limit))
+        else:
+            value = sql.Identifier(names[token])
+        parts += [value, sql.SQL(piece)]
     return sql.Composed(parts)
 
 
@@ -93,6 +99,7 @@ class Queries:
         self.schema = schema
         self._texts = load_named_queries(tuple(files))
         self._bound: dict[str, bytes] = {}
+        self._limited: dict[tuple[str, int], bytes] = {}
 
     def __getitem__(self, name: str) -> bytes:
         """The statement ``name`` with the schema bound, as bytes ready to execute."""
@@ -107,3 +114,14 @@ class Queries:
         """The statement ``name`` with the schema bound, for a caller that completes it
         with more composed SQL (a column list)."""
         return bind_schema(self._texts[name], self.schema)
+
+    def with_limit(self, name: str, limit: int) -> bytes:
+        """The statement ``name`` with its :LIMIT spelled out as the number ``limit``: a
+        statement of its own for each limit, which PostgreSQL can plan once for all its
+        runs (``__getitem__``'s sends the limit as a parameter)."""
+        key = (name, limit)
+        bound = self._limited.get(key)
+        if bound is None:
+            text = bind_names(self._texts[name], {"SCHEMA": self.schema}, limit=limit)
+            bound = self._limited[key] = text.as_bytes(None)
+        return bound

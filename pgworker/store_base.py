@@ -106,10 +106,12 @@ class StoreBase:
         params: dict[str, Any] | None = None,
         *,
         hot: bool = False,
+        statement: bytes | None = None,
     ) -> tuple[list[tuple[Any, ...]], JobRowReader]:
-        """Run the statement ``query``, which returns job rows; return them with their
-        reader (``hot``: on the thread's kept cursor)."""
-        sql = self.queries[query]
+        """Run the statement ``query`` (or ``statement``, a variant of it with the same
+        columns), which returns job rows; return them with their reader (``hot``: on the
+        thread's kept cursor)."""
+        sql = self.queries[query] if statement is None else statement
         cur = self._hot_cursor(conn).execute(sql, params) if hot else conn.execute(sql, params)
         rows = cur.fetchall()
         reader = self._readers.get(query)

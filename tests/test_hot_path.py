@@ -26,7 +26,7 @@ from pgworker.logs import (
     TextFormatter,
     gathered_lines,
 )
-from pgworker.store import ClaimedJob
+from pgworker.store import LITERAL_LIMIT_MAX, ClaimedJob
 from pgworker.store_base import bigint_array
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -222,6 +222,38 @@ def test_the_hot_cursor_is_per_thread_and_per_connection(opened: App, database_u
         assert moved.connection is two
         first.close()
         assert store._hot_cursor(one) is not first
+
+
+def test_small_claims_are_planned_once_and_large_ones_take_their_limit_as_a_parameter(
+    opened: App, database_url: str, db: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    """A claim of up to LITERAL_LIMIT_MAX jobs is a statement of its own with the limit
+    spelled out, which PostgreSQL plans once and reuses (a limit sent as a parameter had
+    every claim planned anew); larger claims send it as a parameter. Both take exactly as
+    many jobs as asked for."""
+    noop = opened.task("noop")(lambda payload: None)
+    noop.defer_many([{"n": n} for n in range(2_000)])
+    db.execute(f'analyze "{opened.schema}"._private_jobs')
+    store = opened.store
+    task_names = {store.register_tasks(["noop"]).popitem()[0]: "noop"}
+    assert b"limit 8\n" in opened.store.queries.with_limit("claim_jobs", 8)
+    assert b"%(limit)s" in opened.store.queries["claim_jobs"]
+    with psycopg.connect(database_url, autocommit=True, prepare_threshold=0) as conn:
+        for limit in [8] * 20 + [LITERAL_LIMIT_MAX, LITERAL_LIMIT_MAX + 1, 500]:
+            jobs = store.claim_jobs(worker_id="w", task_names=task_names, limit=limit, conn=conn)
+            assert len(jobs) == limit
+        plans = conn.execute(
+            "select statement, generic_plans, custom_plans from pg_prepared_statements"
+            " where statement like '%%for update skip locked%%'"
+        ).fetchall()
+    by_limit = {
+        ("limit 8" in text, "limit $" in text): (generic, custom)
+        for text, generic, custom in plans
+        if "limit 8" in text or "limit $" in text
+    }
+    # PostgreSQL tries five custom plans before it settles on the generic one.
+    assert by_limit[(True, False)][0] >= 10
+    assert by_limit[(False, True)] == (0, 2)
 
 
 @pytest.mark.parametrize("fetched_listener", [False, True])

@@ -134,7 +134,7 @@ with candidates as (
   )
   and (jobs.flags ?| %(forbidden_flags)s::text[]) is not true
   order by jobs.priority, jobs.run_at
-  limit %(limit)s
+  limit :LIMIT
   for update skip locked
 ),
 chosen as (
