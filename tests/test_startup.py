@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pgworker import App, connections, giveback
+from pgworker import App, RawJob, connections, giveback
 
 
 def test_a_worker_without_async_tasks_never_loads_the_event_loop_machinery() -> None:
@@ -45,3 +47,42 @@ def test_a_run_once_worker_opens_one_connection_of_its_own_to_claim(
 
     opened.run_once()
     assert opened_by == [threading.current_thread().name] * 2
+
+
+FREEZE_APP = """
+import gc
+import os
+
+from pgworker import App
+
+app = App()
+
+
+@app.task("report")
+def report(payload: object) -> None:
+    with open(os.environ["FREEZE_REPORT"], "w", encoding="ascii") as out:
+        out.write(str(gc.get_freeze_count()))
+"""
+
+
+def test_pgworker_run_freezes_what_start_up_loaded(
+    tmp_path: Path, database_url: str, schema: str
+) -> None:
+    # Modules, the app and its tasks live as long as the process: frozen, the cyclic
+    # collector never walks them again, while jobs run or at exit.
+    (tmp_path / "freeze_app.py").write_text(FREEZE_APP, encoding="utf-8")
+    with App(database_url=database_url, schema=schema) as app:
+        app.migrate()
+        app.defer_raw([RawJob("report")])
+    report = tmp_path / "frozen.txt"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "FREEZE_REPORT": str(report)}
+    command = [sys.executable, "-m", "pgworker.cli", "run", "freeze_app:app", "--once"]
+    subprocess.run(
+        [*command, "--database-url", database_url, "--schema", schema],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
+    assert int(report.read_text(encoding="ascii")) > 10_000
