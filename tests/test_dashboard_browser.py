@@ -172,14 +172,14 @@ def test_dashboard_in_headless_chromium(
 ) -> None:
     app, base = served
     failed = app.admin.jobs(state="permanently_failed")[0].job
-    # The page loads, with real counts and the chart of the worker's minute.
+    # The page loads, with real counts and the chart of the worker's minute (or two,
+    # when the jobs ran across a minute's turn).
     driver.get(base + "/")
     wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#counts-by-task tr[data-task='boom']"))
-    minute = driver.find_element(By.CSS_SELECTOR, "#chart g.minute")
-    assert (minute.get_attribute("data-completed"), minute.get_attribute("data-failed")) == (
-        "2",
-        "1",
-    )
+    completed = attribute_of_all(driver, "#chart g.minute", "data-completed")
+    failed_attempts = attribute_of_all(driver, "#chart g.minute", "data-failed")
+    assert 1 <= len(completed) <= 2
+    assert (sum(map(int, completed)), sum(map(int, failed_attempts))) == (2, 1)
     shot(driver, "01-loaded")
 
     # A filter narrows the list, without reloading the page.
