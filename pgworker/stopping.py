@@ -36,6 +36,8 @@ class Stopping:
     async_jobs: AsyncJobs | None
     heartbeat: Heartbeat | None
     _forced: threading.Event
+    #: Set once the shutdown is over: threads stopped, registry left (or given up on).
+    _finished: threading.Event
     _threads: list[threading.Thread]
 
     @property
@@ -54,6 +56,15 @@ class Stopping:
         claimed."""
 
     def _shutdown(self) -> None:
+        try:
+            self._stop_or_hand_over()
+        except BaseException:
+            self._finished.set()  # no finish to wait for
+            raise
+
+    def _stop_or_hand_over(self) -> None:
+        """Stop at once, or hand the rest over to a thread that waits for the jobs still
+        running after a forced stop or the grace period."""
         self.request_stop()
         waiting = self.inflight.close()
         if waiting:  # prefetched, never started: back to the queue as they were
@@ -85,6 +96,12 @@ class Stopping:
     def _finish(self) -> None:
         """Wait for the last running job and the last outcome, then stop the threads,
         leave the registry and tell the plugins."""
+        try:
+            self._finish_steps()
+        finally:
+            self._finished.set()
+
+    def _finish_steps(self) -> None:
         self.inflight.wait_running_done(timeout=None)
         done_at = time.monotonic()
         while not self.inflight.wait_settled(0.2):

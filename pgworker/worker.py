@@ -151,6 +151,7 @@ class Worker(Stopping):
         self._forced = threading.Event()
         self._ready = threading.Event()
         self._stopped = threading.Event()
+        self._finished = threading.Event()
         self._threads: list[threading.Thread] = []
         self.exit_error: PgWorkerError | None = None
         self.give_back = GiveBack(store, conninfo, self.worker_id, settings.interrupted_retry_delay)
@@ -258,9 +259,10 @@ class Worker(Stopping):
         return self._stopped.wait(timeout)
 
     def wait_finished(self, timeout: float | None = None) -> bool:
-        """Wait until every job this worker claimed is recorded or given back (after a
-        forced stop this can be well after ``run()`` returned)."""
-        return self.inflight.wait_settled(timeout) and self._stopped.wait(timeout)
+        """Wait until every job this worker claimed is recorded or given back and the
+        worker has left the registry: nothing of it touches the database any more
+        (after a forced stop this can be well after ``run()`` returned)."""
+        return self._finished.wait(timeout)
 
     # -- start-up ---------------------------------------------------------------------
 
