@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,22 @@ def test_pgworker_run_freezes_what_start_up_loaded(
         capture_output=True,
     )
     assert int(report.read_text(encoding="ascii")) > 10_000
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="root only")
+def test_embedded_servers_start_one_at_a_time_as_root() -> None:
+    # As root the wheel creates its system user outside any lock of its own: two
+    # processes starting servers at once must not both get to it.
+    from pgworker.embedded import one_start_at_a_time
+
+    code = (
+        "import time; from pgworker.embedded import one_start_at_a_time\n"
+        "with one_start_at_a_time(): print(time.time())"
+    )
+    with one_start_at_a_time():
+        other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        threading.Event().wait(1.0)
+        assert other.poll() is None  # still waiting for the lock
+        released = time.time()
+    out, _ = other.communicate(timeout=30)
+    assert float(out) >= released
