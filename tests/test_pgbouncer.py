@@ -58,12 +58,14 @@ def free_port() -> int:
 
 
 class Bouncer:
-    """A PgBouncer on 127.0.0.1:``port`` in front of the test database."""
+    """A PgBouncer on 127.0.0.1:``port`` in front of the test database, which it reaches
+    at ``host`` (an address, or the unix socket directory of the embedded server)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path, host: str) -> None:
         self.proc = proc
         self.port = port
         self.log = log
+        self.host = host
 
     def url(self, dbname: str = ALIAS, application_name: str = "") -> str:
         suffix = f"?application_name={application_name}" if application_name else ""
@@ -112,7 +114,7 @@ def bouncer(database_url: str, tmp_path: Path) -> Iterator[Bouncer]:
         proc = subprocess.Popen(
             [binary, *run_as(host), str(config)], stdout=out, stderr=subprocess.STDOUT
         )
-    running = Bouncer(proc, port, log)
+    running = Bouncer(proc, port, log, host)
 
     def accepting() -> bool:
         if proc.poll() is not None:
@@ -217,7 +219,7 @@ def assert_backends_come_through(bouncer: Bouncer, database_url: str) -> None:
     direct = [b for b in workers if b[0] not in server_pids]
     assert not direct, f"worker backends that did not come through PgBouncer: {direct}"
     # From PgBouncer on loopback, or on the unix socket of the embedded server (no address).
-    host = psycopg.conninfo.conninfo_to_dict(database_url).get("host") or "127.0.0.1"
-    assert {b[1] for b in workers} == {None if str(host).startswith("/") else "127.0.0.1/32"}
+    on_socket = bouncer.host.startswith("/")
+    assert {b[1] for b in workers} == {None if on_socket else "127.0.0.1/32"}
     # Transaction pooling: the clients share at most default_pool_size server connections.
     assert len(server_pids) <= POOL_SIZE < len(clients), (len(server_pids), len(clients))

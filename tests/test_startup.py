@@ -101,7 +101,7 @@ def test_embedded_servers_start_one_at_a_time_as_root() -> None:
     )
     with one_start_at_a_time():
         other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        threading.Event().wait(1.0)
+        time.sleep(1.0)
         assert other.poll() is None  # still waiting for the lock
         released = time.time()
     out, _ = other.communicate(timeout=30)
