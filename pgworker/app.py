@@ -88,6 +88,8 @@ class App(Lifecycle, Registry, Enqueueing):
       for long ones, or prefetched jobs wait behind them while other workers idle.
     - ``complete_batch_delay``, ``fail_batch_delay``: seconds a worker waits to gather
       more successes (failures) into one statement; 0 (the default) writes at once.
+      Successes also go out with the worker's next claim, in its statement, if it comes
+      first.
     - ``recovery``: how workers heartbeat and give back the jobs of dead ones (on by
       default: a crashed worker's jobs run again within a minute); ``Recovery(enabled=
       False)`` leaves them to graphile-worker's 4-hour rule.

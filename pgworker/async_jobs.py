@@ -181,8 +181,9 @@ class AsyncJobs:
         self._settle(job_id, outcome)
 
     def _settle(self, job_id: int, outcome: Outcome) -> None:
-        self.inflight.finished(job_id)
+        # The outcome first: a claim that the freed slot starts then completes it.
         self.record(outcome)
+        self.inflight.finished(job_id)
         self._done_with()
 
     def _done_with(self) -> None:

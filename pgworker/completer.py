@@ -8,6 +8,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import psycopg
 
@@ -25,6 +26,9 @@ MAX_OUTCOME_BATCH = 1000
 #: How often an idle completer looks at the stop signal (the shutdown also wakes it,
 #: ``Completer.wake``).
 IDLE_CHECK = 0.05
+#: How long a success may wait for the fetcher's next claim to complete it (when a claim
+#: is on its way: the fetcher is not idle) before the completer writes it alone.
+FOLD_WINDOW = 0.005
 #: The plugin hooks ``report_outcome`` calls: without a listener, a batch skips it.
 OUTCOME_HOOKS = ("on_job_completed", "on_job_failed", "on_job_permanently_failed")
 
@@ -38,6 +42,13 @@ class Completer:
     batches under load). After a stop nothing waits: every batch is written as soon as
     it has an outcome, until every claimed job is settled, so a job still running then
     is recorded when it returns.
+
+    Successes wait in ``Successes`` for the fetcher's next claim, which completes them
+    in its own statement (``take_successes``; one commit per claim cycle instead of two)
+    and hands them back (``recorded``, or ``retry`` if its statement failed). The
+    completer writes them itself once they have waited ``FOLD_WINDOW`` seconds with no
+    claim coming for them, or at once if the fetcher is idle (``claim_expected``) and
+    ``complete_delay`` is 0.
 
     A batch that hits a lost connection is retried until it is written: an outcome is
     never dropped while the process lives (if it exits first, the job is given back and
@@ -63,17 +74,42 @@ class Completer:
         self.inflight = inflight
         self.on_settled = on_settled
         self.interrupted_retry_delay = interrupted_retry_delay
+        self.complete_delay = complete_delay
         self.delays = {Kind.COMPLETE: complete_delay, Kind.FAIL: fail_delay, Kind.RETURN: 0.0}
-        # None: a marker that wakes the completer to look at the stop signal.
-        self.outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        #: Whether the fetcher is about to claim (it takes the waiting successes then);
+        #: the worker sets it to the fetcher's ``claims_soon``.
+        self.claim_expected: Callable[[], bool] = lambda: False
+        self.successes = Successes()
+        # None wakes the completer to look at the stop signal and the successes; a
+        # Recorded brings successes the fetcher has completed.
+        self.outcomes: queue.SimpleQueue[Outcome | Recorded | None] = queue.SimpleQueue()
         self._conn = OwnConnection(conninfo)
 
     def put(self, outcome: Outcome) -> None:
         """Queue an outcome for writing."""
-        self.outcomes.put(outcome)
+        if outcome.error is not None:
+            self.outcomes.put(outcome)
+        elif self.successes.add(outcome):  # the first to wait: the completer times it
+            self.outcomes.put(None)
+
+    def take_successes(self) -> list[Outcome]:
+        """Take the successes waiting to be written (at most ``MAX_OUTCOME_BATCH``), for
+        a statement of the fetcher's; it hands them back with ``recorded`` or ``retry``."""
+        return self.successes.take(MAX_OUTCOME_BATCH)
+
+    def recorded(self, outcomes: list[Outcome]) -> None:
+        """These successes were written by someone else (the fetcher's claim): log, settle
+        and report them as if written here."""
+        self.outcomes.put(Recorded(outcomes))
+
+    def retry(self, outcomes: list[Outcome]) -> None:
+        """These taken successes were not written (the statement failed): write them here,
+        with the completer's retries."""
+        self.outcomes.put(Recorded(outcomes, written=False))
 
     def wake(self) -> None:
-        """Look at the stop signal now instead of at the next ``IDLE_CHECK``."""
+        """Look at the stop signal (and the waiting successes) now instead of at the next
+        ``IDLE_CHECK``."""
         self.outcomes.put(None)
 
     def run(self, stop: threading.Event) -> None:
@@ -81,12 +117,18 @@ class Completer:
         pending: dict[Kind, list[Outcome]] = {}
         due: dict[Kind, float] = {}  # when each pending batch is written (time.monotonic())
 
-        def add(outcome: Outcome | None) -> None:
-            if outcome is None:  # a wake-up: the loop looks at the stop signal
+        def add(item: Outcome | Recorded | None) -> None:
+            if item is None:  # a wake-up: the loop looks at the stop signal
                 return
-            kind = Kind.of(outcome)
+            if isinstance(item, Recorded):
+                if item.written:
+                    self._recorded(item.outcomes)
+                else:
+                    self._flush(item.outcomes)
+                return
+            kind = Kind.of(item)
             batch = pending.setdefault(kind, [])
-            batch.append(outcome)
+            batch.append(item)
             if kind not in due:
                 due[kind] = time.monotonic() + (0.0 if stop.is_set() else self.delays[kind])
 
@@ -96,10 +138,16 @@ class Completer:
                 for kind in [k for k, at in due.items() if at <= now or stop.is_set()]:
                     del due[kind]
                     self._flush(pending.pop(kind))
-                if not due and stop.is_set() and not self.inflight.unsettled:
+                successes_at = self._successes_due(stop.is_set())
+                if successes_at is not None and successes_at <= now:
+                    self._flush(self.successes.take(MAX_OUTCOME_BATCH))
+                    successes_at = self._successes_due(stop.is_set())
+                idle = not due and successes_at is None
+                if idle and stop.is_set() and not self.inflight.unsettled:
                     return
+                times = [*due.values(), *([] if successes_at is None else [successes_at])]
                 # Never longer than IDLE_CHECK: a stop must cut a batch's wait short.
-                wait = min(min(due.values()) - now, IDLE_CHECK) if due else IDLE_CHECK
+                wait = min(min(times) - now, IDLE_CHECK) if times else IDLE_CHECK
                 try:
                     add(self.outcomes.get(timeout=max(wait, 0.0)))
                 except queue.Empty:
@@ -116,6 +164,18 @@ class Completer:
         finally:
             self._conn.close()
 
+    def _successes_due(self, stopping: bool) -> float | None:
+        """When the completer writes the waiting successes itself (time.monotonic());
+        None if none waits."""
+        since = self.successes.since
+        if since is None:
+            return None
+        if stopping:
+            return since
+        if self.claim_expected():
+            return since + max(self.complete_delay, FOLD_WINDOW)
+        return since + self.complete_delay
+
     def _flush(self, outcomes: list[Outcome]) -> None:
         """Write a batch (in parts of MAX_OUTCOME_BATCH), count it settled, then tell the
         plugins."""
@@ -126,16 +186,27 @@ class Completer:
             except Exception:  # the completer must outlive any one batch
                 logger.exception("Recording %d job outcome(s) failed", len(batch))
             finally:
-                # Wake the fetcher before counting the batch settled: a run-once fetcher
-                # that sees nothing unsettled then also sees the wake-up (a queue this
-                # batch unlocked may hold a runnable job).
-                self.on_settled()
-                self.inflight.settled([o.job.id for o in batch])
-            # Plugins hear of outcomes once they are recorded and settled, so a slow hook
-            # delays no bookkeeping.
-            if self.hooks.listens(*OUTCOME_HOOKS):
-                for outcome in batch:
-                    self._report(outcome)
+                self._settle(batch)
+
+    def _recorded(self, batch: list[Outcome]) -> None:
+        """The steps after writing, for a batch written by the fetcher."""
+        with gathered_lines():
+            for outcome in batch:
+                outcome.log()
+        self._settle(batch)
+
+    def _settle(self, batch: list[Outcome]) -> None:
+        """Count a written (or given up) batch settled, then tell the plugins."""
+        # Wake the fetcher before counting the batch settled: a run-once fetcher that
+        # sees nothing unsettled then also sees the wake-up (a queue this batch unlocked
+        # may hold a runnable job).
+        self.on_settled()
+        self.inflight.settled([o.job.id for o in batch])
+        # Plugins hear of outcomes once they are recorded and settled, so a slow hook
+        # delays no bookkeeping.
+        if self.hooks.listens(*OUTCOME_HOOKS):
+            for outcome in batch:
+                self._report(outcome)
 
     def _write(self, batch: list[Outcome]) -> None:
         """Write a batch, retrying while the database is unreachable. A batch the database
@@ -196,6 +267,41 @@ class Completer:
 
     def _report(self, outcome: Outcome) -> None:
         report_outcome(self.hooks, outcome)
+
+
+class Successes:
+    """The successes waiting to be written, shared by the executors (``add``), the
+    fetcher and the completer (``take``: whoever takes them writes them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outcomes: list[Outcome] = []
+        #: When the oldest waiting success arrived (time.monotonic()); None if none waits.
+        self.since: float | None = None
+
+    def add(self, outcome: Outcome) -> bool:
+        """Add a success; True if it is the only one waiting."""
+        with self._lock:
+            self._outcomes.append(outcome)
+            if len(self._outcomes) > 1:
+                return False
+            self.since = time.monotonic()
+            return True
+
+    def take(self, most: int) -> list[Outcome]:
+        """Take up to ``most`` waiting successes, oldest first."""
+        with self._lock:
+            taken, self._outcomes = self._outcomes[:most], self._outcomes[most:]
+            self.since = time.monotonic() if self._outcomes else None
+            return taken
+
+
+class Recorded(NamedTuple):
+    """Successes the fetcher took (``Completer.take_successes``), coming back: written
+    with its claim, or to be written by the completer (``written`` False)."""
+
+    outcomes: list[Outcome]
+    written: bool = True
 
 
 class Kind(enum.Enum):

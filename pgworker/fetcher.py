@@ -15,6 +15,7 @@ import psycopg
 from .connections import OwnConnection, backoff_delay
 from .hooks import Hooks
 from .inflight import InFlight, Room
+from .outcome import Outcome
 from .settings import RefetchDelay
 from .store import ClaimedJob, Store
 
@@ -40,6 +41,23 @@ class AsyncLane(Protocol):
 
     def submit(self, claimed: ClaimedJob) -> None:
         """Run a claimed job in one of the reserved slots."""
+        ...
+
+
+class Completions(Protocol):
+    """Where the fetcher takes the successes its next claim completes (``Completer``),
+    and hands them back."""
+
+    def take_successes(self) -> list[Outcome]:
+        """Take the successes waiting to be written."""
+        ...
+
+    def recorded(self, outcomes: list[Outcome]) -> None:
+        """These successes were written with a claim."""
+        ...
+
+    def retry(self, outcomes: list[Outcome]) -> None:
+        """These successes were not written: the claim failed."""
         ...
 
 
@@ -120,8 +138,10 @@ class Fetcher:
         use_local_time: bool = False,
         ttl: float | None = None,
         refetch_delay: RefetchDelay | None = None,
+        completions: Completions | None = None,
     ) -> None:
         self.store = store
+        self.completions = completions
         self.ttl = ttl
         self.refetch = None if refetch_delay is None else RefetchPause(refetch_delay, batch)
         self.use_local_time = use_local_time
@@ -141,6 +161,13 @@ class Fetcher:
         # After a TTL give-back: claim for executors only once one of them is done.
         self._after_finishes = -1
         self._once = False
+        # Waiting for a wake-up or a poll, not about to claim: successes needn't wait.
+        self._idle = True
+
+    def claims_soon(self) -> bool:
+        """Whether a claim is on its way (the fetcher waits for room, or claims), which
+        completes the successes waiting by then; False while it waits for new jobs."""
+        return not self._idle
 
     @property
     def connection(self) -> OwnConnection:
@@ -164,6 +191,7 @@ class Fetcher:
         """Claim until ``stop`` is set; with ``once``, return when nothing is runnable
         and nothing claimed is unsettled."""
         self._once = once
+        self._idle = False
         attempt = 0
         try:
             while not stop.is_set():
@@ -188,7 +216,9 @@ class Fetcher:
                     attempt += 1
                     log = logger.warning if isinstance(exc, psycopg.Error) else logger.exception
                     log("Fetching jobs failed (%s); retrying in %.1f s", exc, delay)
+                    self._idle = True
                     stop.wait(delay)
+                    self._idle = False
                     continue
                 attempt = 0
                 if room.sync:
@@ -205,9 +235,17 @@ class Fetcher:
                 if expiry is not None:  # a prefetched job's time runs out first
                     left = max(0.0, expiry - time.monotonic())
                     timeout = left if timeout is None else min(timeout, left)
-                self._wake.wait(timeout)
+                self._wait_idle(timeout)
         finally:
+            self._idle = True
             self._conn.close()
+
+    def _wait_idle(self, timeout: float | None) -> None:
+        """Wait for a wake-up: no claim is coming meanwhile, so the successes waiting for
+        one are written without it."""
+        self._idle = True
+        self._wake.wait(timeout)
+        self._idle = False
 
     def _paused(self, stop: threading.Event) -> bool:
         """Wait out a refetch delay; True if it was waited on (the caller asks for room
@@ -215,7 +253,7 @@ class Fetcher:
         if self.refetch is None or not (left := self.refetch.remaining()):
             return False
         while left and not stop.is_set():
-            self._wake.wait(left)
+            self._wait_idle(left)
             self._wake.clear()
             left = self.refetch.remaining()
         return True
@@ -261,10 +299,12 @@ class Fetcher:
 
     def _claim(self, room: Room) -> tuple[int, bool]:
         """Claim for each kind with room; return how many jobs were claimed, and whether
-        there may be more to claim right away."""
-        claimed, more = 0, False
+        there may be more to claim right away. The first claim also completes the
+        successes waiting to be written."""
+        claimed, more, completing = 0, False, True
         if room.sync and self.task_names:
-            jobs = self._claim_jobs(self.task_names, room.sync)
+            jobs = self._claim_jobs(self.task_names, room.sync, completing=completing)
+            completing = False
             if self.refetch is not None:
                 self.refetch.after_fetch(len(jobs), room.sync)
             self._hand_out(jobs, self.hand_out, is_async=False)
@@ -276,7 +316,7 @@ class Fetcher:
             if reserved:
                 jobs = []
                 try:
-                    jobs = self._claim_jobs(self.async_task_names, reserved)
+                    jobs = self._claim_jobs(self.async_task_names, reserved, completing=completing)
                 finally:
                     lane.release(reserved - len(jobs))
                 self._hand_out(jobs, lane.submit, is_async=True)
@@ -284,15 +324,33 @@ class Fetcher:
                 more = more or _may_be_more(jobs, reserved)
         return claimed, more
 
-    def _claim_jobs(self, task_names: dict[int, str], limit: int) -> list[ClaimedJob]:
-        return self.store.claim_jobs(
-            worker_id=self.worker_id,
-            task_names=task_names,
-            limit=limit,
-            forbidden_flags=self.forbidden_flags(),
-            now=local_time() if self.use_local_time else None,
-            conn=self._conn.get(),
-        )
+    def _claim_jobs(
+        self, task_names: dict[int, str], limit: int, *, completing: bool = False
+    ) -> list[ClaimedJob]:
+        """One claim statement; with ``completing``, it also completes the successes
+        waiting (handed back to the completer either way)."""
+        done = self.completions.take_successes() if completing and self.completions else []
+        try:
+            jobs = self.store.claim_jobs(
+                worker_id=self.worker_id,
+                task_names=task_names,
+                limit=limit,
+                forbidden_flags=self.forbidden_flags(),
+                now=local_time() if self.use_local_time else None,
+                completed=[outcome.job.id for outcome in done],
+                conn=self._conn.get(),
+            )
+        except BaseException:
+            if done:
+                assert self.completions is not None
+                self.completions.retry(done)
+            raise
+        if done:
+            assert self.completions is not None
+            self.completions.recorded(done)
+            if any(outcome.job.queue_name for outcome in done):
+                self._wake.set()  # a queue it unlocked may hold the next runnable job
+        return jobs
 
     def _hand_out(
         self,

@@ -217,8 +217,9 @@ class Executors:
             if running is None:
                 continue
             outcome = self.runner.run(claimed, running)
-            self.inflight.finished(claimed.job.id)
+            # The outcome first: a claim that the freed slot starts then completes it.
             self.record(outcome)
+            self.inflight.finished(claimed.job.id)
 
 
 def ms_since(started: float) -> float:

@@ -115,7 +115,8 @@ class WorkerSettings:
     #: Seconds a prefetched job may wait for an executor before it is given back.
     prefetch_ttl: float = DEFAULT_PREFETCH_TTL
     refetch_delay: RefetchDelay | None = None
-    #: Seconds the completer waits to gather successes (failures) into one statement.
+    #: Seconds the completer waits to gather successes (failures) into one statement
+    #: (the fetcher's next claim completes waiting successes sooner if it comes first).
     complete_batch_delay: float = 0.0
     fail_batch_delay: float = 0.0
     #: LISTEN for new jobs; False polls only (PgBouncer in transaction mode).

@@ -150,11 +150,14 @@ class Store(
         limit: int,
         forbidden_flags: Sequence[str] | None = None,
         now: datetime | None = None,
+        completed: Sequence[int] = (),
         conn: Connection | None = None,
     ) -> list[ClaimedJob]:
         """Lock up to ``limit`` jobs for ``worker_id`` that are runnable at ``now`` (None:
-        the database's ``now()``)."""
+        the database's ``now()``), in the same statement as completing the jobs
+        ``completed`` (as ``complete_jobs`` does): one commit for both."""
         params: dict[str, Any] = {
+            "done_ids": bigint_array(completed),
             "worker_id": worker_id,
             "task_ids": list(task_names),
             "forbidden_flags": list(forbidden_flags) if forbidden_flags else None,

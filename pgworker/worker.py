@@ -18,7 +18,10 @@ async-loop     ``AsyncRunner``: the event      after the last async job, from th
                jobs run on, ``async_           is given back once it has unwound)
                concurrency`` at a time
 completer      ``Completer``: writes outcomes  on stop, once every claimed job is settled
-               in batches, reports to plugins
+               in batches (successes go out
+               with the fetcher's next claim
+               when one is coming), reports
+               to plugins
 watch          ``Watch``: deadlines and        on stop, once no job of ours is running
                cancel requests of running
                jobs
@@ -296,7 +299,9 @@ class Worker(Stopping):
             use_local_time=settings.use_local_time,
             ttl=settings.prefetch_ttl if settings.prefetch else None,
             refetch_delay=settings.refetch_delay,
+            completions=self.completer,
         )
+        self.completer.claim_expected = self.fetcher.claims_soon
         if settings.recovery.enabled:
             metadata = worker_metadata(self.worker_id, list(self.tasks), VERSION)
             self.heartbeat = Heartbeat(

@@ -29,6 +29,7 @@ from test_multiprocess import (
 )
 
 from pgworker import App, ConfigurationError, JobSpec, LocalQueue, Plugin, RefetchDelay
+from pgworker.control import WorkerHandle
 from pgworker.store import NewJob
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -268,13 +269,27 @@ def test_local_queue_settings_are_checked() -> None:
     assert App(prefetch=3).local_queue == LocalQueue(size=3)
 
 
+def started_and_idle(app: App) -> WorkerHandle:
+    """Start a worker of ``app`` and wait until it listens and the claim that follows
+    connecting is done: with a long poll interval, only a notification wakes it now."""
+    handle = app.start()
+    listener = handle.worker.listener
+    assert listener is not None
+    wait_for(lambda: listener.is_listening, 10, "the worker to listen")
+    time.sleep(0.2)
+    return handle
+
+
 @pytest.mark.gw("LQ-19")
 def test_batched_outcomes_are_flushed_on_shutdown(
     make_app: Callable[..., App], db: Conn, schema: str
 ) -> None:
     """With 30 s batch delays, a stop right after the jobs ran writes their outcomes at
-    once: the successes are deleted, the failure recorded and unlocked."""
-    app = make_app(concurrency=4, complete_batch_delay=30.0, fail_batch_delay=30.0)
+    once: the successes are deleted, the failure recorded and unlocked. (One claim takes
+    the four jobs with room for five, so no claim follows to complete the successes.)"""
+    app = make_app(
+        concurrency=5, complete_batch_delay=30.0, fail_batch_delay=30.0, poll_interval=60.0
+    )
     ran: list[int] = []
 
     @app.task("job")
@@ -285,8 +300,8 @@ def test_batched_outcomes_are_flushed_on_shutdown(
 
     with app:
         app.migrate()
+        handle = started_and_idle(app)
         job.defer_many([{"n": n} for n in range(4)])
-        handle = app.start()
         wait_for(lambda: len(ran) == 4, 10, "the four jobs to run")
         assert len(job_rows(db, schema)) == 4, "an outcome was written before its delay"
         stopped = time.monotonic()
@@ -309,9 +324,13 @@ class Completions(Plugin):
 
 @pytest.mark.gw("LQ-18")
 def test_a_complete_batch_delay_gathers_successes(make_app: Callable[..., App]) -> None:
-    """With a 1 s delay, no success is written until a second after the first finished."""
+    """With a 1 s delay and no claim coming (one claim took the ten jobs, with room for
+    eleven, and nothing wakes the fetcher after), no success is written until a second
+    after the first finished."""
     completions = Completions()
-    app = make_app(concurrency=4, complete_batch_delay=1.0, plugins=[completions])
+    app = make_app(
+        concurrency=11, complete_batch_delay=1.0, poll_interval=60.0, plugins=[completions]
+    )
     finished: list[float] = []
 
     @app.task("job")
@@ -320,15 +339,15 @@ def test_a_complete_batch_delay_gathers_successes(make_app: Callable[..., App]) 
 
     with app:
         app.migrate()
-        job.defer_many([{"n": n} for n in range(10)])
-        with app.start():
+        with started_and_idle(app):
+            job.defer_many([{"n": n} for n in range(10)])
             wait_for(lambda: len(completions.at) == 10, 15, "ten completions")
     assert min(completions.at) - min(finished) >= 0.9
 
 
 def blocked_flush(db: Conn, schema: str, other_than: int | None = None) -> int | None:
-    """The pid of a backend whose complete_jobs statement on ``schema`` waits for a row
-    lock (not ``other_than``), or None."""
+    """The pid of a backend whose complete_jobs statement, or claim that completes jobs,
+    on ``schema`` waits for a row lock (not ``other_than``), or None."""
     row = db.execute(
         "select pid from pg_stat_activity where datname = current_database() "
         "and wait_event_type = 'Lock' and query like 'with done as%%' "
@@ -343,8 +362,12 @@ def test_no_completion_is_lost_when_the_connection_drops_mid_flush(
 ) -> None:
     """A test transaction locks one job's row, so the flush of five completions blocks;
     its backend is terminated; the completer reconnects and retries (blocking again);
-    once the lock is released every completion is written, and no job ran twice."""
-    app, runs, gate = gated_app(make_app, concurrency=5, complete_batch_delay=0.2)
+    once the lock is released every completion is written, and no job ran twice. (One
+    claim takes the five jobs with room for six, so the completer writes them, not a
+    claim: tests/test_completion_fold.py has the claim's case.)"""
+    app, runs, gate = gated_app(
+        make_app, concurrency=6, complete_batch_delay=0.2, poll_interval=60.0
+    )
     with app:
         app.migrate()
         jobs = app.tasks["gated"].defer_many([{"n": n, "wait": True} for n in range(5)])
