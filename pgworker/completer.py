@@ -74,7 +74,6 @@ class Completer:
         self.inflight = inflight
         self.on_settled = on_settled
         self.interrupted_retry_delay = interrupted_retry_delay
-        self.complete_delay = complete_delay
         self.delays = {Kind.COMPLETE: complete_delay, Kind.FAIL: fail_delay, Kind.RETURN: 0.0}
         #: Whether the fetcher is about to claim (it takes the waiting successes then);
         #: the worker sets it to the fetcher's ``claims_soon``.
@@ -172,9 +171,8 @@ class Completer:
             return None
         if stopping:
             return since
-        if self.claim_expected():
-            return since + max(self.complete_delay, FOLD_WINDOW)
-        return since + self.complete_delay
+        delay = self.delays[Kind.COMPLETE]
+        return since + (max(delay, FOLD_WINDOW) if self.claim_expected() else delay)
 
     def _flush(self, outcomes: list[Outcome]) -> None:
         """Write a batch (in parts of MAX_OUTCOME_BATCH), count it settled, then tell the

@@ -329,7 +329,8 @@ class Fetcher:
     ) -> list[ClaimedJob]:
         """One claim statement; with ``completing``, it also completes the successes
         waiting (handed back to the completer either way)."""
-        done = self.completions.take_successes() if completing and self.completions else []
+        completions = self.completions if completing else None
+        done = completions.take_successes() if completions is not None else []
         try:
             jobs = self.store.claim_jobs(
                 worker_id=self.worker_id,
@@ -341,13 +342,11 @@ class Fetcher:
                 conn=self._conn.get(),
             )
         except BaseException:
-            if done:
-                assert self.completions is not None
-                self.completions.retry(done)
+            if completions is not None and done:
+                completions.retry(done)
             raise
-        if done:
-            assert self.completions is not None
-            self.completions.recorded(done)
+        if completions is not None and done:
+            completions.recorded(done)
             if any(outcome.job.queue_name for outcome in done):
                 self._wake.set()  # a queue it unlocked may hold the next runnable job
         return jobs

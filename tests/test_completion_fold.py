@@ -20,9 +20,7 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 
 def lock_state(db: Conn, schema: str) -> tuple[list[tuple[int, str | None]], dict[str, str | None]]:
     """(payload n, locked_by) of every job by n, and who locks each named queue."""
-    jobs = db.execute(
-        f"select (payload->>'n')::int, locked_by from {schema}._private_jobs order by 1"
-    ).fetchall()
+    jobs = [(n, locked_by) for n, locked_by, _, _ in job_rows(db, schema)]
     queues = db.execute(f"select queue_name, locked_by from {schema}._private_job_queues")
     return jobs, dict(queues.fetchall())
 
