@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from pgworker import App, RawJob, connections, giveback
+from pgworker.store_recovery import SWEEP_LOCK
 
 
 def test_a_worker_without_async_tasks_never_loads_the_event_loop_machinery() -> None:
@@ -87,6 +89,25 @@ def test_pgworker_run_freezes_what_start_up_loaded(
         capture_output=True,
     )
     assert int(report.read_text(encoding="ascii")) > 10_000
+
+
+def test_the_sweep_never_compiles_its_statements_with_jit(opened: App, database_url: str) -> None:
+    # The planner costs the sweep as scans of the whole jobs table; with JIT on, a
+    # 20,000-job table made each run-once worker's sweep take 30-160 ms to compile on its
+    # fresh connection. Here JIT would compile any statement (jit_above_cost = 0).
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if conn.execute("select pg_jit_available()").fetchone() != (True,):
+            pytest.skip("this PostgreSQL has no JIT to turn off")
+        conn.execute("set jit_above_cost = 0")
+        queries = opened.store.queries
+        threshold = {"threshold": 45.0, "foreign_threshold": 300.0, "self_id": None}
+        explain = b"explain (format json) " + queries["lock_dead_workers"]
+        with conn.transaction():
+            lock = {"class_id": SWEEP_LOCK[0], "object_id": SWEEP_LOCK[1]}
+            assert conn.execute(queries["try_sweep_lock"], lock).fetchone()[0] is True
+            row = conn.execute(explain, threshold).fetchone()
+    assert row is not None
+    assert "JIT" not in row[0][0]
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="root only")

@@ -27,8 +27,14 @@ delete from :SCHEMA._private_workers where id = %(worker_id)s
 
 -- name: try_sweep_lock
 -- One sweeper at a time, Rust workers included: the Rust crate's advisory lock key,
--- held until the transaction ends.
-select pg_try_advisory_xact_lock(%(class_id)s::int, %(object_id)s::int)
+-- held until the transaction ends. It also turns JIT off for the rest of the
+-- transaction: the planner costs the sweep's statements as scans of the whole jobs
+-- table (its Rust rule looks jobs up by locked_by, which has no index), so on a table
+-- of some 20,000 jobs PostgreSQL compiled them with LLVM for a handful of rows: 30-160
+-- ms on a fresh connection, every run-once worker's start-up.
+select
+  pg_try_advisory_xact_lock(%(class_id)s::int, %(object_id)s::int),
+  set_config('jit', 'off', true)
 
 -- name: lock_dead_workers
 -- Registered workers whose heartbeat is too old, locked until the sweep commits (a late
