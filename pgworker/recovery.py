@@ -97,9 +97,11 @@ class Heartbeat:
         *,
         still_running: Callable[[float], bool],
         stale_after: float = 45.0,
+        made_up_id: bool = False,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
+        self.made_up_id = made_up_id
         self.metadata = metadata
         self.interval = interval
         self.stale_after = stale_after
@@ -119,11 +121,16 @@ class Heartbeat:
         connection, closed if this fails): raises if the registry can't be written, and
         WorkerIdInUseError if a live worker is registered under this worker's id. Jobs a
         dead worker of the same id left locked are given back (graphile-worker's
-        ``force_unlock_workers``: the attempt they took stays counted)."""
+        ``force_unlock_workers``: the attempt they took stays counted), unless the id
+        was made up for this worker (``made_up_id``) and so has no predecessor."""
         own = conn or self._conn
         try:
             released = self.store.register_worker(
-                self.worker_id, self.metadata, stale_after=self.stale_after, conn=own.get()
+                self.worker_id,
+                self.metadata,
+                stale_after=self.stale_after,
+                release=not self.made_up_id,
+                conn=own.get(),
             )
         except BaseException:
             own.close()

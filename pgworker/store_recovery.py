@@ -83,12 +83,20 @@ class RegistryStatements(StoreBase):
         return bool(row and row[0])
 
     def register_worker(
-        self, worker_id: str, metadata: dict[str, Any], *, stale_after: float, conn: Connection
+        self,
+        worker_id: str,
+        metadata: dict[str, Any],
+        *,
+        stale_after: float,
+        release: bool = True,
+        conn: Connection,
     ) -> int | None:
         """Register ``worker_id`` as it starts; None, with nothing changed, when a worker
-        of that id heartbeat within ``stale_after`` seconds. Otherwise the jobs and queues
-        still locked under that id (a dead predecessor's: this worker has none yet) are
-        released, and how many jobs that was is returned."""
+        of that id heartbeat within ``stale_after`` seconds. Otherwise, with ``release``,
+        the jobs and queues still locked under that id (a dead predecessor's: this worker
+        has none yet) are released, and how many jobs that was is returned. A worker
+        whose id was made up just now passes ``release=False``: nothing can be locked
+        under it, and looking costs two scans of the jobs table (no index on locked_by)."""
         params = {
             "worker_id": worker_id,
             "metadata": json.dumps(metadata),
@@ -97,6 +105,8 @@ class RegistryStatements(StoreBase):
         with self.connection(conn) as c, c.transaction():
             if c.execute(self.queries["register_worker"], params).fetchone() is None:
                 return None
+            if not release:
+                return 0
             row = c.execute(
                 self.queries["force_unlock_workers"], {"worker_ids": [worker_id]}
             ).fetchone()

@@ -312,6 +312,7 @@ class Worker(Stopping):
                 settings.recovery.heartbeat_interval,
                 still_running=lambda timeout: not self.inflight.wait_running_done(timeout),
                 stale_after=settings.recovery.stale_after,
+                made_up_id=settings.worker_id is None,
             )
             # On the fetcher's connection, as the run-once sweep below: the first claim
             # then needn't wait for one more connection (the heartbeat opens its own
