@@ -127,12 +127,12 @@ def test_the_sweep_never_compiles_its_statements_with_jit(opened: App, database_
             pytest.skip("this PostgreSQL has no JIT to turn off")
         conn.execute("set jit_above_cost = 0")
         queries = opened.store.queries
-        threshold = {"threshold": 45.0, "foreign_threshold": 300.0, "self_id": None}
+        params = {"threshold": 45.0, "foreign_threshold": 300.0, "self_id": None}
         explain = b"explain (format json) " + queries["lock_dead_workers"]
         with conn.transaction():
             lock = {"class_id": SWEEP_LOCK[0], "object_id": SWEEP_LOCK[1]}
             assert conn.execute(queries["try_sweep_lock"], lock).fetchone()[0] is True
-            row = conn.execute(explain, threshold).fetchone()
+            row = conn.execute(explain, params).fetchone()
     assert row is not None
     assert "JIT" not in row[0][0]
 
