@@ -188,9 +188,7 @@ class Completer:
 
     def _recorded(self, batch: list[Outcome]) -> None:
         """The steps after writing, for a batch written by the fetcher."""
-        with gathered_lines():
-            for outcome in batch:
-                outcome.log()
+        log_outcomes(batch)
         self._settle(batch)
 
     def _settle(self, batch: list[Outcome]) -> None:
@@ -249,9 +247,7 @@ class Completer:
                 message=INTERRUPTED_MESSAGE,
                 conn=conn,
             )
-        with gathered_lines():  # one write for the batch's lines, not one per job
-            for outcome in batch:
-                outcome.log()
+        log_outcomes(batch)
 
     def _write_fallback(self, outcome: Outcome, exc: psycopg.Error) -> None:
         """Record a failure whose own text the database refused, with a plain message."""
@@ -315,6 +311,13 @@ class Kind(enum.Enum):
         if outcome.interrupted:
             return Kind.RETURN
         return Kind.COMPLETE if outcome.error is None else Kind.FAIL
+
+
+def log_outcomes(batch: list[Outcome]) -> None:
+    """Log each outcome's line, in one write for the batch rather than one per job."""
+    with gathered_lines():
+        for outcome in batch:
+            outcome.log()
 
 
 def failure_record(outcome: Outcome) -> Failure:
