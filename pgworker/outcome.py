@@ -11,6 +11,7 @@ from datetime import datetime
 import msgspec
 
 from .job import Job
+from .logs import SiteRecords
 
 logger = logging.getLogger("pgworker.worker")
 
@@ -140,13 +141,11 @@ def _emit(level: int, msg: str, args: tuple[object, ...], extra: dict[str, objec
     """Log a job's line, as ``logger.log(level, msg, *args, extra=extra)`` does, without
     its per-call walk of the stack for the caller (one line per job adds up): the record
     names ``Outcome.log`` in this module as where it comes from, which it always is."""
-    logger.handle(
-        logger.makeRecord(logger.name, level, __file__, _LOG_LINE, msg, args, None, "log", extra)
-    )
+    logger.handle(_records.make(level, msg, args, extra))
 
 
-#: The line ``Outcome.log``'s records name (that of its definition).
-_LOG_LINE = Outcome.log.__code__.co_firstlineno
+#: The records of ``Outcome.log``'s lines (which name its definition's line).
+_records = SiteRecords(logger, __file__, Outcome.log.__code__.co_firstlineno, "log")
 
 
 def _user_traceback(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from pgworker.logs import (
     TextFormatter,
     gathered_lines,
 )
+from pgworker.outcome import Outcome
 from pgworker.store import LITERAL_LIMIT_MAX, ClaimedJob
 from pgworker.store_base import bigint_array
 
@@ -372,3 +374,26 @@ def test_the_text_formatter_writes_what_logging_formatter_writes() -> None:
         )
         record.msecs = (created - int(created)) * 1000
         assert ours.format(record) == stdlib.format(record)
+
+
+def test_the_text_formatter_adds_a_traceback_as_logging_formatter_does() -> None:
+    ours, stdlib = TextFormatter(), logging.Formatter(TEXT_FORMAT)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    for fields in ({"exc_info": exc_info}, {"stack_info": "Stack (most recent call last):"}):
+        record = logging.makeLogRecord({"msg": "failed", "name": "n", **fields})
+        assert ours.format(record) == stdlib.format(logging.makeLogRecord(vars(record)))
+        assert "boom" in ours.format(record) or "Stack" in ours.format(record)
+
+
+def test_a_job_line_names_outcome_log_as_its_origin(caplog: pytest.LogCaptureFixture) -> None:
+    """The job's line is made without logging's stack walk (SiteRecords), yet says where
+    it comes from and carries the job's fields."""
+    with caplog.at_level(logging.INFO, logger="pgworker.worker"):
+        Outcome(claimed(3).job, 2.25).log()
+    (record,) = caplog.records
+    assert (record.module, record.funcName, record.name) == ("outcome", "log", "pgworker.worker")
+    assert record.getMessage() == "Completed t #3 in 2.2 ms (attempt 1 of 25)"
+    assert (record.job_id, record.duration_ms, record.attempt) == (3, 2.25, 1)
