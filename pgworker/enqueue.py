@@ -144,6 +144,35 @@ class Enqueueing:
         plugin's ``before_defer`` skipped."""
         return self.defer_batch(((raw.identifier, raw.payload, raw.spec) for raw in jobs), conn)
 
+    def defer_uniform(
+        self,
+        identifier: str,
+        payloads: Iterable[Any],
+        options: JobSpec,
+        conn: Connection | None = None,
+    ) -> list[Job]:
+        """``Task.defer_many``'s batch: jobs of one task with the same options. When
+        nothing needs a look at each job (no keys, no plugin's ``before_defer``, no eager
+        mode or enqueue functions), the payloads are checked and sent as one JSON array;
+        otherwise, and whenever that check fails, ``defer_batch`` takes them one by one
+        (and names the faulty payload)."""
+        payloads = list(payloads)
+        task = self.tasks.get(identifier)
+        spec = self._batch_spec(task, options)
+        if (
+            not payloads
+            or task is None
+            or spec.job_key is not None
+            or self.hooks.intercepts_defer
+            or self._eager_mode is not None
+            or self.enqueue_schema is not None
+        ):
+            return self.defer_batch(((identifier, p, options) for p in payloads), conn)
+        array = task.codec.encode_all(payloads, max_bytes=self.max_payload_bytes)
+        if array is None:
+            return self.defer_batch(((identifier, p, options) for p in payloads), conn)
+        return self.store.insert_uniform(identifier, spec, array, len(payloads), conn=conn)
+
     def defer_batch(
         self, jobs: Iterable[tuple[str, Any, JobSpec]], conn: Connection | None = None
     ) -> list[Job]:
@@ -165,11 +194,8 @@ class Enqueueing:
             ):
                 spec = last[2]
             else:
-                spec = (task.defaults if task is not None else JobSpec()).merge(options)
-                spec = self._local_run_at(spec)
+                spec = self._batch_spec(task, options)
                 last = (identifier, options, spec)
-                if spec.job_key_mode == "unsafe_dedupe":
-                    raise ConfigurationError("job_key_mode 'unsafe_dedupe' works only with defer()")
             if payload is None and task is None:
                 payload = {}
             if intercepts:
@@ -196,6 +222,15 @@ class Enqueueing:
         definer = self._definer_statements()
         target = self.store if definer is None else definer
         return target.add_jobs(batch, preserve_run_at=modes == {"preserve_run_at"}, conn=conn)
+
+    def _batch_spec(self, task: Task[Any, Any, Any] | None, options: JobSpec) -> JobSpec:
+        """The options of a batch's job of ``task`` (None: not registered here): the
+        task's defaults under ``options``, with this process's time as run_at if the app
+        says so."""
+        spec = (task.defaults if task is not None else JobSpec()).merge(options)
+        if spec.job_key_mode == "unsafe_dedupe":
+            raise ConfigurationError("job_key_mode 'unsafe_dedupe' works only with defer()")
+        return self._local_run_at(spec)
 
     def _local_run_at(self, spec: JobSpec) -> JobSpec:
         """With ``use_local_time``, a job with no run_at runs from this process's now

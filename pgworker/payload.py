@@ -35,6 +35,7 @@ class PayloadCodec(Generic[T]):
         self.payload_type = payload_type
         self._encoder = msgspec.json.Encoder()
         self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(payload_type)
+        self._list_decoder: msgspec.json.Decoder[list[T]] = msgspec.json.Decoder(list[payload_type])
         self._checks = payload_type is not Any
 
     def encode(self, payload: object, *, max_bytes: int | None = None) -> str:
@@ -65,6 +66,29 @@ class PayloadCodec(Generic[T]):
             # Decoding what we are about to store is the one check that covers dicts,
             # structs built with wrong field types and nested values alike.
             self.decode(data)
+        return data.decode()
+
+    def encode_all(self, payloads: list[Any], *, max_bytes: int | None = None) -> str | None:
+        """``payloads`` as one JSON array text, each element what ``encode`` makes of
+        it, checked in one go; None where the array holds a null or a ``_trace`` key, is
+        longer than ``max_bytes`` or fails a check: then ``encode`` each payload, to
+        refuse the faulty one by name (or to accept one that only looked suspicious).
+        """
+        try:
+            data = self._encoder.encode(payloads)
+        except (TypeError, msgspec.EncodeError, UnicodeEncodeError, RecursionError):
+            return None
+        # A null may be a NaN, a _trace key must be left out before the check, and an
+        # array within the limit has every payload within it.
+        if NULL_MARKER in data or TRACE_MARKER in data:
+            return None
+        if max_bytes is not None and len(data) > max_bytes:
+            return None
+        if self._checks:
+            try:
+                self._list_decoder.decode(data)
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                return None
         return data.decode()
 
     def decode(self, data: str | bytes) -> T:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -34,10 +34,12 @@ class NewJob(msgspec.Struct, frozen=True):
 class FastEnqueueStatements(StoreBase):
     """Adds a batch of jobs without keys in one transaction and one round trip
     (sql/fast_enqueue.sql): a statement makes sure of the task and queue names and sends
-    the notification, a second inserts the rows from one array per column. The result is
-    what graphile-worker's ``add_jobs`` writes (tests/test_fast_enqueue.py compares the
-    two row for row) for a fraction of the server's work per job: no job_spec record, no
-    function call, no per-row INSERT, and nothing read back but the ids."""
+    the notification, a second inserts the rows from the payloads' JSON array and, for
+    each other column, one value for the whole batch or an array of one per job. The
+    result is what graphile-worker's ``add_jobs`` writes (tests/test_fast_enqueue.py
+    compares the two row for row) for a fraction of the server's work per job: no
+    job_spec record, no function call, no per-row INSERT, and nothing read back but the
+    ids."""
 
     def insert_jobs(self, jobs: Sequence[NewJob], *, conn: Connection | None = None) -> list[Job]:
         """Add ``jobs`` (none may have a job_key) and return them in order."""
@@ -45,48 +47,103 @@ class FastEnqueueStatements(StoreBase):
             return []
         if any(new.spec.job_key is not None for new in jobs):
             raise ValueError("a batch with job keys goes through add_jobs, not insert_jobs")
+        payloads = (
+            "[" + ",".join("{}" if new.payload == "null" else new.payload for new in jobs) + "]"
+        )
         identifiers = list({new.identifier: None for new in jobs})
         queues = list({new.spec.queue: None for new in jobs if new.spec.queue is not None})
-        names = {"count": len(jobs), "identifiers": identifiers, "queue_names": queues}
-        rows = column_arrays(jobs)
-        with self.connection(conn) as c, c.pipeline(), one_transaction(c):
-            with c.pipeline():  # synced on exit: the answer is read before the commit
-                c.execute(self.queries["fast_add_names"], names)
-                cur = c.execute(self.queries["fast_insert_jobs"], rows)
-            row = cur.fetchone()
-            assert row is not None
-            added_at, ids = row
-            if len(ids) != len(jobs):  # a name's row went missing meanwhile: roll back
-                raise JobNotCreatedError(f"the batch insert wrote {len(ids)} of {len(jobs)} jobs")
+        params = {"payloads": payloads, **batch_columns(jobs)}
+        added_at, ids = self._insert(params, identifiers, queues, len(jobs), conn)
         return [
             requested_job(job_id, added_at, new.identifier, new.spec)
             for job_id, new in zip(ids, jobs, strict=True)
         ]
 
+    def insert_uniform(
+        self,
+        identifier: str,
+        spec: JobSpec,
+        payloads: str,
+        count: int,
+        *,
+        conn: Connection | None = None,
+    ) -> list[Job]:
+        """Add ``count`` jobs of task ``identifier``, all with the options ``spec`` (no
+        job_key), whose payloads are the elements of ``payloads``, a JSON array text
+        (none of them null); return them in order. What ``defer_many`` adds: nothing
+        per job is sent but its payload."""
+        if spec.job_key is not None:
+            raise ValueError("a batch with job keys goes through add_jobs, not insert_uniform")
+        if not count:
+            return []
+        params = {"payloads": payloads, **_uniform(identifier, spec)}
+        queues = [] if spec.queue is None else [spec.queue]
+        added_at, ids = self._insert(params, [identifier], queues, count, conn)
+        return [requested_job(job_id, added_at, identifier, spec) for job_id in ids]
 
-def column_arrays(jobs: Sequence[NewJob]) -> dict[str, str | None]:
-    """The parameters of ``fast_insert_jobs``: each column of the batch as PostgreSQL's
-    text form of an array, one element per job (None where no job sets that option, so
-    every job takes add_jobs' default). One string per column costs psycopg one value to
-    send instead of a list it would inspect item by item."""
-    specs = [new.spec for new in jobs]
-    queues = [spec.queue for spec in specs]
-    priorities = [spec.priority for spec in specs]
-    run_ats = [spec.run_at for spec in specs]
-    max_attempts = [spec.max_attempts for spec in specs]
-    flags = [flags_object(spec.flags) for spec in specs]
+    def _insert(
+        self,
+        params: dict[str, object],
+        identifiers: list[str],
+        queues: list[str],
+        count: int,
+        conn: Connection | None,
+    ) -> tuple[datetime, list[int]]:
+        """Run the two statements in one transaction; return its now() and the ids."""
+        names = {"count": count, "identifiers": identifiers, "queue_names": queues}
+        with self.connection(conn) as c, c.pipeline(), one_transaction(c):
+            with c.pipeline():  # synced on exit: the answer is read before the commit
+                c.execute(self.queries["fast_add_names"], names)
+                cur = c.execute(self.queries["fast_insert_jobs"], params)
+            row = cur.fetchone()
+            assert row is not None
+            added_at, ids = row
+            if len(ids) != count:  # a name's row went missing meanwhile: roll back
+                raise JobNotCreatedError(f"the batch insert wrote {len(ids)} of {count} jobs")
+        return added_at, ids
+
+
+#: The columns of ``fast_insert_jobs`` besides the payload, each sent as one value for
+#: the whole batch (``name``) or as an array of one per job (``name_each``).
+_COLUMNS = ("identifier", "queue_name", "priority", "run_at", "max_attempts", "flags")
+
+
+def _uniform(identifier: str, spec: JobSpec) -> dict[str, object]:
+    """The column parameters of a batch whose jobs share a task and options."""
+    values = (
+        identifier,
+        spec.queue,
+        spec.priority,
+        spec.run_at,
+        spec.max_attempts,
+        flags_object(spec.flags),
+    )
     return {
-        # add_jobs stores {} for a null payload.
-        "payloads": text_array("{}" if new.payload == "null" else new.payload for new in jobs),
-        "identifiers": text_array(new.identifier for new in jobs),
-        "queue_names": text_array(queues) if any(queues) else None,
-        "priorities": number_array(priorities),
-        "run_ats": text_array(None if at is None else at.isoformat() for at in run_ats)
-        if any(run_ats)
-        else None,
-        "max_attempts": number_array(max_attempts),
-        "flags": text_array(flags) if any(flags) else None,
+        **dict(zip(_COLUMNS, values, strict=True)),
+        **{f"{name}_each": None for name in _COLUMNS},
     }
+
+
+def batch_columns(jobs: Sequence[NewJob]) -> dict[str, object]:
+    """The column parameters of ``fast_insert_jobs`` for ``jobs``: a column whose value
+    every job shares goes as that one value, any other as PostgreSQL's text form of an
+    array with one element per job (None as NULL: that job takes add_jobs' default)."""
+    specs = [new.spec for new in jobs]
+    columns: list[tuple[list[Any], Callable[[list[Any]], str]]] = [
+        ([new.identifier for new in jobs], text_array),
+        ([spec.queue for spec in specs], text_array),
+        ([spec.priority for spec in specs], number_array),
+        ([spec.run_at for spec in specs], timestamp_array),
+        ([spec.max_attempts for spec in specs], number_array),
+        ([flags_object(spec.flags) for spec in specs], text_array),
+    ]
+    params: dict[str, object] = {}
+    for name, (values, as_array) in zip(_COLUMNS, columns, strict=True):
+        first = values[0]
+        shared = all(value == first for value in values)
+        params[name] = first if shared else None
+        params[f"{name}_each"] = None if shared else as_array(values)
+    return params
 
 
 def text_array(values: Iterable[str | None]) -> str:
@@ -101,12 +158,14 @@ def _quoted(value: str | None) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def number_array(values: Sequence[int | None]) -> str | None:
-    """``values`` as the text form of an array of numbers (None as NULL); None when every
-    one is None."""
-    if all(value is None for value in values):
-        return None
+def number_array(values: Iterable[int | None]) -> str:
+    """``values`` as the text form of an array of numbers (None as NULL)."""
     return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
+
+
+def timestamp_array(values: Iterable[datetime | None]) -> str:
+    """``values`` as the text form of an array of timestamps (ISO 8601; None as NULL)."""
+    return text_array(None if at is None else at.isoformat() for at in values)
 
 
 def one_transaction(conn: Connection) -> AbstractContextManager[Any]:

@@ -161,8 +161,7 @@ class Task(Generic[T, P, R]):
             flags=flags,
             delay=delay,
         )
-        identifier = self.identifier
-        return self.app.defer_batch(((identifier, p, options) for p in payloads), conn)
+        return self.app.defer_uniform(self.identifier, payloads, options, conn)
 
     def call(self, payload: T, ctx: JobContext | None) -> R:
         """Call a sync task's function as a worker does: with the context if it takes one.

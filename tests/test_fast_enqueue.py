@@ -38,6 +38,14 @@ def set_based(store: Store, jobs: list[NewJob], conn: Conn) -> list[Job]:
     return store.insert_jobs(jobs, conn=conn)
 
 
+def uniform(store: Store, jobs: list[NewJob], conn: Conn) -> list[Job]:
+    """The path of ``defer_many``: one task, one set of options, one JSON array."""
+    first = jobs[0]
+    assert all((new.identifier, new.spec) == (first.identifier, first.spec) for new in jobs)
+    payloads = "[" + ",".join(new.payload for new in jobs) + "]"
+    return store.insert_uniform(first.identifier, first.spec, payloads, len(jobs), conn=conn)
+
+
 def varied_batch() -> list[NewJob]:
     """Mixed tasks (new and existing), queues (none, new, existing), every option set and
     unset, and payloads of every JSON shape, whitespace and escapes included."""
@@ -202,6 +210,13 @@ def listener(database_url: str) -> Iterator[Conn]:
             lambda: [NewJob("noop", f'{{"n":{i}}}', JobSpec()) for i in range(2500)],
             id="2500-one-task",
         ),
+        pytest.param(
+            lambda: [
+                NewJob("existing_task", "{}", JobSpec(queue="q_new", priority=i % 2, flags=["x"]))
+                for i in range(6)
+            ],
+            id="some-options-shared",
+        ),
     ],
 )
 def test_set_based_insert_writes_what_add_jobs_writes(
@@ -231,6 +246,32 @@ def test_set_based_insert_writes_what_add_jobs_writes(
     assert by_function["ids_in_order"]
     assert len(fast["returned"]) == len(batch())
     assert fast["notified"] == by_function["notified"] == [(["count", "r"], len(batch()))]
+
+
+UNIFORM_SPECS = [
+    JobSpec(),
+    JobSpec(queue="q_new", run_at=ELSEWHERE, priority=-3, max_attempts=2, flags=["b", "a"]),
+    JobSpec(queue="existing_queue", run_at=LATER),
+]
+
+
+@pytest.mark.parametrize("spec", UNIFORM_SPECS, ids=["defaults", "every-option", "existing"])
+def test_a_uniform_batch_writes_what_add_jobs_writes(
+    two_apps: tuple[App, App], database_url: str, db: Conn, listener: Conn, spec: JobSpec
+) -> None:
+    payloads = ['{"n":1}', "[1,2]", '"text"', '{ "spaced" :  [ 1 , 2 ] }', '{"é":"\\u00e9\\""}']
+    batch = [NewJob("alpha", payload, spec) for payload in payloads]
+    results = []
+    for app, add in zip(two_apps, (through_function, uniform), strict=True):
+        jobs, now, notified = write(app.store, add, batch, database_url, listener)
+        results.append(
+            (stored(db, app.schema, now), [comparable(job, now) for job in jobs], notified)
+        )
+    (rows, returned, notified), (fast_rows, fast_returned, fast_notified) = results
+    assert fast_rows == rows
+    assert [row["payload"] for row in fast_rows["jobs"]] == payloads
+    assert fast_returned == returned
+    assert [n["count"] for n in fast_notified] == [n["count"] for n in notified] == [5]
 
 
 def test_the_fast_path_names_jobs_and_defaults_like_the_jobs_view(

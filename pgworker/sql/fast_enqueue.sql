@@ -1,10 +1,10 @@
 -- pgworker's enqueue of a batch without job keys: the same rows, defaults and
 -- notification as graphile-worker's add_jobs, written in one transaction and one round
--- trip by two pipelined statements (names and notification; the rows, from one array per
--- column), instead of a call that builds a job_spec record and runs an INSERT per job. (A
--- COPY of the rows cost the server about as much, but two round trips more, and
--- PostgreSQL refuses it in pipeline mode.) Nothing is
--- installed: the worker schema stays as graphile-worker made it. Batches with a key go
+-- trip by two pipelined statements (names and notification; the rows, from the payloads'
+-- JSON array and, per column, one value or one array), instead of a call that builds a
+-- job_spec record and runs an INSERT per job. (A COPY of the rows cost the server about
+-- as much, but two round trips more, and PostgreSQL refuses it in pipeline mode.) Nothing
+-- is installed: the worker schema stays as graphile-worker made it. Batches with a key go
 -- through add_jobs, whose key semantics (locks, replace, array merge) this does not copy.
 -- Same conventions as queries.sql.
 
@@ -28,38 +28,40 @@ select pg_notify(
 
 -- name: fast_insert_jobs
 -- After fast_add_names, in the same transaction and pipeline (so that it sees the names
--- that statement made sure of): insert one row per element of the arrays, each array one
--- column in batch order (a null array: no job of the batch sets that column), with
--- add_jobs' defaults where a job leaves an option unset. The rows go in in batch order,
--- so the identity column numbers them in that order: their ids, ascending, are the
--- batch's. Returns the transaction's now() and those ids (fewer than the batch: a name
--- had no row).
+-- that statement made sure of): insert one row per element of the payloads' JSON array,
+-- in batch order. Each other column comes from an array with one element per job, or,
+-- when every job of the batch has the same value, from one value for all (its array
+-- null); add_jobs' defaults where a job leaves an option unset. The rows go in in batch
+-- order, so the identity column numbers them in that order: their ids, ascending, are
+-- the batch's. Returns the transaction's now() and those ids (fewer than the batch: a
+-- name had no row).
 with inserted as (
   insert into :SCHEMA._private_jobs
     (task_id, payload, job_queue_id, priority, run_at, max_attempts, flags)
   select
     tasks.id,
-    batch.payload::json,
+    batch.payload,
     job_queues.id,
-    coalesce(batch.priority, 0),
-    coalesce(batch.run_at, now()),
-    coalesce(batch.max_attempts, 25),
-    batch.flags
-  from unnest(
-    -- Text, cast per row: parsing a json[] literal costs more.
-    %(payloads)s::text[],
-    %(identifiers)s::text[],
-    %(queue_names)s::text[],
-    %(priorities)s::smallint[],
-    %(run_ats)s::timestamptz[],
-    %(max_attempts)s::smallint[],
-    %(flags)s::jsonb[]
+    coalesce(batch.priority, %(priority)s::smallint, 0),
+    coalesce(batch.run_at, %(run_at)s::timestamptz, now()),
+    coalesce(batch.max_attempts, %(max_attempts)s::smallint, 25),
+    coalesce(batch.flags, %(flags)s::jsonb)
+  from rows from (
+    -- One JSON array: its elements keep their text, and it costs one value to send.
+    json_array_elements(%(payloads)s::json),
+    unnest(%(identifier_each)s::text[]),
+    unnest(%(queue_name_each)s::text[]),
+    unnest(%(priority_each)s::smallint[]),
+    unnest(%(run_at_each)s::timestamptz[]),
+    unnest(%(max_attempts_each)s::smallint[]),
+    unnest(%(flags_each)s::jsonb[])
   ) with ordinality as batch(
     payload, identifier, queue_name, priority, run_at, max_attempts, flags, position
   )
-  join :SCHEMA._private_tasks as tasks on tasks.identifier = batch.identifier
+  join :SCHEMA._private_tasks as tasks
+    on tasks.identifier = coalesce(batch.identifier, %(identifier)s::text)
   left join :SCHEMA._private_job_queues as job_queues
-    on job_queues.queue_name = batch.queue_name
+    on job_queues.queue_name = coalesce(batch.queue_name, %(queue_name)s::text)
   order by batch.position
   returning _private_jobs.id
 )
