@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -53,7 +53,9 @@ class FastEnqueueStatements(StoreBase):
         identifiers = list({new.identifier: None for new in jobs})
         queues = list({new.spec.queue: None for new in jobs if new.spec.queue is not None})
         params = {"payloads": payloads, **batch_columns(jobs)}
-        added_at, ids = self._insert(params, identifiers, queues, len(jobs), conn)
+        added_at, ids = self._insert(
+            "fast_insert_jobs", params, identifiers, queues, len(jobs), conn
+        )
         return [
             requested_job(job_id, added_at, new.identifier, new.spec)
             for job_id, new in zip(ids, jobs, strict=True)
@@ -76,25 +78,37 @@ class FastEnqueueStatements(StoreBase):
             raise ValueError("a batch with job keys goes through add_jobs, not insert_uniform")
         if not count:
             return []
-        params = {"payloads": payloads, **_uniform(identifier, spec)}
+        params = {
+            "payloads": payloads,
+            "identifier": identifier,
+            "queue_name": spec.queue,
+            "priority": spec.priority,
+            "run_at": spec.run_at,
+            "max_attempts": spec.max_attempts,
+            "flags": flags_object(spec.flags),
+        }
         queues = [] if spec.queue is None else [spec.queue]
-        added_at, ids = self._insert(params, [identifier], queues, count, conn)
+        added_at, ids = self._insert(
+            "fast_insert_uniform", params, [identifier], queues, count, conn
+        )
         return [requested_job(job_id, added_at, identifier, spec) for job_id in ids]
 
     def _insert(
         self,
-        params: dict[str, object],
+        statement: str,
+        params: Mapping[str, object],
         identifiers: list[str],
         queues: list[str],
         count: int,
         conn: Connection | None,
     ) -> tuple[datetime, list[int]]:
-        """Run the two statements in one transaction; return its now() and the ids."""
+        """Run the names statement and ``statement`` (an insert) in one transaction;
+        return its now() and the ids."""
         names = {"count": count, "identifiers": identifiers, "queue_names": queues}
         with self.connection(conn) as c, c.pipeline(), one_transaction(c):
             with c.pipeline():  # synced on exit: the answer is read before the commit
                 c.execute(self.queries["fast_add_names"], names)
-                cur = c.execute(self.queries["fast_insert_jobs"], params)
+                cur = c.execute(self.queries[statement], params)
             row = cur.fetchone()
             assert row is not None
             added_at, ids = row
@@ -106,22 +120,6 @@ class FastEnqueueStatements(StoreBase):
 #: The columns of ``fast_insert_jobs`` besides the payload, each sent as one value for
 #: the whole batch (``name``) or as an array of one per job (``name_each``).
 _COLUMNS = ("identifier", "queue_name", "priority", "run_at", "max_attempts", "flags")
-
-
-def _uniform(identifier: str, spec: JobSpec) -> dict[str, object]:
-    """The column parameters of a batch whose jobs share a task and options."""
-    values = (
-        identifier,
-        spec.queue,
-        spec.priority,
-        spec.run_at,
-        spec.max_attempts,
-        flags_object(spec.flags),
-    )
-    return {
-        **dict(zip(_COLUMNS, values, strict=True)),
-        **{f"{name}_each": None for name in _COLUMNS},
-    }
 
 
 def batch_columns(jobs: Sequence[NewJob]) -> dict[str, object]:

@@ -66,3 +66,30 @@ with inserted as (
   returning _private_jobs.id
 )
 select now(), array(select inserted.id from inserted order by inserted.id)
+
+-- name: fast_insert_uniform
+-- fast_insert_jobs for a batch whose jobs share a task and options (defer_many's): the
+-- same rows, the task and queue looked up once rather than joined per job (~10% of the
+-- statement's time for 1,000 jobs). Returns what fast_insert_jobs returns.
+with inserted as (
+  insert into :SCHEMA._private_jobs
+    (task_id, payload, job_queue_id, priority, run_at, max_attempts, flags)
+  select
+    task.id,
+    batch.payload,
+    job_queue.id,
+    coalesce(%(priority)s::smallint, 0),
+    coalesce(%(run_at)s::timestamptz, now()),
+    coalesce(%(max_attempts)s::smallint, 25),
+    %(flags)s::jsonb
+  from json_array_elements(%(payloads)s::json) with ordinality as batch(payload, position)
+  cross join (
+    select id from :SCHEMA._private_tasks where identifier = %(identifier)s::text
+  ) as task
+  left join (
+    select id from :SCHEMA._private_job_queues where queue_name = %(queue_name)s::text
+  ) as job_queue on true
+  order by batch.position
+  returning _private_jobs.id
+)
+select now(), array(select inserted.id from inserted order by inserted.id)
