@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from pgworker import logs
 from pgworker.logs import TEXT_FORMAT, JsonFormatter, SiteRecords, TextFormatter
 
 #: Fields that depend on the moment a record is made.
@@ -40,8 +42,8 @@ def test_a_site_record_has_every_field_of_make_record_s(site: SiteRecords, level
     theirs = reference(site, level, "Completed %s (%s)", ("t #7", "attempt 1 of 25"))
     assert type(ours) is logging.LogRecord
     assert without_timing(ours) == without_timing(theirs)
+    assert list(vars(ours)) == list(vars(theirs))
     assert abs(ours.created - theirs.created) < 1
-    assert ours.msecs == int((ours.created - int(ours.created)) * 1000)
     assert (
         abs(
             (ours.relativeCreated - theirs.relativeCreated) - (ours.created - theirs.created) * 1000
@@ -118,3 +120,69 @@ def test_an_application_s_record_factory_makes_the_records(
     assert own_factory == [record]
     assert record.trace_id == "abc"
     assert (record.getMessage(), record.job_id) == ("m x", 7)
+
+
+#: Moments where the milliseconds are easy to get wrong (nanoseconds since the epoch).
+BOUNDARIES = [1_677_903_920_999_999_900, 1_677_903_920_999_998_503, 1_700_000_000_001_000_000]
+
+
+@pytest.mark.parametrize("ns", BOUNDARIES)
+def test_the_time_fields_are_make_record_s(
+    site: SiteRecords, monkeypatch: pytest.MonkeyPatch, ns: int
+) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: ns)
+    monkeypatch.setattr(time, "time", lambda: ns / 1e9)
+    ours = site.make(logging.INFO, "m", (), EXTRA)
+    theirs = reference(site, logging.INFO, "m", ())
+    assert (ours.created, ours.msecs) == (theirs.created, theirs.msecs)
+    assert ours.relativeCreated == pytest.approx(theirs.relativeCreated, abs=1e-3)
+
+
+def test_a_lone_mapping_is_the_argument_as_for_make_record(site: SiteRecords) -> None:
+    ours = site.make(logging.INFO, "%(a)s and %(b)s", ({"a": 1, "b": 2},), EXTRA)
+    assert ours.getMessage() == "1 and 2"
+    assert ours.args == reference(site, logging.INFO, "%(a)s and %(b)s", ({"a": 1, "b": 2},)).args
+
+
+@pytest.mark.parametrize("key", ["msg", "lineno", "message", "asctime"])
+def test_an_extra_key_may_not_overwrite_a_field(site: SiteRecords, key: str) -> None:
+    with pytest.raises(KeyError, match=f"Attempt to overwrite '{key}'"):
+        site.make(logging.INFO, "m", (), {key: 1})
+
+
+def test_a_wrapped_or_overridden_make_record_makes_the_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tracer that wraps Logger.makeRecord to add fields (as ddtrace's log injection
+    does), or a logger class of the application's, keeps seeing every record."""
+    standard = logging.Logger.makeRecord
+
+    def wrapped(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = standard(self, *args, **kwargs)
+        record.trace_id = "wrapped"
+        return record
+
+    site = SiteRecords(logging.getLogger("pgworker.tests.wrapped"), "/x/outcome.py", 42, "log")
+    assert not hasattr(site.make(logging.INFO, "m", (), EXTRA), "trace_id")
+    monkeypatch.setattr(logging.Logger, "makeRecord", wrapped)
+    assert site.make(logging.INFO, "m", (), EXTRA).trace_id == "wrapped"
+
+    class OwnLogger(logging.Logger):
+        def makeRecord(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = standard(self, *args, **kwargs)
+            record.trace_id = "subclass"
+            return record
+
+    own = SiteRecords(OwnLogger("pgworker.tests.own"), "/x/outcome.py", 42, "log")
+    assert own.make(logging.INFO, "m", (), EXTRA).trace_id == "subclass"
+
+
+def test_a_field_it_does_not_know_sends_it_to_make_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A LogRecord field of a later Python is left to makeRecord, not frozen."""
+    monkeypatch.setattr(logs, "_PER_SITE", logs._PER_SITE - {"module"})
+    site = SiteRecords(logging.getLogger("pgworker.tests.unknown"), "/x/outcome.py", 42, "log")
+    record = site.make(logging.INFO, "m %s", ("x",), EXTRA)
+    assert without_timing(record) == without_timing(reference(site, logging.INFO, "m %s", ("x",)))
+    assert not site._standard()
