@@ -157,11 +157,12 @@ class Enqueueing:
         otherwise, and whenever that check fails, ``defer_batch`` takes them one by one
         (and names the faulty payload)."""
         payloads = list(payloads)
+        if not payloads:
+            return []
         task = self.tasks.get(identifier)
         spec = self._batch_spec(task, options)
         if (
-            not payloads
-            or task is None
+            task is None
             or spec.job_key is not None
             or self.hooks.intercepts_defer
             or self._eager_mode is not None

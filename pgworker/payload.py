@@ -84,11 +84,14 @@ class PayloadCodec(Generic[T]):
             return None
         if max_bytes is not None and len(data) > max_bytes:
             return None
-        if self._checks:
-            try:
-                self._list_decoder.decode(data)
-            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-                return None
+        try:
+            # Checked against the type, or only parsed: either way, one value per payload
+            # (a msgspec.Raw payload may hold several, or be no JSON at all).
+            values = (self._list_decoder if self._checks else _ELEMENTS).decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+            return None
+        if len(values) != len(payloads):
+            return None
         return data.decode()
 
     def decode(self, data: str | bytes) -> T:
@@ -111,6 +114,18 @@ class PayloadCodec(Generic[T]):
             raise PayloadError(f"payload is not valid JSON: {exc}") from exc
         except RecursionError as exc:
             raise PayloadError(f"payload cannot be decoded: {exc}") from exc
+
+
+#: Parses a JSON array into its elements, each left as its text.
+_ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def count_values(array: str) -> int | None:
+    """How many values the JSON array text ``array`` holds; None if it is no JSON."""
+    try:
+        return len(_ELEMENTS.decode(array))
+    except (msgspec.DecodeError, RecursionError):
+        return None
 
 
 def _refuse_non_finite(payload: object) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 
 import msgspec
 
-from .errors import JobNotCreatedError
+from .errors import JobNotCreatedError, PayloadError
 from .job import Job
+from .payload import count_values
 from .spec import JobSpec
 from .store_base import Connection, StoreBase
 
@@ -50,6 +51,12 @@ class FastEnqueueStatements(StoreBase):
         payloads = (
             "[" + ",".join("{}" if new.payload == "null" else new.payload for new in jobs) + "]"
         )
+        values = count_values(payloads)
+        if values is not None and values != len(jobs):  # no JSON: the server says where
+            raise PayloadError(
+                f"the batch's {len(jobs)} payloads hold {values} JSON values: a payload must "
+                "be exactly one (a msgspec.Raw holding several?)"
+            )
         identifiers = list({new.identifier: None for new in jobs})
         queues = list({new.spec.queue: None for new in jobs if new.spec.queue is not None})
         params = {"payloads": payloads, **batch_columns(jobs)}

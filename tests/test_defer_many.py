@@ -11,7 +11,7 @@ import msgspec
 import psycopg
 import pytest
 
-from pgworker import App, PayloadError
+from pgworker import App, PayloadError, RawJob
 from pgworker.job import Job
 from pgworker.store import Store
 
@@ -114,3 +114,23 @@ def test_the_size_limit_is_each_payload_s(
             read.defer_many([Reading("a"), Reading("x" * 40)])
     assert len(stored_payloads(db, schema)) == 5
     assert routes == ["insert_jobs"]
+
+
+def test_a_raw_payload_holding_several_values_is_refused(
+    opened: App, db: Conn, schema: str
+) -> None:
+    """A ``msgspec.Raw`` payload goes as written: one that holds two values must not
+    become two jobs, nor shift the payloads of the jobs after it."""
+
+    @opened.task("untyped")
+    def untyped(payload: Any) -> None: ...
+
+    with pytest.raises(PayloadError, match="payloads hold 2 JSON values"):
+        untyped.defer_many([msgspec.Raw(b"1,2")])
+    with pytest.raises(PayloadError, match="payloads hold 3 JSON values"):
+        opened.defer_raw(
+            [RawJob("a", msgspec.Raw(b"1,2"), priority=1), RawJob("b", {"x": 1}, priority=2)]
+        )
+    assert stored_payloads(db, schema) == []
+    untyped.defer_many([msgspec.Raw(b'{"kept": [1, 2]}')])
+    assert stored_payloads(db, schema) == ['{"kept": [1, 2]}']
