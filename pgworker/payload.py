@@ -70,17 +70,18 @@ class PayloadCodec(Generic[T]):
 
     def encode_all(self, payloads: list[Any], *, max_bytes: int | None = None) -> str | None:
         """``payloads`` as one JSON array text, each element what ``encode`` makes of
-        it, checked in one go; None where the array holds a null or a ``_trace`` key, is
-        longer than ``max_bytes`` or fails a check: then ``encode`` each payload, to
-        refuse the faulty one by name (or to accept one that only looked suspicious).
+        it, checked in one go; None where a payload is null, holds a NaN, an infinity or
+        a ``_trace`` key, the array is longer than ``max_bytes``, or a check fails: then
+        ``encode`` each payload, to refuse the faulty one by name (or to accept one that
+        only looked suspicious).
         """
         try:
             data = self._encoder.encode(payloads)
         except (TypeError, msgspec.EncodeError, UnicodeEncodeError, RecursionError):
             return None
-        # A null may be a NaN, a _trace key must be left out before the check, and an
-        # array within the limit has every payload within it.
-        if NULL_MARKER in data or TRACE_MARKER in data:
+        # A _trace key must be left out before the check, and an array within the limit
+        # has every payload within it.
+        if TRACE_MARKER in data:
             return None
         if max_bytes is not None and len(data) > max_bytes:
             return None
@@ -91,6 +92,8 @@ class PayloadCodec(Generic[T]):
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             return None
         if len(values) != len(payloads):
+            return None
+        if NULL_MARKER in data and not _only_real_nulls(payloads, values, data):
             return None
         return data.decode()
 
@@ -128,9 +131,42 @@ def count_values(array: str) -> int | None:
         return None
 
 
+#: A null payload, as ``_ELEMENTS`` reads it.
+_RAW_NULL = msgspec.Raw(NULL_MARKER)
+
+
+def _only_real_nulls(payloads: list[Any], values: list[Any], data: bytes) -> bool:
+    """Whether the nulls in ``data``, the JSON of ``payloads`` (decoded as ``values``,
+    or as msgspec.Raw elements), are Nones inside them: no payload is null itself (a
+    batch can't carry one), and none holds a NaN or an infinity, which msgspec writes
+    as null."""
+    if any(value is None or value == _RAW_NULL for value in values):
+        return False
+    if values and isinstance(values[0], msgspec.Raw):
+        values = msgspec.json.decode(data)
+    if values == payloads:  # a NaN would differ from the null it became
+        return True
+    try:  # payloads that don't compare (dicts for a Struct, tuples): look for one
+        return _find_non_finite(_builtins(payloads), []) is None
+    except RecursionError:
+        return False
+
+
+def _builtins(payload: object) -> object:
+    """``payload`` as built-in types, for the walk that looks for NaNs; a msgspec.Raw is
+    left as None (its text is JSON: no NaN can be in it)."""
+    return msgspec.to_builtins(payload, enc_hook=_raw_as_leaf)
+
+
+def _raw_as_leaf(value: object) -> object:
+    if isinstance(value, msgspec.Raw):
+        return None
+    raise NotImplementedError  # msgspec's TypeError, as without the hook
+
+
 def _refuse_non_finite(payload: object) -> None:
     trail: list[object] = []
-    value = _find_non_finite(msgspec.to_builtins(payload), trail)
+    value = _find_non_finite(_builtins(payload), trail)
     if value is not None:
         path = "$" + "".join(
             f".{key}" if isinstance(key, str) else f"[{key!r}]" for key in reversed(trail)

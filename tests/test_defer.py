@@ -329,6 +329,12 @@ def test_a_nan_or_infinity_is_refused_not_stored_as_null(
     assert count_jobs(db, schema) == 0
 
 
+def test_a_raw_payload_with_a_null_is_stored_as_written(opened: App, db: Conn, schema: str) -> None:
+    """A msgspec.Raw is JSON text already: its nulls are real ones, not NaNs to look for."""
+    opened.defer("untyped", {"raw": msgspec.Raw(b'{"a": null}')})
+    assert payloads(db, schema) == [{"raw": {"a": None}}]
+
+
 def test_a_nan_in_a_typed_payload_names_its_field(opened: App, db: Conn, schema: str) -> None:
     @opened.task("reading")
     def reading(payload: Reading) -> None: ...

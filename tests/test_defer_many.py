@@ -79,23 +79,45 @@ def test_a_bad_payload_is_named_and_nothing_is_written(
     assert routes == []
 
 
-def test_what_only_looks_suspect_goes_job_by_job(
+def test_real_nulls_stay_in_the_array_and_a_trace_key_goes_job_by_job(
     opened: App, db: Conn, schema: str, routes: list[str]
 ) -> None:
-    """A null (a NaN, or a real null) or a ``_trace`` key (left out before the check)
-    send the batch the slow way, which accepts them."""
+    """A null in the JSON may be a NaN: a batch whose nulls are all Nones inside its
+    payloads stays on the one-array path; a ``_trace`` key (left out before the check)
+    sends the batch the slow way, which accepts it."""
 
     @opened.task("read")
     def read(payload: Reading) -> None: ...
 
+    @opened.task("untyped")
+    def untyped(payload: Any) -> None: ...
+
     read.defer_many([Reading("a"), Reading("b", None)])
+    untyped.defer_many([{"x": None}, msgspec.Raw(b'{"y":null}')])
     read.defer_many([{"sensor": "c", "_trace": {"traceparent": "00-x"}}])
-    assert routes == ["insert_jobs", "insert_jobs"]
+    assert routes == ["insert_uniform", "insert_uniform", "insert_jobs"]
     assert stored_payloads(db, schema) == [
         '{"sensor":"a","value":null}',
         '{"sensor":"b","value":null}',
+        '{"x":null}',
+        '{"y":null}',
         '{"sensor":"c","_trace":{"traceparent":"00-x"}}',
     ]
+
+
+def test_a_null_payload_or_a_nan_goes_job_by_job_to_be_refused(
+    opened: App, db: Conn, schema: str, routes: list[str]
+) -> None:
+    @opened.task("untyped")
+    def untyped(payload: Any) -> None: ...
+
+    for batch in ([{"x": 1}, None], [{"x": 1}, msgspec.Raw(b"null")]):
+        with pytest.raises(PayloadError, match="a batch can't carry a null payload"):
+            untyped.defer_many(batch)
+    with pytest.raises(PayloadError, match=r"holds inf at `\$\.x`"):
+        untyped.defer_many([{"x": None}, {"x": float("inf")}])
+    assert stored_payloads(db, schema) == []
+    assert routes == []
 
 
 def test_the_size_limit_is_each_payload_s(
