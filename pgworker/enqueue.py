@@ -161,15 +161,15 @@ class Enqueueing:
             return []
         task = self.tasks.get(identifier)
         spec = self._batch_spec(task, options)
-        if (
+        array = None
+        if not (
             task is None
             or spec.job_key is not None
             or self.hooks.intercepts_defer
             or self._eager_mode is not None
             or self.enqueue_schema is not None
         ):
-            return self.defer_batch(((identifier, p, options) for p in payloads), conn)
-        array = task.codec.encode_all(payloads, max_bytes=self.max_payload_bytes)
+            array = task.codec.encode_all(payloads, max_bytes=self.max_payload_bytes)
         if array is None:
             return self.defer_batch(((identifier, p, options) for p in payloads), conn)
         return self.store.insert_uniform(identifier, spec, array, len(payloads), conn=conn)
