@@ -64,4 +64,6 @@ class Options:
     pgworker_prefix: tuple[str, ...]
     floor: bool
     floor_clients: int | None
+    #: The local queue's size in the batched mode (None: each worker's concurrency).
+    local_queue: int | None
     output: Path | None

@@ -99,6 +99,7 @@ def bench_options(args: argparse.Namespace) -> Options:
         pgworker_prefix=(),
         floor=False,
         floor_clients=None,
+        local_queue=None,
         output=None,
     )
 

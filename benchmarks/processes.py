@@ -28,9 +28,14 @@ class Side:
 
     name: str
     options: Options
-    #: The local-queue configuration: pgworker --prefetch = concurrency, Node localQueue
-    #: of that size with completeJobBatchDelay/failJobBatchDelay 0.
+    #: The local-queue configuration: pgworker --prefetch N, Node localQueue of size N with
+    #: completeJobBatchDelay/failJobBatchDelay 0; N is ``--local-queue``, else the
+    #: worker's concurrency.
     batching: bool = False
+
+    def local_queue(self, concurrency: int) -> int:
+        """The local queue's size for a worker with ``concurrency``."""
+        return self.options.local_queue or concurrency
 
     def migrate(self, url: str, schema: str, logs: Path) -> None:
         if self.name == "pgworker":
@@ -69,7 +74,7 @@ class Side:
                 *(["--once"] if once else []),
                 "--concurrency",
                 str(concurrency),
-                *(["--prefetch", str(concurrency)] if self.batching else []),
+                *(["--prefetch", str(self.local_queue(concurrency))] if self.batching else []),
                 "--database-url",
                 url,
                 "--schema",
@@ -78,7 +83,7 @@ class Side:
             return argv, ROOT
         argv = ["node", "perf.js", "once" if once else "run", url, schema, str(concurrency)]
         if self.batching:
-            argv.append("--batching")
+            argv.append(f"--batching={self.local_queue(concurrency)}")
         return argv, NODE_DIR
 
     def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:

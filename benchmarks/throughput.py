@@ -3,9 +3,9 @@ against a raw-SQL floor, on the same database.
 
 ``make bench`` (or ``python -m benchmarks.throughput [options]``). For each configuration
 of ``--modes`` (``default``: both sides' defaults; ``batched``: the local queue, pgworker
-``--prefetch`` = concurrency against Node's localQueue of that size with
-completeJobBatchDelay/failJobBatchDelay 0), ``--repeat`` times, each side in a schema of
-its own made for the run:
+``--prefetch N`` against Node's localQueue of size N, N = ``--local-queue`` or else the
+concurrency, with completeJobBatchDelay/failJobBatchDelay 0), ``--repeat`` times, each
+side in a schema of its own made for the run:
 
 1. enqueue: ``--jobs`` no-op jobs, ``--batch-size`` per call, the way an application
    does it: pgworker's ``Task.defer_many`` from this process, Node's
@@ -91,9 +91,16 @@ def parse_args(argv: list[str] | None) -> Options:
         "--modes",
         default=",".join(MODES),
         help="comma-separated configurations to run: default (both sides' defaults) and "
-        "batched (the local queue: pgworker --prefetch = concurrency, Node localQueue of "
-        "that size with completeJobBatchDelay/failJobBatchDelay 0, as in graphile-worker's "
-        "perf test); default both",
+        "batched (the local queue: pgworker --prefetch N, Node localQueue of size N with "
+        "completeJobBatchDelay/failJobBatchDelay 0, as in graphile-worker's perf test; N "
+        "is --local-queue); default both",
+    )
+    add(
+        "--local-queue",
+        type=int,
+        default=None,
+        help="the local queue's size N in the batched mode, and the batch the floor claims "
+        "(default: the concurrency; graphile-worker's perf test uses 500)",
     )
     add("--batching", action="store_true", help="the same as --modes batched")
     add("--no-floor", action="store_true", help="skip the raw-SQL floor (pgbench)")
@@ -158,6 +165,7 @@ def parse_args(argv: list[str] | None) -> Options:
         ("--repeat", args.repeat, 1),
         ("--latency-jobs", args.latency_jobs, 0),
         ("--latency-concurrency", args.latency_concurrency, 1),
+        ("--local-queue", 1 if args.local_queue is None else args.local_queue, 1),
     ):
         if value < low:
             parser.error(f"{name} must be at least {low}")
@@ -191,6 +199,7 @@ def parse_args(argv: list[str] | None) -> Options:
         pgworker_prefix=tuple(shlex.split(args.pgworker_prefix)),
         floor=not args.no_floor,
         floor_clients=args.floor_clients,
+        local_queue=args.local_queue,
         output=Path(args.output.replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
         if args.output
         else None,
@@ -260,7 +269,7 @@ def run_mode(mode: str, options: Options, url: str, logs: Path) -> dict[str, Any
     """``--repeat`` runs of each side and of the floor in one configuration; returns the
     summaries, ratios and runs."""
     batching = mode == "batched"
-    batch = options.concurrency if batching else 1
+    batch = (options.local_queue or options.concurrency) if batching else 1
     clients = options.floor_clients or options.processes * options.concurrency
     runs: dict[str, list[Run]] = {side: [] for side in options.sides}
     floors: list[dict[str, Floor]] = []
@@ -334,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         described = (
             "both sides' defaults"
             if mode == "default"
-            else "local queue: pgworker --prefetch, Node localQueue + batch delays 0"
+            else f"local queue of {result['claim_batch']}: pgworker --prefetch, Node localQueue "
+            "+ batch delays 0"
         )
         header = (
             f"[{mode}] {described}; {options.jobs} jobs, {options.processes} process(es) x "

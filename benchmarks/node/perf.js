@@ -4,8 +4,8 @@
 //
 // usage: node perf.js migrate <connstr> <schema>
 //        node perf.js addjobs <connstr> <schema> <jobs> <batch size>
-//        node perf.js once <connstr> <schema> <concurrency> [--batching]
-//        node perf.js run <connstr> <schema> <concurrency> [--batching]
+//        node perf.js once <connstr> <schema> <concurrency> [--batching[=<size>]]
+//        node perf.js run <connstr> <schema> <concurrency> [--batching[=<size>]]
 //
 // - migrate: installs graphile-worker's schema, prints {"migrated":true}.
 // - addjobs: adds <jobs> `noop` jobs ({"n": i}) through WorkerUtils.addJobs, <batch size>
@@ -19,15 +19,15 @@
 // does the same with time.monotonic_ns(), the same clock). Settings are graphile-worker's
 // defaults (its default logger included), except maxPoolSize, raised to concurrency + 1
 // when the default 10 would be smaller. --batching turns on what graphile-worker's own
-// perfTest uses: a local queue of `concurrency` jobs and completeJobBatchDelay /
-// failJobBatchDelay 0.
+// perfTest uses: a local queue of <size> jobs (default: concurrency) and
+// completeJobBatchDelay / failJobBatchDelay 0.
 const fs = require("fs");
 const { run, runOnce, runMigrations, makeWorkerUtils } = require("graphile-worker");
 
 const USAGE =
   "usage: node perf.js migrate <connstr> <schema>\n" +
   "       node perf.js addjobs <connstr> <schema> <jobs> <batch size>\n" +
-  "       node perf.js once|run <connstr> <schema> <concurrency> [--batching]\n";
+  "       node perf.js once|run <connstr> <schema> <concurrency> [--batching[=<size>]]\n";
 
 function usage() {
   process.stderr.write(USAGE);
@@ -35,8 +35,10 @@ function usage() {
 }
 
 const args = process.argv.slice(2);
-const batching = args.includes("--batching");
-const [command, connectionString, schema, concurrencyText] = args.filter((a) => a !== "--batching");
+const isBatching = (a) => a === "--batching" || a.startsWith("--batching=");
+const batchingArg = args.find(isBatching);
+const batching = batchingArg !== undefined;
+const [command, connectionString, schema, concurrencyText] = args.filter((a) => !isBatching(a));
 if (!command || !connectionString || !schema) usage();
 
 const latencyFile = process.env.PGWORKER_BENCH_LATENCY_FILE || null;
@@ -61,9 +63,11 @@ function workerOptions() {
   };
   if (concurrency + 1 > 10) options.maxPoolSize = concurrency + 1;
   if (batching) {
+    const size = batchingArg.includes("=") ? Number(batchingArg.split("=")[1]) : concurrency;
+    if (!Number.isInteger(size) || size < 1) usage();
     options.preset = {
       worker: {
-        localQueue: { size: concurrency },
+        localQueue: { size },
         completeJobBatchDelay: 0,
         failJobBatchDelay: 0,
       },
