@@ -67,3 +67,8 @@ class Options:
     #: The local queue's size in the batched mode (None: each worker's concurrency).
     local_queue: int | None
     output: Path | None
+
+    def local_queue_size(self, concurrency: int) -> int:
+        """The batched mode's local queue for a worker with ``concurrency``: the one the
+        workers use and the floor claims."""
+        return self.local_queue or concurrency

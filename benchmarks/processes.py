@@ -33,10 +33,6 @@ class Side:
     #: worker's concurrency.
     batching: bool = False
 
-    def local_queue(self, concurrency: int) -> int:
-        """The local queue's size for a worker with ``concurrency``."""
-        return self.options.local_queue or concurrency
-
     def migrate(self, url: str, schema: str, logs: Path) -> None:
         if self.name == "pgworker":
             from pgworker import App
@@ -62,6 +58,7 @@ class Side:
     ) -> tuple[list[str], Path]:
         """The argv of one worker process, and the directory to start it in; ``profiled``
         is the process's index when ``--pgworker-prefix`` applies ({i} in it becomes it)."""
+        queue_size = self.options.local_queue_size(concurrency)
         if self.name == "pgworker":
             prefix = [] if profiled is None else self.options.pgworker_prefix
             argv = [
@@ -74,7 +71,7 @@ class Side:
                 *(["--once"] if once else []),
                 "--concurrency",
                 str(concurrency),
-                *(["--prefetch", str(self.local_queue(concurrency))] if self.batching else []),
+                *(["--prefetch", str(queue_size)] if self.batching else []),
                 "--database-url",
                 url,
                 "--schema",
@@ -83,7 +80,7 @@ class Side:
             return argv, ROOT
         argv = ["node", "perf.js", "once" if once else "run", url, schema, str(concurrency)]
         if self.batching:
-            argv.append(f"--batching={self.local_queue(concurrency)}")
+            argv.append(f"--batching={queue_size}")
         return argv, NODE_DIR
 
     def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -269,7 +269,7 @@ def run_mode(mode: str, options: Options, url: str, logs: Path) -> dict[str, Any
     """``--repeat`` runs of each side and of the floor in one configuration; returns the
     summaries, ratios and runs."""
     batching = mode == "batched"
-    batch = (options.local_queue or options.concurrency) if batching else 1
+    batch = options.local_queue_size(options.concurrency) if batching else 1
     clients = options.floor_clients or options.processes * options.concurrency
     runs: dict[str, list[Run]] = {side: [] for side in options.sides}
     floors: list[dict[str, Floor]] = []
