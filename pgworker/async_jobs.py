@@ -115,7 +115,7 @@ class AsyncJobs:
 
     def _begin(self, claimed: ClaimedJob) -> None:
         job = claimed.job
-        running = self.inflight.start(job.id, self.runner.timeout_for(job))
+        running = self.inflight.start(claimed, self.runner.timeout_for(job))
         if running is None:  # a stop gave it back before it started
             self.release(1)
             self._done_with()

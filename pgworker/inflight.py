@@ -52,6 +52,7 @@ class InFlight:
         self._running: dict[int, RunningJob] = {}
         self._unsettled: set[int] = set()
         self._async: set[int] = set()  # the waiting or running jobs that are async
+        self._starting = True  # False once the worker stops: no job starts after that
         #: How many jobs' code has returned so far.
         self.finishes = 0
 
@@ -101,13 +102,15 @@ class InFlight:
                 if is_async:
                     self._async.add(claimed.job.id)
 
-    def start(self, job_id: int, timeout: float | None) -> RunningJob | None:
+    def start(self, claimed: ClaimedJob, timeout: float | None) -> RunningJob | None:
         """Move a waiting job to running, with its deadline ``timeout`` seconds from now;
-        None if a stop gave it back first."""
+        None if it is not waiting as ``claimed`` any more (a stop or its TTL gave it
+        back, maybe to be claimed again since) or the worker is stopping."""
+        job_id = claimed.job.id
         with self._changed:
-            claimed = self._waiting.pop(job_id, None)
-            if claimed is None:
+            if not self._starting or self._waiting.get(job_id) is not claimed:
                 return None
+            del self._waiting[job_id]
             del self._claimed_at[job_id]
             running = self._running[job_id] = RunningJob(claimed.job, timeout)
             return running
@@ -142,10 +145,18 @@ class InFlight:
             if not self._unsettled:  # what wait_settled waits for
                 self._changed.notify_all()
 
+    def stop_starting(self) -> None:
+        """From now on no job starts: a stop was asked for. Jobs claimed meanwhile (a
+        claim may be in flight) wait for ``close()`` to take them out; so once this has
+        returned, the running jobs only get fewer."""
+        with self._changed:
+            self._starting = False
+
     def close(self) -> list[ClaimedJob]:
         """Stop any job from starting; return the waiting ones (to give back), which
         count as settled from now on."""
         with self._changed:
+            self._starting = False
             return self._take_waiting(list(self._waiting))
 
     def oldest_claim(self) -> float | None:

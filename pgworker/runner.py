@@ -213,7 +213,7 @@ class Executors:
                 if stop.is_set():
                     return
                 continue
-            running = self.inflight.start(claimed.job.id, self.runner.timeout_for(claimed.job))
+            running = self.inflight.start(claimed, self.runner.timeout_for(claimed.job))
             if running is None:
                 continue
             outcome = self.runner.run(claimed, running)

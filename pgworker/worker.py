@@ -34,6 +34,10 @@ maintenance    ``Sweeper``: dead-worker sweep  on stop
 cron           ``CronScheduler``               on stop
 =============  ==============================  ==========================================
 
+A stop first ends job starts (``InFlight.stop_starting``): the jobs a claim still in
+flight brings wait to be given back, so the threads that end "once no job of ours is
+running" never leave a job behind that starts after them.
+
 Never twice at once: a job whose code still runs in this process stays locked by this
 worker, heartbeat included, until that code returns and its outcome is recorded. A
 forced stop only stops waiting for it (and cancels async jobs' coroutines, which give
@@ -226,6 +230,7 @@ class Worker(Stopping):
         them (they still run to the end, and stay locked by this worker until then)."""
         if force:
             self._forced.set()
+        self.inflight.stop_starting()  # first: see the module's docstring
         self._stop.set()
         self.inflight.wake()
         self.wake()

@@ -56,9 +56,10 @@ def claimed(job_id: int) -> ClaimedJob:
 
 
 def running(inflight: InFlight, ids: list[int]) -> None:
-    inflight.claimed([claimed(i) for i in ids])
-    for i in ids:
-        assert inflight.start(i, None) is not None
+    jobs = [claimed(i) for i in ids]
+    inflight.claimed(jobs)
+    for job in jobs:
+        assert inflight.start(job, None) is not None
 
 
 def room_in_thread(
@@ -107,8 +108,9 @@ def test_an_async_job_that_finishes_wakes_room_for_its_slot() -> None:
     which room() asks ``async_room`` about."""
     slots = [0]
     inflight = InFlight(0, async_room=lambda: slots[0])
-    inflight.claimed([claimed(1)], is_async=True)
-    assert inflight.start(1, None) is not None
+    job = claimed(1)
+    inflight.claimed([job], is_async=True)
+    assert inflight.start(job, None) is not None
     got, thread = room_in_thread(inflight, 1)
     thread.join(0.2)
     assert thread.is_alive()

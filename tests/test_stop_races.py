@@ -1,0 +1,96 @@
+"""A stop that lands while the worker is busy elsewhere: in a claim, in a lock, in a
+job given back and claimed again. Each test pins one interleaving down."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from test_hot_path import claimed
+
+from pgworker import App, Plugin
+from pgworker.inflight import InFlight
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+def test_jobs_a_claim_brings_after_a_stop_go_back_without_running(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    """Regression: a stop asked for while a claim was on the wire let the completer (and
+    the watch, the heartbeat) end, then an executor still waiting for work started the
+    job the claim brought: it ran, its outcome went to no one, and the stop hung until
+    forced, leaving a job that had succeeded to run again. Now no job starts once a
+    stop is asked for: the claim's jobs go back as they were."""
+    holder: list[Any] = []
+    trap, sprung = threading.Event(), threading.Event()
+
+    def forbidden() -> None:
+        # Called as the claim is built: stop, then stall the claim past the completer's
+        # and the watch's idle checks (50 ms), within the executors' (500 ms).
+        if trap.is_set():
+            trap.clear()
+            holder[0].worker.request_stop()
+            time.sleep(0.2)
+            sprung.set()
+
+    class SlowFetchedHook(Plugin):
+        """Gives the GIL away between two hand-outs (as a hook doing I/O would, or the
+        second claim of an app with async tasks)."""
+
+        def on_job_fetched(self, job: Any) -> None:
+            time.sleep(0.1)
+
+    app = make_app(
+        concurrency=2, poll_interval=0.1, forbidden_flags=forbidden, plugins=[SlowFetchedHook()]
+    )
+    ran: list[int] = []
+
+    @app.task("late")
+    def late(payload: dict[str, int]) -> None:
+        ran.append(payload["n"])
+
+    with app:
+        handle = app.start()
+        holder.append(handle)
+        trap.set()
+        jobs = late.defer_many([{"n": 1}, {"n": 2}])
+        assert sprung.wait(10)
+        t0 = time.monotonic()
+        handle.stop(timeout=10)
+        stopped_in = time.monotonic() - t0
+    assert ran == []
+    rows = db.execute(
+        f'select id, attempts, locked_by, last_error from "{schema}"._private_jobs order by id'
+    ).fetchall()
+    assert rows == [(job.id, 0, None, None) for job in jobs]
+    assert stopped_in < 3.0
+
+
+def test_a_job_given_back_and_claimed_again_starts_only_as_claimed_again() -> None:
+    """A job that a TTL gave back stays in the executors' queue as it was claimed then;
+    claimed again (maybe changed meanwhile: a job_key replace), only the new claim may
+    start it, not the stale entry ahead of it in the queue."""
+    inflight = InFlight(2)
+    first = claimed(7)
+    inflight.claimed([first])
+    assert inflight.expire(time.monotonic() + 1) == [first]
+    again = claimed(7)
+    inflight.claimed([again])
+    assert inflight.start(first, None) is None
+    running = inflight.start(again, None)
+    assert running is not None
+    assert running.job is again.job
+
+
+def test_no_job_starts_once_a_stop_is_asked_for() -> None:
+    inflight = InFlight(2)
+    job = claimed(1)
+    inflight.claimed([job])
+    inflight.stop_starting()
+    assert inflight.start(job, None) is None
+    assert inflight.close() == [job]
+    assert inflight.wait_settled(0)
