@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 from collections.abc import Callable
@@ -20,27 +21,42 @@ logger = logging.getLogger("pgworker.worker")
 def install_stop_signals(worker: Worker) -> Callable[[], None] | None:
     """Make SIGINT and SIGTERM stop ``worker``: the first gracefully, a second at once.
     Returns the function that restores the previous handlers (None off the main thread,
-    where Python cannot install handlers)."""
+    where Python cannot install handlers).
+
+    The handler only queues the signal (``SimpleQueue.put`` is safe in a signal
+    handler); a thread of its own stops the worker. Python runs handlers in the main
+    thread, between two bytecodes of whatever it was doing: there, taking a lock that
+    the interrupted code holds (the worker's, the log handler's) would hang for good."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    seen = 0
+    received: queue.SimpleQueue[int | None] = queue.SimpleQueue()
 
-    def handle(signum: int, frame: FrameType | None) -> None:
-        nonlocal seen
-        seen += 1
-        name = signal.Signals(signum).name
-        if seen == 1:
-            logger.info(
-                "%s: stopping; running jobs get %.0f s to finish (again to stop now)",
-                name,
-                worker.settings.shutdown_grace_period,
-            )
-            worker.request_stop()
-        else:
-            logger.warning("%s again: stopping now", name)
-            worker.request_stop(force=True)
+    def act() -> None:
+        seen = 0
+        while (signum := received.get()) is not None:
+            seen += 1
+            name = signal.Signals(signum).name
+            if seen == 1:
+                logger.info(
+                    "%s: stopping; running jobs get %.0f s to finish (again to stop now)",
+                    name,
+                    worker.settings.shutdown_grace_period,
+                )
+                worker.request_stop()
+            else:
+                logger.warning("%s again: stopping now", name)
+                worker.request_stop(force=True)
 
-    return on_stop_signals(handle)
+    thread = threading.Thread(target=act, name=f"{worker.worker_id}-signals", daemon=True)
+    thread.start()
+    restore = on_stop_signals(lambda signum, frame: received.put(signum))
+
+    def restore_and_end() -> None:
+        restore()
+        received.put(None)
+        thread.join(timeout=5.0)
+
+    return restore_and_end
 
 
 def on_stop_signals(handle: Callable[[int, FrameType | None], None]) -> Callable[[], None]:

@@ -3,6 +3,9 @@ job given back and claimed again. Each test pins one interleaving down."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -94,3 +97,44 @@ def test_no_job_starts_once_a_stop_is_asked_for() -> None:
     assert inflight.start(job, None) is None
     assert inflight.close() == [job]
     assert inflight.wait_settled(0)
+
+
+def test_a_stop_signal_while_the_worker_holds_its_lock_does_not_hang(
+    database_url: str, schema: str
+) -> None:
+    """Regression: the SIGTERM handler called ``request_stop``, which takes the locks
+    of InFlight and of threading's Events. Python runs the handler in the main thread,
+    the fetcher's, between two bytecodes: landing while the fetcher held one of those
+    locks, it waited for itself for ever, and so did a second signal."""
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        from pgworker import App
+        from pgworker.control import install_stop_signals
+
+        app = App(database_url=sys.argv[1], schema=sys.argv[2])
+
+        @app.task("t")
+        def t(payload): ...
+
+        with app:
+            app.migrate()
+            worker = app._worker()
+            restore = install_stop_signals(worker)
+            with worker.inflight._changed:  # what room() and claimed() hold
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # the handler runs between these bytecodes
+                    pass
+            assert worker._stop.wait(10), "the stop was never carried out"
+            restore()
+        print("stopped")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, database_url, schema],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped"
