@@ -223,7 +223,7 @@ class Completer:
                     delay,
                 )
                 time.sleep(delay)
-            except psycopg.Error as exc:
+            except Exception as exc:  # refused, or unsendable (a text psycopg can't encode)
                 if len(batch) == 1:
                     self._write_fallback(batch[0], exc)
                     return
@@ -249,7 +249,7 @@ class Completer:
             )
         log_outcomes(batch)
 
-    def _write_fallback(self, outcome: Outcome, exc: psycopg.Error) -> None:
+    def _write_fallback(self, outcome: Outcome, exc: Exception) -> None:
         """Record a failure whose own text the database refused, with a plain message."""
         logger.error("The database refused the outcome of job %d: %s", outcome.job.id, exc)
         replacement = Outcome(

@@ -30,10 +30,14 @@ def retry_delay(attempts: int) -> float:
 
 def describe_error(exc: BaseException) -> str:
     """The error text stored in ``last_error``: ``Type: message``. PostgreSQL text cannot
-    hold NUL characters, so they are escaped."""
+    hold NUL characters, nor UTF-8 lone surrogates (from bytes decoded with
+    ``surrogateescape``: file names, argv, a subprocess's output), so they are escaped."""
     text = str(exc)
     described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return described.replace("\x00", "\\x00")
+    described = described.replace("\x00", "\\x00")
+    if described.isascii():
+        return described
+    return described.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Outcome(msgspec.Struct, frozen=True):

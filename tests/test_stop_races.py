@@ -3,6 +3,7 @@ job given back and claimed again. Each test pins one interleaving down."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -12,9 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 from test_hot_path import claimed
 
-from pgworker import App, Plugin
+from pgworker import App, Fail, Plugin
 from pgworker.inflight import InFlight
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -138,3 +140,46 @@ def test_a_stop_signal_while_the_worker_holds_its_lock_does_not_hang(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped"
+
+
+def test_error_texts_postgresql_cannot_take_are_stored_escaped_and_block_no_batch(
+    make_app: Callable[..., App], db: Conn, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: a lone surrogate in an error text (bytes decoded with
+    ``surrogateescape``) made psycopg raise UnicodeEncodeError, not a database error:
+    the completer dropped the whole batch of failures as if written, and their jobs
+    stayed locked by a live worker. Task code's errors are escaped now; a plugin's
+    ``Fail`` text is stored in a plain replacement, and the rest of its batch as is."""
+
+    class FailOddly(Plugin):
+        def before_job_run(self, job: Any, payload: Any) -> Fail | None:
+            return Fail("plugin says \udcfe") if job.task_identifier == "vetoed" else None
+
+    # The failures' log lines hold the surrogates, which pytest-xdist can't send back.
+    caplog.set_level(logging.CRITICAL, logger="pgworker")
+    app = make_app(fail_batch_delay=0.3, plugins=[FailOddly()])
+
+    @app.task("odd")
+    def odd(payload: dict[str, Any]) -> None:
+        raise ValueError("bad \udcff name")
+
+    @app.task("plain")
+    def plain(payload: dict[str, Any]) -> None:
+        raise ValueError("ordinary")
+
+    @app.task("vetoed")
+    def vetoed(payload: dict[str, Any]) -> None: ...
+
+    with app:
+        app.migrate()
+        ids = [odd.defer({}).id, plain.defer({}).id, vetoed.defer({}).id]
+        app.run_once()
+    rows = db.execute(
+        f'select id, attempts, locked_by, last_error from "{schema}"._private_jobs order by id'
+    ).fetchall()
+    assert [row[:3] for row in rows] == [(i, 1, None) for i in ids]
+    assert [row[3] for row in rows] == [
+        "ValueError: bad \\udcff name",
+        "ValueError: ordinary",
+        "pgworker could not store this job's error (UnicodeEncodeError)",
+    ]
