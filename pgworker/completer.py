@@ -330,6 +330,7 @@ def failure_record(outcome: Outcome) -> Failure:
         delay=outcome.retry_delay,
         run_at=outcome.retry_at,
         payload=outcome.payload,
+        locked_at=outcome.job.locked_at,
     )
 
 

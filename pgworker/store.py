@@ -49,6 +49,7 @@ class Failure(NamedTuple):
     delay: float | None = None  # seconds, instead of exp(least(attempts, 10))
     run_at: datetime | None = None  # a time, instead of a delay
     payload: str | None = None  # JSON text to replace the payload with
+    locked_at: datetime | None = None  # the claim's lock it ran under (None: any of ours)
 
 
 class Store(
@@ -210,6 +211,7 @@ class Store(
             "delays": list(columns[4]),
             "run_ats": list(columns[5]),
             "payloads": list(columns[6]),
+            "locked_ats": list(columns[7]),
             "worker_id": worker_id,
         }
         with self.connection(conn) as c:

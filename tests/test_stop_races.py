@@ -18,6 +18,7 @@ from test_hot_path import claimed
 
 from pgworker import App, Fail, Plugin
 from pgworker.inflight import InFlight
+from pgworker.store import Failure
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -183,3 +184,35 @@ def test_error_texts_postgresql_cannot_take_are_stored_escaped_and_block_no_batc
         "ValueError: ordinary",
         "pgworker could not store this job's error (UnicodeEncodeError)",
     ]
+
+
+def test_a_failure_written_again_leaves_the_next_claim_of_its_job_alone(
+    opened: App, db: Conn, schema: str
+) -> None:
+    """Regression: the completer writes a batch again when its answer was lost, and the
+    failure statement matched any lock of this worker. If the first write had gone
+    through and this worker had claimed the job again since (a retry delay of 0, a
+    snooze), the second write unlocked that new, running attempt (and its queue): any
+    worker could then start the job a second time. A failure now names the lock its
+    run held (locked_at), and touches no other."""
+    job = opened.task("job")(lambda payload: None)
+    job.defer({}, queue="serial")
+    store = opened.store
+    task_names = {store.register_tasks(["job"]).popitem()[0]: "job"}
+
+    def claim() -> Any:
+        (claimed_job,) = store.claim_jobs(worker_id="w1", task_names=task_names, limit=1)
+        return claimed_job.job
+
+    first = claim()
+    failure = Failure(first.id, "boom", delay=0.0, locked_at=first.locked_at)
+    store.fail_jobs([failure], worker_id="w1")  # went through; its answer was lost
+    second = claim()
+    assert second.locked_at != first.locked_at
+    store.fail_jobs([failure], worker_id="w1")  # the retry
+    row = db.execute(
+        f'select attempts, locked_by, locked_at from "{schema}"._private_jobs'
+    ).fetchone()
+    assert row == (2, "w1", second.locked_at)
+    queue = db.execute(f'select locked_by from "{schema}"._private_job_queues').fetchone()
+    assert queue == ("w1",)

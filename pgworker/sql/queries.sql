@@ -198,7 +198,10 @@ and job_queues.locked_by = %(worker_id)s
 -- or to its run_at, else by graphile-worker's exp(least(attempts, 10)) seconds. A
 -- permanent failure uses up every attempt; a snooze (refund) gives its attempt back
 -- and keeps last_error (its message is null); a batch job's failed items replace its
--- payload. Null overrides leave graphile-worker's behaviour as it is.
+-- payload. Null overrides leave graphile-worker's behaviour as it is. A failure that
+-- names the lock it was run under (its locked_at) touches only that lock: a retry of a
+-- write whose answer was lost must not unlock the job's next attempt, which this same
+-- worker may have claimed meanwhile.
 with failed as (
   update :SCHEMA._private_jobs as jobs
   set
@@ -223,10 +226,12 @@ with failed as (
     %(refund)s::boolean[],
     %(delays)s::float8[],
     %(run_ats)s::timestamptz[],
-    %(payloads)s::json[]
-  ) as failure(id, message, permanent, refund, delay, run_at, payload)
+    %(payloads)s::json[],
+    %(locked_ats)s::timestamptz[]
+  ) as failure(id, message, permanent, refund, delay, run_at, payload, locked_at)
   where jobs.id = failure.id
   and jobs.locked_by = %(worker_id)s
+  and (failure.locked_at is null or jobs.locked_at = failure.locked_at)
   returning jobs.job_queue_id
 )
 update :SCHEMA._private_job_queues as job_queues
