@@ -100,6 +100,36 @@ def test_two_sweeps_at_once_recover_a_dead_workers_job_once(
     )
 
 
+def test_an_error_text_that_looks_like_a_huge_recovery_count_does_not_jam_the_sweep(
+    opened: App, db: Conn, schema: str, database_url: str
+) -> None:
+    """Regression: the count read back from last_error was cast to int, and a text
+    ending in "; recovery 99999999999 in a row" (a task's own error could) made every
+    sweep fail, leaving all of that batch's dead workers' jobs locked."""
+    job = opened.defer("elsewhere", {})
+    db.execute(
+        f"""update "{schema}"._private_jobs set locked_by = 'pgworker-dead',
+        locked_at = now() - interval '1 minute', attempts = 1,
+        last_error = 'ValueError: x; recovery 99999999999 in a row' where id = %s""",
+        [job.id],
+    )
+    db.execute(
+        f"""insert into "{schema}"._private_workers (id, last_heartbeat_at, metadata)
+        values ('pgworker-dead', now() - interval '1 minute', '{{"runtime": "pgworker"}}')"""
+    )
+    sweeper = Sweeper(opened.store, database_url, FAST, Hooks([]))
+    try:
+        sweeper.sweep()
+    finally:
+        sweeper.close()
+    row = db.execute(f'select attempts, locked_by, last_error from "{schema}".jobs').fetchone()
+    assert row == (
+        0,
+        None,
+        "Recovered from dead worker pgworker-dead (no heartbeat); recovery 1 in a row",
+    )
+
+
 @pytest.mark.gw("MIG-10")
 def test_a_migration_statement_failing_surfaces_its_sqlstate(
     app: App, db: Conn, schema: str

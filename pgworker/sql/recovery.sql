@@ -70,7 +70,7 @@ counted as (
   select
     jobs.id,
     jobs.locked_by,
-    coalesce(substring(jobs.last_error from '; recovery ([0-9]+) in a row$')::int, 0) + 1
+    coalesce(substring(jobs.last_error from '; recovery ([0-9]{1,9}) in a row$')::int, 0) + 1
       as recoveries
   from :SCHEMA._private_jobs as jobs
   join dead on dead.id = jobs.locked_by
