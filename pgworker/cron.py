@@ -252,7 +252,7 @@ class Cron:
 
 
 def _check_id(identifier: str) -> str:
-    if not isinstance(identifier, str) or not CRON_ID.match(identifier):
+    if not isinstance(identifier, str) or not CRON_ID.fullmatch(identifier):
         raise ConfigurationError(
             f"cron id {identifier!r} must start with a letter or _ and hold only "
             "letters, digits, _ and -"

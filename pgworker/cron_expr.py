@@ -52,7 +52,7 @@ def _parse_field(field: _Field, text: str) -> frozenset[int]:
     high = 7 if field is _WEEKDAY else field.high
     values: set[int] = set()
     for term in text.split(","):
-        match = _TERM.match(term)
+        match = _TERM.fullmatch(term)
         if match is None:
             raise ValueError(
                 f"unsupported syntax '{term}' in the {field.name} field: expected a number N, "

@@ -273,7 +273,7 @@ def _parse_options(text: str | None) -> dict[str, str]:
         if name in options:
             raise ConfigurationError(f"option '{key}' is given more than once")
         pattern, expected = _OPTION_PATTERNS.get(name, (None, ""))
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise ConfigurationError(f"invalid value '{value}' for option '{key}': {expected}")
         options[name] = value
     return options

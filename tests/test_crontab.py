@@ -222,6 +222,10 @@ MALFORMED = [
     ("* * * * * task ?queue=a%20b", "invalid value 'a b' for option 'queue'"),
     ("* * * * * task ?jobKey=k&jobKeyMode=unsafe_dedupe", "for option 'jobKeyMode'"),
     ("* * * * * task ?jobKeyMode=preserve_run_at", "option 'jobKeyMode' needs a 'jobKey'"),
+    # A value with a trailing newline (%0A), which `$` alone would let through:
+    ("* * * * * task ?jobKey=k&jobKeyMode=replace%0A", "for option 'jobKeyMode'"),
+    ("* * * * * task ?id=abc%0A", "invalid value 'abc\n' for option 'id'"),
+    ("* * * * * task ?max=3%0A", "invalid value '3\n' for option 'max'"),
     ("* * * * * task ? {}", "empty options after '?'"),
     ("* * * * * task {invalidJson=true}", "invalid JSON5 payload"),
     ('* * * * * task {"a": 1} trailing', "the payload must end the line with its closing }"),
