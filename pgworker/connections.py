@@ -8,6 +8,8 @@ from typing import Any
 
 import psycopg
 
+from .roundtrip import close_at_once
+
 #: Bounds of the jittered backoff after a database error in a worker thread: capped at a
 #: few seconds, so that a worker is back within seconds of a long outage's end.
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
@@ -98,4 +100,12 @@ class OwnConnection:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
+                self._conn = None
+
+    def discard(self) -> None:
+        """Drop the connection without waiting on the network (a statement on it went
+        unanswered); the next ``get()`` opens a new one."""
+        with self._lock:
+            if self._conn is not None:
+                close_at_once(self._conn)
                 self._conn = None

@@ -177,9 +177,16 @@ class Heartbeat:
 
     def _beat(self) -> None:
         self._reported.clear()
+        # A third of the slack between two beats and being taken for dead: a beat lost in
+        # a silent network is given up on, and beaten again, well before that.
+        timeout = max(0.5, (self.stale_after - self.interval) / 3)
         try:
-            created = self.store.heartbeat(self.worker_id, self.metadata, conn=self._conn.get())
+            created = self.store.heartbeat(
+                self.worker_id, self.metadata, conn=self._conn.get(), timeout=timeout
+            )
         except Exception as exc:  # the heartbeat must outlive any one failure
+            if isinstance(exc, TimeoutError):
+                self._conn.discard()
             logger.warning("Heartbeat of %s failed (%s); retrying", self.worker_id, exc)
             return
         if created and self.beats:

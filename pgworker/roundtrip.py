@@ -24,6 +24,25 @@ def round_trip(
     would. Returns the notifications (channel, payload) that arrived meanwhile, which
     ``conn.notifies()`` would otherwise not see until more data arrives.
     """
+    _exchange(conn, statement, timeout)
+    return _notifications(conn)
+
+
+def first_value(conn: psycopg.Connection[Any], statement: bytes, timeout: float) -> str | None:
+    """Run ``statement`` (parameters inlined) on ``conn`` as ``round_trip`` does, within
+    ``timeout`` seconds; return the first column of its first row as text (None for no
+    row or NULL)."""
+    for result in reversed(_exchange(conn, statement, timeout)):
+        if result.status == pq.ExecStatus.TUPLES_OK:
+            value = result.get_value(0, 0) if result.ntuples else None
+            return None if value is None else value.decode(conn.info.encoding)
+    return None
+
+
+def _exchange(
+    conn: psycopg.Connection[Any], statement: bytes, timeout: float
+) -> list[pq.abc.PGresult]:
+    """Send ``statement`` and read every result before the deadline (see round_trip)."""
     pgconn = conn.pgconn
     deadline = time.monotonic() + timeout
     # psycopg keeps libpq in non-blocking mode: sending never waits on the network.
@@ -31,6 +50,7 @@ def round_trip(
     while pgconn.flush():
         _wait(pgconn.socket, selectors.EVENT_WRITE, deadline)
     error: psycopg.Error | None = None
+    results: list[pq.abc.PGresult] = []
     while True:
         pgconn.consume_input()
         while not pgconn.is_busy():
@@ -38,9 +58,10 @@ def round_trip(
             if result is None:
                 if error is not None:
                     raise error
-                return _notifications(conn)
+                return results
             if result.status == pq.ExecStatus.FATAL_ERROR and error is None:
                 error = psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+            results.append(result)
         _wait(pgconn.socket, selectors.EVENT_READ, deadline)
 
 

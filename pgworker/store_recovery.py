@@ -8,7 +8,9 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+from psycopg import ClientCursor
 
+from .roundtrip import first_value
 from .store_base import Connection, StoreBase
 
 #: The Rust crate's advisory lock for its sweeper ("GWRS", "SWEP"): taking the same one
@@ -74,13 +76,17 @@ class RegisteredWorker(msgspec.Struct, frozen=True):
 class RegistryStatements(StoreBase):
     """The statements of ``sql/recovery.sql``, for the Store."""
 
-    def heartbeat(self, worker_id: str, metadata: dict[str, Any], *, conn: Connection) -> bool:
+    def heartbeat(
+        self, worker_id: str, metadata: dict[str, Any], *, conn: Connection, timeout: float
+    ) -> bool:
         """Register ``worker_id`` or refresh its heartbeat; True when its row had to be
-        created."""
+        created. Raises TimeoutError when no answer came within ``timeout`` seconds (a
+        silent network: ``conn`` must be thrown away); a beat must never wait longer than
+        the registry's patience, or a live worker's jobs go to others."""
         params = {"worker_id": worker_id, "metadata": json.dumps(metadata)}
-        with self.connection(conn) as c:
-            row = c.execute(self.queries["worker_heartbeat"], params).fetchone()
-        return bool(row and row[0])
+        statement = ClientCursor(conn).mogrify(self.queries["worker_heartbeat"], params)
+        created = first_value(conn, statement.encode(conn.info.encoding), timeout)
+        return created == "t"
 
     def register_worker(
         self,

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from processes import WorkerProcess, wait_for
 from proxy import LISTEN_MARKER, Proxy, server_address
 
-from pgworker import App, Plugin
+from pgworker import App, Plugin, Recovery
 from pgworker.cli import cli
 from pgworker.listener import POLL_WHILE_DOWN
 from pgworker.roundtrip import close_at_once, round_trip
@@ -291,3 +291,45 @@ def test_a_round_trip_on_a_silent_connection_gives_up_at_its_deadline(
         started = time.monotonic()
         close_at_once(conn)  # the statement is still in flight: no goodbye is awaited
         assert time.monotonic() - started < 0.5
+
+
+#: What the heartbeat statement sends (the start-up registration says otherwise).
+HEARTBEAT_MARKER = b"set last_heartbeat_at = now(), metadata = excluded.metadata"
+
+
+def test_a_heartbeat_lost_in_a_silent_network_is_given_up_and_beaten_again(
+    make_app: Callable[..., App], db: Conn, schema: str, database_url: str
+) -> None:
+    """Regression: a heartbeat waited for its answer as long as the socket stayed open;
+    on a connection gone silent (a lost NAT entry, a failover) that was minutes, past
+    ``stale_after``, and other workers' sweeps then gave this live worker's running jobs
+    to others. A beat now has a deadline (a third of the slack between two beats and
+    being taken for dead); past it the connection is dropped and the next beat uses a
+    new one, so the registry row never looks stale."""
+    proxy = Proxy(server_address(database_url), markers=(HEARTBEAT_MARKER,))
+    try:
+        recovery = Recovery(heartbeat_interval=0.5, stale_after=3.0, sweep_interval=0.5)
+        app = make_app(database_url=proxy.conninfo(database_url), recovery=recovery)
+        app.task("idle")(lambda payload: None)
+        with app:
+            handle = app.start()
+            try:
+                wait_for(lambda: proxy.links_with(HEARTBEAT_MARKER), 10, "a heartbeat")
+                assert proxy.freeze(HEARTBEAT_MARKER) == 1
+                ages = []
+                until = time.monotonic() + 2 * recovery.stale_after
+                while time.monotonic() < until:
+                    row = db.execute(
+                        f"""select extract(epoch from now() - last_heartbeat_at)::float8
+                        from "{schema}"._private_workers where id = %s""",
+                        (handle.worker_id,),
+                    ).fetchone()
+                    assert row is not None
+                    ages.append(row[0])
+                    time.sleep(0.1)
+                assert max(ages) < recovery.stale_after
+                assert len(proxy.links_with(HEARTBEAT_MARKER)) >= 2  # beaten anew
+            finally:
+                handle.stop(timeout=10)
+    finally:
+        proxy.go_down()
