@@ -104,7 +104,13 @@ class Store(
         }
         with self.connection(conn) as c:
             rows, reader = self._fetch_job_rows(c, "add_job", params)
-            assert len(rows) == 1, "add_job returns a row or raises"
+            if len(rows) != 1 or rows[0][reader.positions["id"]] is None:
+                # graphile-worker's own add_job (a database Node migrated) returns a row
+                # of NULLs when a worker took the keyed job meanwhile (graphile/worker#580).
+                raise JobNotCreatedError(
+                    f"add_job created no {identifier!r} job (a worker took the keyed job "
+                    "meanwhile?): try again"
+                )
             if spec.job_key_mode != "unsafe_dedupe" or rows[0][reader.positions["revision"]] == 0:
                 # Our own new or updated job: we know its names. (unsafe_dedupe may
                 # return an older job, of another task or queue: those get looked up.)

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgworker import App, Job, JobKeyMode
+from pgworker import App, Job, JobKeyMode, JobNotCreatedError
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 KEYS = [f"key-{i}" for i in range(50)]
@@ -141,3 +141,26 @@ def test_array_payloads_merge_under_one_key(
     opened.defer("batch", {"not": "an array"}, job_key="b")
     payload = db.execute(f'select payload from "{schema}"._private_jobs').fetchone()
     assert payload == ({"not": "an array"},)  # an object replaces the array
+
+
+def test_a_row_of_nulls_from_graphile_workers_add_job_is_an_error_not_a_job(
+    opened: App, db: Conn, schema: str
+) -> None:
+    """graphile-worker's own add_job (installed in a database Node migrated, which an
+    app that only defers never migrates further) returns a row of NULLs when a worker
+    took the keyed job meanwhile (graphile/worker#580). Regression: ``defer`` returned
+    a Job whose id was None for a job that was never stored; it raises now."""
+    arguments, result = db.execute(
+        """select pg_get_function_arguments(p.oid), pg_get_function_result(p.oid)
+        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+        where n.nspname = %s and p.proname = 'add_job'""",
+        (schema,),
+    ).fetchone() or (None, None)
+    assert arguments
+    assert result
+    db.execute(
+        f'create or replace function "{schema}".add_job({arguments}) returns {result} '
+        f"language sql as $$ select null::{result} $$"
+    )
+    with pytest.raises(JobNotCreatedError, match="created no 'keyed' job"):
+        opened.defer("keyed", {}, job_key="k")
