@@ -209,9 +209,10 @@ class Fetcher:
                         self._release_unheld()
                     claimed, more = self._claim(room)
                 except Exception as exc:  # the loop must outlive any one failure
-                    # A claim that failed on the wire may have committed: until checked,
-                    # this worker may hold locks it doesn't know of.
-                    self._unsure = self._unsure or isinstance(exc, psycopg.OperationalError)
+                    # A claim that failed on the wire, or whose rows could not be read,
+                    # may have committed: until checked, this worker may hold locks it
+                    # doesn't know of.
+                    self._unsure = True
                     delay = backoff_delay(attempt)
                     attempt += 1
                     log = logger.warning if isinstance(exc, psycopg.Error) else logger.exception

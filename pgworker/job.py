@@ -95,8 +95,20 @@ class JobRowReader:
             locked_at=locked_at,
             locked_by=locked_by,
             revision=revision,
-            flags=sorted(flags) if flags else None,
+            flags=flag_names(flags),
         )
+
+
+def flag_names(flags: object) -> list[str] | None:
+    """The flags column as a sorted list: graphile-worker stores an object of flag ->
+    true; a hand-written array counts its strings; anything else (a scalar) holds none."""
+    if isinstance(flags, dict):
+        names = list(flags)
+    elif isinstance(flags, list):
+        names = [name for name in flags if isinstance(name, str)]
+    else:
+        return None
+    return sorted(names) or None
 
 
 @cache

@@ -28,6 +28,7 @@ from pgworker import (
     ConfigurationError,
     DatabaseUnavailableError,
     IncompatibleSchemaError,
+    JobContext,
     PayloadError,
     PgWorkerError,
     RawJob,
@@ -628,3 +629,26 @@ def test_the_doc_and_the_tests_list_the_same_cases() -> None:
     assert [case.id for case in CASES] == [f"BI-{n:02d}" for n in range(1, len(CASES) + 1)]
     assert doc_rows() == {case.id: case.entry for case in CASES}
     assert len(CASES) >= 40
+
+
+def test_jobs_with_hand_written_flags_of_other_shapes_still_run(
+    opened: App, db: Conn, schema: str
+) -> None:
+    """graphile-worker writes flags as an object of flag -> true; a hand-written array
+    or scalar in that column must not break the claim that returns it. Regression: a
+    scalar made the claim fail after it had committed, its job locked for good."""
+    seen: dict[int, list[str] | None] = {}
+
+    @opened.task("flagged")
+    def flagged(payload: dict[str, int], ctx: JobContext) -> None:
+        seen[payload["n"]] = ctx.job.flags
+
+    for n, flags in enumerate(['{"b": true, "a": true}', '["b", "a", 3]', "true", "5"]):
+        job = flagged.defer({"n": n})
+        db.execute(
+            f'update "{schema}"._private_jobs set flags = %s::jsonb where id = %s',
+            (flags, job.id),
+        )
+    opened.run_once()
+    assert seen == {0: ["a", "b"], 1: ["a", "b"], 2: None, 3: None}
+    assert db.execute(f'select count(*) from "{schema}"._private_jobs').fetchone() == (0,)
