@@ -234,17 +234,18 @@ class Completer:
     def _write_batch(self, batch: list[Outcome], conn: Connection) -> None:
         successes = [o.job.id for o in batch if o.error is None]
         failures = [failure_record(o) for o in batch if o.error is not None and not o.interrupted]
-        interrupted = [o.job.id for o in batch if o.interrupted]
+        interrupted = [o.job for o in batch if o.interrupted]
         if successes:
             self.store.complete_jobs(successes, worker_id=self.worker_id, conn=conn)
         if failures:
             self.store.fail_jobs(failures, worker_id=self.worker_id, conn=conn)
         if interrupted:
             self.store.return_jobs(
-                interrupted,
+                [job.id for job in interrupted],
                 worker_id=self.worker_id,
                 delay=self.interrupted_retry_delay,
                 message=INTERRUPTED_MESSAGE,
+                locked_ats=[job.locked_at for job in interrupted],
                 conn=conn,
             )
         log_outcomes(batch)

@@ -230,12 +230,15 @@ class Store(
         worker_id: str,
         delay: float = 0.0,
         message: str | None = None,
+        locked_ats: Sequence[datetime | None] | None = None,
         conn: Connection | None = None,
     ) -> None:
         """Give back jobs without counting the attempt; see ``return_jobs`` in
-        queries.sql for what ``delay`` and ``message`` change."""
+        queries.sql for what ``delay`` and ``message`` change. With ``locked_ats`` (one
+        per job), a job is returned only from the lock its run held."""
         params = {
             "job_ids": list(job_ids),
+            "locked_ats": None if locked_ats is None else list(locked_ats),
             "worker_id": worker_id,
             "delay": delay,
             "message": message,

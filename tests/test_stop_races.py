@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from processes import wait_for
 from test_hot_path import claimed
 
 from pgworker import App, Fail, Plugin
@@ -35,12 +36,20 @@ def test_jobs_a_claim_brings_after_a_stop_go_back_without_running(
     trap, sprung = threading.Event(), threading.Event()
 
     def forbidden() -> None:
-        # Called as the claim is built: stop, then stall the claim past the completer's
-        # and the watch's idle checks (50 ms), within the executors' (500 ms).
+        # Called as the claim is built: stop, then hold the claim until the completer
+        # has seen the stop with nothing unsettled and ended. The executors wait for
+        # work in slices of 500 ms: most of the 8 are still there when the claim's jobs
+        # come.
         if trap.is_set():
             trap.clear()
-            holder[0].worker.request_stop()
-            time.sleep(0.2)
+            handle = holder[0]
+            handle.worker.request_stop()
+            completer = f"{handle.worker_id}-completer"
+            wait_for(
+                lambda: all(t.name != completer for t in threading.enumerate()),
+                5,
+                "the completer to end",
+            )
             sprung.set()
 
     class SlowFetchedHook(Plugin):
@@ -50,8 +59,10 @@ def test_jobs_a_claim_brings_after_a_stop_go_back_without_running(
         def on_job_fetched(self, job: Any) -> None:
             time.sleep(0.1)
 
+    # No polls: the claims come from wake-ups only, so none but the trapped one can
+    # take the jobs.
     app = make_app(
-        concurrency=2, poll_interval=0.1, forbidden_flags=forbidden, plugins=[SlowFetchedHook()]
+        concurrency=8, poll_interval=60, forbidden_flags=forbidden, plugins=[SlowFetchedHook()]
     )
     ran: list[int] = []
 
@@ -62,6 +73,11 @@ def test_jobs_a_claim_brings_after_a_stop_go_back_without_running(
     with app:
         handle = app.start()
         holder.append(handle)
+        fetcher = handle.worker.fetcher
+        assert fetcher is not None
+        assert handle.worker.wait_listening(10)
+        time.sleep(0.2)  # the claim that the LISTEN connection's start wakes
+        wait_for(lambda: not fetcher.claims_soon(), 10, "an idle fetcher")
         trap.set()
         jobs = late.defer_many([{"n": 1}, {"n": 2}])
         assert sprung.wait(10)
@@ -216,3 +232,31 @@ def test_a_failure_written_again_leaves_the_next_claim_of_its_job_alone(
     assert row == (2, "w1", second.locked_at)
     queue = db.execute(f'select locked_by from "{schema}"._private_job_queues').fetchone()
     assert queue == ("w1",)
+
+
+def test_a_give_back_written_again_leaves_the_next_claim_of_its_job_alone(
+    opened: App, db: Conn, schema: str
+) -> None:
+    """The same for an interrupted job given back by the completer: its retry names the
+    lock the interrupted run held."""
+    job = opened.task("job")(lambda payload: None)
+    job.defer({})
+    store = opened.store
+    task_names = {store.register_tasks(["job"]).popitem()[0]: "job"}
+
+    def claim() -> Any:
+        (claimed_job,) = store.claim_jobs(worker_id="w1", task_names=task_names, limit=1)
+        return claimed_job.job
+
+    first = claim()
+
+    def give_back() -> None:
+        store.return_jobs([first.id], worker_id="w1", locked_ats=[first.locked_at])
+
+    give_back()  # went through; its answer was lost
+    second = claim()
+    give_back()  # the retry
+    row = db.execute(
+        f'select attempts, locked_by, locked_at from "{schema}"._private_jobs'
+    ).fetchone()
+    assert row == (1, "w1", second.locked_at)

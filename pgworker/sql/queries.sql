@@ -244,6 +244,7 @@ and job_queues.locked_by = %(worker_id)s
 -- Give back jobs this worker will not finish: the attempt is refunded and the queue
 -- unlocked. Jobs cut off while running (a forced stop) also wait %(delay)s seconds and
 -- say why in last_error; prefetched jobs that never started keep run_at and last_error.
+-- A job given with its lock's locked_at is returned only from that lock (as in fail_jobs).
 with returned as (
   update :SCHEMA._private_jobs as jobs
   set
@@ -256,8 +257,10 @@ with returned as (
     end,
     last_error = coalesce(%(message)s, jobs.last_error),
     updated_at = now()
-  where jobs.id = any(%(job_ids)s::bigint[])
+  from unnest(%(job_ids)s::bigint[], %(locked_ats)s::timestamptz[]) as given(id, locked_at)
+  where jobs.id = given.id
   and jobs.locked_by = %(worker_id)s
+  and (given.locked_at is null or jobs.locked_at = given.locked_at)
   returning jobs.job_queue_id
 )
 update :SCHEMA._private_job_queues as job_queues
