@@ -155,10 +155,15 @@ def worker_settings(
 
 
 def check_schema(schema: str, *, source: str = "schema") -> None:
-    """A schema name PostgreSQL takes: 1 to 63 characters (``source`` names the setting
-    in the error)."""
+    """A schema name PostgreSQL takes, 1 to 63 characters, and without ``%``, which
+    psycopg reads as a parameter even inside the quoted name (``source`` names the
+    setting in the error)."""
     if not 0 < len(schema) <= 63:
         raise ConfigurationError(f"{source} must be 1 to 63 characters, got {schema!r}")
+    if "%" in schema:
+        raise ConfigurationError(
+            f"{source} may not contain '%' (statements use it for parameters), got {schema!r}"
+        )
 
 
 def derived_schema(schema: str, suffix: str, what: str, hint: str = "") -> str:

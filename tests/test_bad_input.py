@@ -589,6 +589,8 @@ CASES: list[Case] = [
     Case("BI-78", "CLI", check_password_cli("run", "TARGET")),
     Case("BI-79", "CLI", check_password_cli("jobs")),
     Case("BI-80", "worker", check_password_in_worker_logs),
+    api("BI-81", lambda a: App(schema="50%off"), ConfigurationError,
+        "schema may not contain '%' .*got '50%off'"),
 ]  # fmt: skip
 
 
