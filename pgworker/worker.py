@@ -34,9 +34,8 @@ maintenance    ``Sweeper``: dead-worker sweep  on stop
 cron           ``CronScheduler``               on stop
 =============  ==============================  ==========================================
 
-A stop first ends job starts (``InFlight.stop_starting``): the jobs a claim still in
-flight brings wait to be given back, so the threads that end "once no job of ours is
-running" never leave a job behind that starts after them.
+A stop first ends job starts (``InFlight.stop_starting``): what a claim in flight brings
+waits to be given back, and no job starts after the threads that end with the last one.
 
 Never twice at once: a job whose code still runs in this process stays locked by this
 worker, heartbeat included, until that code returns and its outcome is recorded. A
@@ -381,11 +380,15 @@ class Worker(Stopping):
     def _on_breaking(self, revision: int) -> None:
         # worker:migrate is not per schema: a breaking migration of another schema in the
         # same database notifies us too. Stop only if our own ledger moved past us.
-        latest, latest_breaking = self.store.schema_revision()
-        if latest_breaking <= SCHEMA_REVISION:
-            logger.info("Ignoring a breaking migration (%d) of another schema", revision)
-            return
-        reason = f"schema revision {latest} is newer than this pgworker understands"
+        try:
+            latest, latest_breaking = self.store.schema_revision()
+        except Exception as exc:  # unchecked, the new schema may be ours: stop to be safe
+            reason = f"a breaking migration was announced; reading the revision failed ({exc})"
+        else:
+            if latest_breaking <= SCHEMA_REVISION:
+                logger.info("Ignoring a breaking migration (%d) of another schema", revision)
+                return
+            reason = f"schema revision {latest} is newer than this pgworker understands"
         logger.warning("Stopping: %s (migrated by another worker)", reason)
         self.exit_error = IncompatibleSchemaError(f"the worker stopped: {reason}")
         self.request_stop()

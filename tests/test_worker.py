@@ -450,6 +450,28 @@ def test_a_breaking_migration_stops_the_worker_with_an_error(
             handle.stop()
 
 
+def test_a_breaking_migration_whose_revision_cannot_be_read_stops_the_worker(
+    make_app: Callable[..., App], db: Conn, schema: str
+) -> None:
+    """Regression: the check ran on the listener's thread, and its failure counted as a
+    lost LISTEN connection: the notice was dropped and the worker went on, maybe on a
+    schema it no longer understands. Unable to check, it stops (a supervisor's restart
+    checks the schema again)."""
+    app = make_app()
+    app.task("t")(lambda payload: None)
+    with app:
+        handle = app.start()
+        assert handle.worker.wait_listening(5)
+        db.execute(f'alter table "{schema}".migrations rename to migrations_away')
+        db.execute(
+            "select pg_notify('worker:migrate', "
+            '\'{"migrationNumber": 999999, "breaking": true}\')'
+        )
+        assert handle.worker.wait_stopped(10)
+        with pytest.raises(PgWorkerError, match="reading the revision failed"):
+            handle.stop()
+
+
 class Strict(msgspec.Struct, forbid_unknown_fields=True):
     n: int
 
