@@ -251,12 +251,15 @@ class Completer:
         log_outcomes(batch)
 
     def _write_fallback(self, outcome: Outcome, exc: Exception) -> None:
-        """Record a failure whose own text the database refused, with a plain message."""
+        """Record an outcome the database refused (a failure whose text it won't store, a
+        success it won't delete: a trigger, a permission) as a failure, with a plain
+        message that says which."""
         logger.error("The database refused the outcome of job %d: %s", outcome.job.id, exc)
+        what = "success" if outcome.error is None else "error"
         replacement = Outcome(
             outcome.job,
             outcome.duration_ms,
-            f"pgworker could not store this job's error ({type(exc).__name__})",
+            f"pgworker could not store this job's {what} ({type(exc).__name__})",
         )
         self._write_batch([replacement], self._conn.get())
 

@@ -260,3 +260,26 @@ def test_a_give_back_written_again_leaves_the_next_claim_of_its_job_alone(
         f'select attempts, locked_by, locked_at from "{schema}"._private_jobs'
     ).fetchone()
     assert row == (1, "w1", second.locked_at)
+
+
+def test_a_success_the_database_refuses_to_record_fails_saying_so(
+    opened: App, db: Conn, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A completion the database refuses (here a trigger; a permission would do) is
+    recorded as a failure that says the success could not be stored (it said "error",
+    for a job that had none), and the job is retried as failures are."""
+    db.execute(
+        f"""create function "{schema}".refuse_delete() returns trigger language plpgsql
+        as $$ begin raise exception 'deleting jobs is off today'; end $$;
+        create trigger refuse_delete before delete on "{schema}"._private_jobs
+        for each row execute function "{schema}".refuse_delete()"""
+    )
+    caplog.set_level(logging.CRITICAL, logger="pgworker")
+    fine = opened.task("fine")(lambda payload: None)
+    job = fine.defer({})
+    opened.run_once()
+    row = db.execute(
+        f'select attempts, locked_by, last_error from "{schema}"._private_jobs where id = %s',
+        (job.id,),
+    ).fetchone()
+    assert row == (1, None, "pgworker could not store this job's success (DatabaseError)")
