@@ -67,8 +67,9 @@ class GiveBack:
 
     def at_exit(self, inflight: InFlight, *, registered: bool) -> None:
         """The process is exiting with jobs not yet recorded: give them back (their code
-        ends with the process; one that overran its timeout is failed instead) and
-        leave the registry. Never raises (an exit hook)."""
+        ends with the process; one that overran its timeout is failed instead), release
+        whatever else is still locked by this worker (a claim whose answer was lost, a
+        give-back that failed), and leave the registry. Never raises (an exit hook)."""
         try:
             overran = {
                 r.job.id: f"Timed out after {r.timeout:g} s and overran it: the worker "
@@ -81,8 +82,9 @@ class GiveBack:
             held = [i for i in inflight.unsettled if i not in overran]
             if held:
                 self.jobs(held, interrupted=True)
-            if registered:
-                with connect(self.conninfo) as conn:
+            with connect(self.conninfo) as conn:
+                self.store.unlock_worker(self.worker_id, conn=conn)
+                if registered:
                     self.store.deregister(self.worker_id, conn=conn)
         except Exception as exc:
             logger.warning("Could not leave the worker registry at exit: %s", exc)

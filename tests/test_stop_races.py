@@ -18,6 +18,7 @@ from processes import wait_for
 from test_hot_path import claimed
 
 from pgworker import App, Fail, Plugin
+from pgworker.giveback import GiveBack
 from pgworker.inflight import InFlight
 from pgworker.store import Failure
 
@@ -283,3 +284,26 @@ def test_a_success_the_database_refuses_to_record_fails_saying_so(
         (job.id,),
     ).fetchone()
     assert row == (1, None, "pgworker could not store this job's success (DatabaseError)")
+
+
+def test_an_exit_with_jobs_unrecorded_also_releases_locks_the_worker_did_not_know_of(
+    opened: App, db: Conn, schema: str
+) -> None:
+    """The exit hook gives back the jobs the worker holds, and (as a clean stop does)
+    releases whatever else is locked in its name: a claim whose answer was lost, a
+    give-back that failed. Regression: those were left to the four-hour reset."""
+    job = opened.task("job")(lambda payload: None)
+    job.defer_many([{"n": 1}, {"n": 2}])
+    store = opened.store
+    task_names = {store.register_tasks(["job"]).popitem()[0]: "job"}
+    held, unknown = sorted(
+        store.claim_jobs(worker_id="w-exit", task_names=task_names, limit=2),
+        key=lambda c: c.job.id,
+    )
+    inflight = InFlight(2)
+    inflight.claimed([held])  # the worker never heard of `unknown`
+    GiveBack(store, opened.conninfo, "w-exit", 0.0).at_exit(inflight, registered=False)
+    rows = db.execute(
+        f'select id, attempts, locked_by from "{schema}"._private_jobs order by id'
+    ).fetchall()
+    assert rows == [(held.job.id, 0, None), (unknown.job.id, 1, None)]
