@@ -204,10 +204,12 @@ class Completer:
             for outcome in batch:
                 self._report(outcome)
 
-    def _write(self, batch: list[Outcome]) -> None:
+    def _write(self, batch: list[Outcome], *, replacing: bool = False) -> None:
         """Write a batch, retrying while the database is unreachable. A batch the database
         refuses outright is written one outcome at a time, so one bad row (an error text
-        it won't store) cannot hold back the others."""
+        it won't store) cannot hold back the others; an outcome refused alone is written
+        as a plain failure instead (``replacing``: this is that failure, refused too,
+        which raises)."""
         attempt = 0
         while True:
             try:
@@ -225,10 +227,19 @@ class Completer:
                 time.sleep(delay)
             except Exception as exc:  # refused, or unsendable (a text psycopg can't encode)
                 if len(batch) == 1:
-                    self._write_fallback(batch[0], exc)
+                    if replacing:
+                        raise
+                    self._write([self._replacement(batch[0], exc)], replacing=True)
                     return
                 for outcome in batch:
-                    self._write([outcome])
+                    try:
+                        self._write([outcome])
+                    except Exception:  # the others still go in
+                        logger.exception(
+                            "Recording the outcome of job %d failed: it stays locked by this "
+                            "worker until it stops",
+                            outcome.job.id,
+                        )
                 return
 
     def _write_batch(self, batch: list[Outcome], conn: Connection) -> None:
@@ -250,18 +261,16 @@ class Completer:
             )
         log_outcomes(batch)
 
-    def _write_fallback(self, outcome: Outcome, exc: Exception) -> None:
-        """Record an outcome the database refused (a failure whose text it won't store, a
-        success it won't delete: a trigger, a permission) as a failure, with a plain
-        message that says which."""
+    def _replacement(self, outcome: Outcome, exc: Exception) -> Outcome:
+        """A plain failure for an outcome the database refused (a failure whose text it
+        won't store, a success it won't delete: a trigger, a permission), saying which."""
         logger.error("The database refused the outcome of job %d: %s", outcome.job.id, exc)
         what = "success" if outcome.error is None else "error"
-        replacement = Outcome(
+        return Outcome(
             outcome.job,
             outcome.duration_ms,
             f"pgworker could not store this job's {what} ({type(exc).__name__})",
         )
-        self._write_batch([replacement], self._conn.get())
 
     def _report(self, outcome: Outcome) -> None:
         report_outcome(self.hooks, outcome)

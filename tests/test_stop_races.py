@@ -17,30 +17,33 @@ import pytest
 from processes import wait_for
 from test_hot_path import claimed
 
-from pgworker import App, Fail, Plugin
+from pgworker import App, Fail, Plugin, runner
+from pgworker.completer import Completer
 from pgworker.giveback import GiveBack
+from pgworker.hooks import Hooks
 from pgworker.inflight import InFlight
+from pgworker.outcome import Outcome
 from pgworker.store import Failure
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
 def test_jobs_a_claim_brings_after_a_stop_go_back_without_running(
-    make_app: Callable[..., App], db: Conn, schema: str
+    make_app: Callable[..., App], db: Conn, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Regression: a stop asked for while a claim was on the wire let the completer (and
     the watch, the heartbeat) end, then an executor still waiting for work started the
     job the claim brought: it ran, its outcome went to no one, and the stop hung until
     forced, leaving a job that had succeeded to run again. Now no job starts once a
     stop is asked for: the claim's jobs go back as they were."""
+    monkeypatch.setattr(runner, "IDLE_CHECK", 30.0)  # only the shutdown's markers end them
     holder: list[Any] = []
     trap, sprung = threading.Event(), threading.Event()
 
     def forbidden() -> None:
         # Called as the claim is built: stop, then hold the claim until the completer
-        # has seen the stop with nothing unsettled and ended. The executors wait for
-        # work in slices of 500 ms: most of the 8 are still there when the claim's jobs
-        # come.
+        # has seen the stop with nothing unsettled and ended. The executors, whose wait
+        # for work is made long below, are all still there when the claim's jobs come.
         if trap.is_set():
             trap.clear()
             handle = holder[0]
@@ -90,7 +93,7 @@ def test_jobs_a_claim_brings_after_a_stop_go_back_without_running(
         f'select id, attempts, locked_by, last_error from "{schema}"._private_jobs order by id'
     ).fetchall()
     assert rows == [(job.id, 0, None, None) for job in jobs]
-    assert stopped_in < 3.0
+    assert stopped_in < 8.0  # it hung until forced, 10 s in
 
 
 def test_a_job_given_back_and_claimed_again_starts_only_as_claimed_again() -> None:
@@ -307,3 +310,34 @@ def test_an_exit_with_jobs_unrecorded_also_releases_locks_the_worker_did_not_kno
         f'select id, attempts, locked_by from "{schema}"._private_jobs order by id'
     ).fetchall()
     assert rows == [(held.job.id, 0, None), (unknown.job.id, 1, None)]
+
+
+def test_an_outcome_refused_even_as_a_plain_failure_holds_back_no_other(
+    opened: App, db: Conn, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch the database refuses is written outcome by outcome; one refused even as
+    its plain replacement failure stays locked (and says so in the log), and the ones
+    after it in the batch are still written. Regression: that last refusal ended the
+    loop, and the rest of the batch counted as written."""
+    job = opened.task("job")(lambda payload: None)
+    job.defer_many([{"n": n} for n in range(3)])
+    store = opened.store
+    task_names = {store.register_tasks(["job"]).popitem()[0]: "job"}
+    claimed_jobs = sorted(
+        store.claim_jobs(worker_id="w1", task_names=task_names, limit=3), key=lambda c: c.job.id
+    )
+    stuck = claimed_jobs[1].job.id
+    db.execute(
+        f"""create function "{schema}".refuse() returns trigger language plpgsql
+        as $$ begin raise exception 'job {stuck} is read-only today'; end $$;
+        create trigger refuse before delete or update on "{schema}"._private_jobs
+        for each row when (old.id = {stuck}) execute function "{schema}".refuse()"""
+    )
+    inflight = InFlight(3)
+    inflight.claimed(claimed_jobs)
+    completer = Completer(store, opened.conninfo, "w1", Hooks(), inflight, on_settled=lambda: None)
+    caplog.set_level(logging.CRITICAL, logger="pgworker")
+    completer._flush([Outcome(c.job, 1.0) for c in claimed_jobs])
+    completer._conn.close()
+    left = db.execute(f'select id, locked_by from "{schema}"._private_jobs').fetchall()
+    assert left == [(stuck, "w1")]
