@@ -308,7 +308,7 @@ def test_a_heartbeat_lost_in_a_silent_network_is_given_up_and_beaten_again(
     new one, so the registry row never looks stale."""
     proxy = Proxy(server_address(database_url), markers=(HEARTBEAT_MARKER,))
     try:
-        recovery = Recovery(heartbeat_interval=0.5, stale_after=3.0, sweep_interval=0.5)
+        recovery = Recovery(heartbeat_interval=0.5, stale_after=4.0, sweep_interval=0.5)
         app = make_app(database_url=proxy.conninfo(database_url), recovery=recovery)
         app.task("idle")(lambda payload: None)
         with app:
