@@ -106,12 +106,19 @@ def spawn_listening(
     return worker, worker_id
 
 
-def start_latency(client: App, worker: WorkerProcess) -> float:
-    """Add a ``quick`` job; return how long it took to start running in ``worker``."""
-    added_at = time.time()
-    job = client.defer("quick", {})
-    ran_at = wait_for(lambda: _event_time(worker, job.id), 10, f"job #{job.id} to run")
-    return ran_at - added_at
+def start_latency(client: App, worker: WorkerProcess, tries: int = 3) -> float:
+    """Add ``quick`` jobs one at a time; return the shortest time one took to start
+    running in ``worker`` (the best of ``tries``: a loaded machine can stall any one
+    of them, while a poll would make every one wait seconds)."""
+    latencies = []
+    for _ in range(tries):
+        added_at = time.time()
+        job = client.defer("quick", {})
+        ran_at = wait_for(
+            lambda job_id=job.id: _event_time(worker, job_id), 10, f"job #{job.id} to run"
+        )
+        latencies.append(ran_at - added_at)
+    return min(latencies)
 
 
 def _event_time(worker: WorkerProcess, job_id: int) -> float | None:
@@ -175,7 +182,7 @@ def test_while_listen_is_down_the_worker_polls_and_says_so(
     assert registry.listen_json(worker_id)["state"] == "reconnecting"
     # Several attempts fail while the network stays silent: still one line.
     wait_for(lambda: len(proxy.links_with(LISTEN_MARKER)) >= 3, 15, "reconnection attempts")
-    assert start_latency(client, worker) < POLL_WHILE_DOWN + 0.5, worker.log()
+    assert start_latency(client, worker, tries=1) < POLL_WHILE_DOWN + 0.5, worker.log()
     assert worker.log_path.read_text().count(LOST) == 1, worker.log()
 
     proxy.thaw()
