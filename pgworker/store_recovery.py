@@ -16,6 +16,9 @@ from .store_base import Connection, StoreBase
 #: The Rust crate's advisory lock for its sweeper ("GWRS", "SWEP"): taking the same one
 #: means a pgworker and a Rust sweeper never run at the same time.
 SWEEP_LOCK = (0x4757_5253, 0x5357_4550)
+#: Seconds the server lets a sweep's transaction sit idle (its client silent) before it
+#: ends the session and so frees the sweep lock.
+SWEEP_IDLE_TIMEOUT = 10.0
 #: How long a Rust worker's heartbeat may be silent before it counts as dead: the Rust
 #: crate's own default sweep threshold, never pgworker's shorter one.
 RUST_STALE_AFTER = 300.0
@@ -136,7 +139,11 @@ class RegistryStatements(StoreBase):
         ``self_id``, give their jobs and queues back and forget them. None when another
         sweeper holds the lock."""
         with self.connection(conn) as c, c.transaction():
-            lock = {"class_id": SWEEP_LOCK[0], "object_id": SWEEP_LOCK[1]}
+            lock = {
+                "class_id": SWEEP_LOCK[0],
+                "object_id": SWEEP_LOCK[1],
+                "idle_timeout_ms": int(SWEEP_IDLE_TIMEOUT * 1000),
+            }
             row = c.execute(self.queries["try_sweep_lock"], lock).fetchone()
             if not (row and row[0]):
                 return None

@@ -11,9 +11,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from processes import wait_for
+from proxy import Link, Proxy, server_address
 from psycopg.conninfo import make_conninfo
 
-from pgworker import App, MigrationError, Plugin, Recovery
+from pgworker import App, MigrationError, Plugin, Recovery, store_recovery
 from pgworker.hooks import Hooks
 from pgworker.recovery import Sweeper
 
@@ -128,6 +130,53 @@ def test_an_error_text_that_looks_like_a_huge_recovery_count_does_not_jam_the_sw
         None,
         "Recovered from dead worker pgworker-dead (no heartbeat); recovery 1 in a row",
     )
+
+
+class SilentAfterSweepLock(Proxy):
+    """Forwards a sweep's lock statement, then drops every answer on that connection: a
+    network that died while the sweep held the lock."""
+
+    def client_sent(self, link: Link, data: bytes) -> bool:
+        if b"pg_try_advisory_xact_lock" in data:
+            link.swallow.set()
+        return True
+
+
+def test_a_sweep_whose_client_goes_silent_frees_the_sweep_lock(
+    opened: App, db: Conn, schema: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a sweeper whose connection went silent inside its transaction kept the
+    sweep lock on the server until the server noticed the dead client (hours with the
+    default keepalives): no worker could sweep meanwhile. The sweep's transaction now
+    tells the server to end it once idle for a while (10 s; 1 s here)."""
+    monkeypatch.setattr(store_recovery, "SWEEP_IDLE_TIMEOUT", 1.0)
+    job = opened.defer("elsewhere", {})
+    db.execute(
+        f"""update "{schema}"._private_jobs set locked_by = 'pgworker-dead',
+        locked_at = now() - interval '1 minute', attempts = 1 where id = %s""",
+        [job.id],
+    )
+    db.execute(
+        f"""insert into "{schema}"._private_workers (id, last_heartbeat_at, metadata)
+        values ('pgworker-dead', now() - interval '1 minute', '{{"runtime": "pgworker"}}')"""
+    )
+    proxy = SilentAfterSweepLock(server_address(database_url))
+    silent = Sweeper(opened.store, proxy.conninfo(database_url), FAST, Hooks([]))
+    recorded = Recovered()
+    other = Sweeper(opened.store, database_url, FAST, Hooks([recorded]))
+    try:
+        threading.Thread(target=silent.sweep, daemon=True).start()
+        wait_for(lambda: any(link.swallow.is_set() for link in proxy.links), 10, "the lock")
+
+        def swept() -> bool:
+            other.sweep()
+            return bool(recorded.calls)
+
+        wait_for(swept, 10, "another sweeper to get the lock", interval=0.2)
+        assert recorded.calls == [(["pgworker-dead"], [job.id])]
+    finally:
+        other.close()
+        proxy.go_down()
 
 
 @pytest.mark.gw("MIG-10")

@@ -31,10 +31,14 @@ delete from :SCHEMA._private_workers where id = %(worker_id)s
 -- transaction: the planner costs the sweep's statements as scans of the whole jobs
 -- table (its Rust rule looks jobs up by locked_by, which has no index), so on a table
 -- of some 20,000 jobs PostgreSQL compiled them with LLVM for a handful of rows: 30-160
--- ms on a fresh connection, every run-once worker's start-up.
+-- ms on a fresh connection, every run-once worker's start-up. And a sweep whose client
+-- goes silent mid-transaction (a dead network: the server would only notice hours
+-- later) is ended by the server after %(idle_timeout_ms)s ms idle, which frees the lock
+-- for the other sweepers; a sweep takes milliseconds.
 select
   pg_try_advisory_xact_lock(%(class_id)s::int, %(object_id)s::int),
-  set_config('jit', 'off', true)
+  set_config('jit', 'off', true),
+  set_config('idle_in_transaction_session_timeout', %(idle_timeout_ms)s::int::text, true)
 
 -- name: lock_dead_workers
 -- Registered workers whose heartbeat is too old, locked until the sweep commits (a late
