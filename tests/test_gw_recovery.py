@@ -15,7 +15,7 @@ from processes import wait_for
 from proxy import Link, Proxy, server_address
 from psycopg.conninfo import make_conninfo
 
-from pgworker import App, MigrationError, Plugin, Recovery, store_recovery
+from pgworker import App, Job, MigrationError, Plugin, Recovery, store_recovery
 from pgworker.hooks import Hooks
 from pgworker.recovery import Sweeper
 
@@ -61,20 +61,28 @@ class Recovered(Plugin):
         self.calls.append((worker_ids, job_ids))
 
 
-@pytest.mark.gw("RS-05", "RS-06")
-def test_two_sweeps_at_once_recover_a_dead_workers_job_once(
-    opened: App, db: Conn, schema: str, database_url: str
-) -> None:
-    job = opened.defer("elsewhere", {})
+def job_of_a_dead_worker(app: App, db: Conn, schema: str, *, last_error: str | None = None) -> Job:
+    """A job locked a minute ago by ``pgworker-dead``, a registered worker whose last
+    heartbeat is as old: dead for any sweep."""
+    job = app.defer("elsewhere", {})
     db.execute(
         f"""update "{schema}"._private_jobs set locked_by = 'pgworker-dead',
-        locked_at = now() - interval '1 minute', attempts = 1 where id = %s""",
-        [job.id],
+        locked_at = now() - interval '1 minute', attempts = 1, last_error = %s
+        where id = %s""",
+        [last_error, job.id],
     )
     db.execute(
         f"""insert into "{schema}"._private_workers (id, last_heartbeat_at, metadata)
         values ('pgworker-dead', now() - interval '1 minute', '{{"runtime": "pgworker"}}')"""
     )
+    return job
+
+
+@pytest.mark.gw("RS-05", "RS-06")
+def test_two_sweeps_at_once_recover_a_dead_workers_job_once(
+    opened: App, db: Conn, schema: str, database_url: str
+) -> None:
+    job = job_of_a_dead_worker(opened, db, schema)
     recorded = Recovered()
     sweepers = [Sweeper(opened.store, database_url, FAST, Hooks([recorded])) for _ in range(2)]
     barrier = threading.Barrier(2)
@@ -108,16 +116,8 @@ def test_an_error_text_that_looks_like_a_huge_recovery_count_does_not_jam_the_sw
     """Regression: the count read back from last_error was cast to int, and a text
     ending in "; recovery 99999999999 in a row" (a task's own error could) made every
     sweep fail, leaving all of that batch's dead workers' jobs locked."""
-    job = opened.defer("elsewhere", {})
-    db.execute(
-        f"""update "{schema}"._private_jobs set locked_by = 'pgworker-dead',
-        locked_at = now() - interval '1 minute', attempts = 1,
-        last_error = 'ValueError: x; recovery 99999999999 in a row' where id = %s""",
-        [job.id],
-    )
-    db.execute(
-        f"""insert into "{schema}"._private_workers (id, last_heartbeat_at, metadata)
-        values ('pgworker-dead', now() - interval '1 minute', '{{"runtime": "pgworker"}}')"""
+    job_of_a_dead_worker(
+        opened, db, schema, last_error="ValueError: x; recovery 99999999999 in a row"
     )
     sweeper = Sweeper(opened.store, database_url, FAST, Hooks([]))
     try:
@@ -150,16 +150,7 @@ def test_a_sweep_whose_client_goes_silent_frees_the_sweep_lock(
     default keepalives): no worker could sweep meanwhile. The sweep's transaction now
     tells the server to end it once idle for a while (10 s; 1 s here)."""
     monkeypatch.setattr(store_recovery, "SWEEP_IDLE_TIMEOUT", 1.0)
-    job = opened.defer("elsewhere", {})
-    db.execute(
-        f"""update "{schema}"._private_jobs set locked_by = 'pgworker-dead',
-        locked_at = now() - interval '1 minute', attempts = 1 where id = %s""",
-        [job.id],
-    )
-    db.execute(
-        f"""insert into "{schema}"._private_workers (id, last_heartbeat_at, metadata)
-        values ('pgworker-dead', now() - interval '1 minute', '{{"runtime": "pgworker"}}')"""
-    )
+    job = job_of_a_dead_worker(opened, db, schema)
     proxy = SilentAfterSweepLock(server_address(database_url))
     silent = Sweeper(opened.store, proxy.conninfo(database_url), FAST, Hooks([]))
     recorded = Recovered()
