@@ -24,6 +24,15 @@ SWEEP_IDLE_TIMEOUT = 10.0
 RUST_STALE_AFTER = 300.0
 
 
+def sweep_lock_params() -> dict[str, int]:
+    """The parameters of the ``try_sweep_lock`` statement (sql/recovery.sql)."""
+    return {
+        "class_id": SWEEP_LOCK[0],
+        "object_id": SWEEP_LOCK[1],
+        "idle_timeout_ms": int(SWEEP_IDLE_TIMEOUT * 1000),
+    }
+
+
 class DeadWorker(msgspec.Struct, frozen=True):
     """A registered worker whose heartbeat was too old: ``heartbeat_age`` seconds."""
 
@@ -139,12 +148,7 @@ class RegistryStatements(StoreBase):
         ``self_id``, give their jobs and queues back and forget them. None when another
         sweeper holds the lock."""
         with self.connection(conn) as c, c.transaction():
-            lock = {
-                "class_id": SWEEP_LOCK[0],
-                "object_id": SWEEP_LOCK[1],
-                "idle_timeout_ms": int(SWEEP_IDLE_TIMEOUT * 1000),
-            }
-            row = c.execute(self.queries["try_sweep_lock"], lock).fetchone()
+            row = c.execute(self.queries["try_sweep_lock"], sweep_lock_params()).fetchone()
             if not (row and row[0]):
                 return None
             found = c.execute(

@@ -16,7 +16,7 @@ import pytest
 
 from pgworker import App, RawJob, connections, giveback
 from pgworker.store import Store
-from pgworker.store_recovery import SWEEP_LOCK
+from pgworker.store_recovery import sweep_lock_params
 
 
 def test_a_worker_without_async_tasks_never_loads_the_event_loop_machinery() -> None:
@@ -130,7 +130,7 @@ def test_the_sweep_never_compiles_its_statements_with_jit(opened: App, database_
         params = {"threshold": 45.0, "foreign_threshold": 300.0, "self_id": None}
         explain = b"explain (format json) " + queries["lock_dead_workers"]
         with conn.transaction():
-            lock = {"class_id": SWEEP_LOCK[0], "object_id": SWEEP_LOCK[1]}
+            lock = sweep_lock_params()
             assert conn.execute(queries["try_sweep_lock"], lock).fetchone()[0] is True
             row = conn.execute(explain, params).fetchone()
     assert row is not None
