@@ -17,13 +17,13 @@ import pytest
 from processes import wait_for
 from test_hot_path import claimed
 
-from pgworker import App, Fail, Plugin, runner
+from pgworker import App, Fail, Job, Plugin, runner
 from pgworker.completer import Completer
 from pgworker.giveback import GiveBack
 from pgworker.hooks import Hooks
 from pgworker.inflight import InFlight
 from pgworker.outcome import Outcome
-from pgworker.store import Failure
+from pgworker.store import ClaimedJob, Failure
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -206,6 +206,14 @@ def test_error_texts_postgresql_cannot_take_are_stored_escaped_and_block_no_batc
     ]
 
 
+def claim_jobs(app: App, worker_id: str, limit: int) -> list[ClaimedJob]:
+    """Claim up to ``limit`` jobs of the task ``job`` for ``worker_id`` straight through
+    the store (as a fetcher would), in id order."""
+    task_names = {app.store.register_tasks(["job"]).popitem()[0]: "job"}
+    claimed = app.store.claim_jobs(worker_id=worker_id, task_names=task_names, limit=limit)
+    return sorted(claimed, key=lambda c: c.job.id)
+
+
 def test_a_failure_written_again_leaves_the_next_claim_of_its_job_alone(
     opened: App, db: Conn, schema: str
 ) -> None:
@@ -218,10 +226,9 @@ def test_a_failure_written_again_leaves_the_next_claim_of_its_job_alone(
     job = opened.task("job")(lambda payload: None)
     job.defer({}, queue="serial")
     store = opened.store
-    task_names = {store.register_tasks(["job"]).popitem()[0]: "job"}
 
-    def claim() -> Any:
-        (claimed_job,) = store.claim_jobs(worker_id="w1", task_names=task_names, limit=1)
+    def claim() -> Job:
+        (claimed_job,) = claim_jobs(opened, "w1", 1)
         return claimed_job.job
 
     first = claim()
@@ -246,10 +253,9 @@ def test_a_give_back_written_again_leaves_the_next_claim_of_its_job_alone(
     job = opened.task("job")(lambda payload: None)
     job.defer({})
     store = opened.store
-    task_names = {store.register_tasks(["job"]).popitem()[0]: "job"}
 
-    def claim() -> Any:
-        (claimed_job,) = store.claim_jobs(worker_id="w1", task_names=task_names, limit=1)
+    def claim() -> Job:
+        (claimed_job,) = claim_jobs(opened, "w1", 1)
         return claimed_job.job
 
     first = claim()
@@ -298,11 +304,7 @@ def test_an_exit_with_jobs_unrecorded_also_releases_locks_the_worker_did_not_kno
     job = opened.task("job")(lambda payload: None)
     job.defer_many([{"n": 1}, {"n": 2}])
     store = opened.store
-    task_names = {store.register_tasks(["job"]).popitem()[0]: "job"}
-    held, unknown = sorted(
-        store.claim_jobs(worker_id="w-exit", task_names=task_names, limit=2),
-        key=lambda c: c.job.id,
-    )
+    held, unknown = claim_jobs(opened, "w-exit", 2)
     inflight = InFlight(2)
     inflight.claimed([held])  # the worker never heard of `unknown`
     GiveBack(store, opened.conninfo, "w-exit", 0.0).at_exit(inflight, registered=False)
@@ -322,10 +324,7 @@ def test_an_outcome_refused_even_as_a_plain_failure_holds_back_no_other(
     job = opened.task("job")(lambda payload: None)
     job.defer_many([{"n": n} for n in range(3)])
     store = opened.store
-    task_names = {store.register_tasks(["job"]).popitem()[0]: "job"}
-    claimed_jobs = sorted(
-        store.claim_jobs(worker_id="w1", task_names=task_names, limit=3), key=lambda c: c.job.id
-    )
+    claimed_jobs = claim_jobs(opened, "w1", 3)
     stuck = claimed_jobs[1].job.id
     db.execute(
         f"""create function "{schema}".refuse() returns trigger language plpgsql

@@ -432,22 +432,12 @@ def test_failures_log_their_traceback(opened: App, caplog: pytest.LogCaptureFixt
 def test_a_breaking_migration_stops_the_worker_with_an_error(
     make_app: Callable[..., App], db: Conn, schema: str
 ) -> None:
-    app = make_app()
-
-    @app.task("t")
-    def t(payload: dict[str, Any]) -> None: ...
-
-    with app:
-        handle = app.start()
-        assert handle.worker.wait_listening(5)
-        db.execute(f'insert into "{schema}".migrations (id, breaking) values (999999, true)')
-        db.execute(
-            "select pg_notify('worker:migrate', "
-            '\'{"migrationNumber": 999999, "breaking": true}\')'
-        )
-        assert handle.worker.wait_stopped(10)
-        with pytest.raises(PgWorkerError, match="newer than this pgworker understands"):
-            handle.stop()
+    assert_a_breaking_notice_stops_the_worker(
+        make_app(),
+        db,
+        f'insert into "{schema}".migrations (id, breaking) values (999999, true)',
+        "newer than this pgworker understands",
+    )
 
 
 def test_a_breaking_migration_whose_revision_cannot_be_read_stops_the_worker(
@@ -457,18 +447,31 @@ def test_a_breaking_migration_whose_revision_cannot_be_read_stops_the_worker(
     lost LISTEN connection: the notice was dropped and the worker went on, maybe on a
     schema it no longer understands. Unable to check, it stops (a supervisor's restart
     checks the schema again)."""
-    app = make_app()
+    assert_a_breaking_notice_stops_the_worker(
+        make_app(),
+        db,
+        f'alter table "{schema}".migrations rename to migrations_away',
+        "reading the revision failed",
+    )
+
+
+def assert_a_breaking_notice_stops_the_worker(
+    app: App, db: Conn, before_notice: str, error: str
+) -> None:
+    """Start a worker of ``app``, run ``before_notice`` once it listens, announce a
+    breaking migration; the worker must stop by itself with a PgWorkerError matching
+    ``error``."""
     app.task("t")(lambda payload: None)
     with app:
         handle = app.start()
         assert handle.worker.wait_listening(5)
-        db.execute(f'alter table "{schema}".migrations rename to migrations_away')
+        db.execute(before_notice)
         db.execute(
             "select pg_notify('worker:migrate', "
             '\'{"migrationNumber": 999999, "breaking": true}\')'
         )
         assert handle.worker.wait_stopped(10)
-        with pytest.raises(PgWorkerError, match="reading the revision failed"):
+        with pytest.raises(PgWorkerError, match=error):
             handle.stop()
 
 
